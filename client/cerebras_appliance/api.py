@@ -1,0 +1,378 @@
+"""The ExecuteJob API (``appliance.dev/v1alpha1``): the single source of truth.
+
+The pydantic models here validate exactly what the CRD enforces at admission (the CRD in
+``crds/executejobs.yaml`` is generated from them), so the client refuses a bad job before
+sending it, with the same field path and a hint on how to fix it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "appliance.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ExecuteJob"
+PLURAL = "executejobs"
+SINGULAR = "executejob"
+SHORT_NAMES = ["ej"]
+
+#: Upper bounds shared by the client and the CRD (admission refuses anything larger).
+MAX_REPLICAS = 1000
+MAX_ENV_VARS = 1000
+MAX_ENV_NAME_LENGTH = 256
+MAX_ARGS = 256
+#: Job names become parts of pod names and label values: a DNS-1123 label, kept short so
+#: "<name>-worker-<index>" stays a valid label too.
+MAX_JOB_NAME_LENGTH = 52
+
+JOB_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME_PATTERN = r"^[^=\x00]+$"
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+ENTRYPOINT_MODULE_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
+
+
+class InvalidJobError(ValueError):
+    """A job the API would refuse. ``errors`` holds one ``"field: problem"`` line each."""
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("invalid ExecuteJob:\n  " + "\n  ".join(self.errors))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+
+def entrypoint_problem(value: str) -> str | None:
+    """Why ``value`` is not a valid entrypoint, or None when it is."""
+    if is_script_entrypoint(value) or re.match(ENTRYPOINT_MODULE_PATTERN, value):
+        return None
+    return (
+        f"{value!r} is neither 'package.module:function' nor a script path ending in .py; "
+        "write e.g. 'my_pkg.loader:main' or 'loader.py'"
+    )
+
+
+def _check_entrypoint(value: str) -> str:
+    problem = entrypoint_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def is_script_entrypoint(entrypoint: str) -> bool:
+    """A script path (runs as ``__main__``) rather than ``module:function``."""
+    return entrypoint.endswith(".py") or "/" in entrypoint
+
+
+class SecretKeySelector(_Model):
+    """A key of a Secret in the job's namespace."""
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=253,
+            pattern=SECRET_NAME_PATTERN,
+            description="Name of the Secret (in the job's namespace).",
+        ),
+    ]
+    key: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=253,
+            pattern=SECRET_KEY_PATTERN,
+            description="Key inside the Secret whose value becomes the variable's value.",
+        ),
+    ]
+
+
+class EnvVarSource(_Model):
+    """Where a value comes from when it is not given inline."""
+
+    secret_key_ref: SecretKeySelector = Field(
+        description="Read the value from a key of a Secret, resolved when the job starts."
+    )
+
+
+class EnvVar(_Model):
+    """One tracked variable: a name and exactly one of ``value`` / ``valueFrom``."""
+
+    name: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_ENV_NAME_LENGTH,
+            pattern=ENV_NAME_PATTERN,
+            description="Variable name, as set through appliance_environ. Must not be empty "
+            "or contain '='.",
+        ),
+    ]
+    value: str | None = Field(
+        default=None, description="The value, inline. Exactly one of value/valueFrom."
+    )
+    value_from: EnvVarSource | None = Field(
+        default=None,
+        description="A reference to a Secret key holding the value (for sensitive values). "
+        "Exactly one of value/valueFrom.",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> EnvVar:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError(
+                f"variable {self.name!r} must set exactly one of 'value' or 'valueFrom'"
+            )
+        return self
+
+
+class WorkerTemplate(_Model):
+    """Optional overrides merged into every worker pod."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    resources: dict[str, Any] | None = Field(
+        default=None, description="Worker container resources (requests/limits)."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod tolerations.")
+    affinity: dict[str, Any] | None = Field(default=None, description="Pod affinity.")
+    volumes: list[dict[str, Any]] = Field(default_factory=list, description="Extra pod volumes.")
+    volume_mounts: list[dict[str, Any]] = Field(
+        default_factory=list, description="Extra worker container volumeMounts."
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        description="Pod service account (its token is still not mounted).",
+    )
+    security_context: dict[str, Any] | None = Field(
+        default=None, description="Worker container securityContext."
+    )
+    pod_security_context: dict[str, Any] | None = Field(
+        default=None, description="Pod-level securityContext."
+    )
+    priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Worker image pull policy."
+    )
+    image_pull_secrets: list[dict[str, Any]] = Field(
+        default_factory=list, description="Pod imagePullSecrets."
+    )
+
+
+def _unique_env_names(env: list[EnvVar]) -> list[EnvVar]:
+    seen: set[str] = set()
+    for item in env:
+        if item.name in seen:
+            raise ValueError(f"duplicate variable name {item.name!r}; each name may appear once")
+        seen.add(item.name)
+    return env
+
+
+class ExecuteJobSpec(_Model):
+    """What to run and with which environment."""
+
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS, description="Number of input workers.")
+    image: str = Field(
+        min_length=1,
+        description="Worker image; must contain the cerebras_appliance package. Immutable.",
+    )
+    entrypoint: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="'package.module:function' or a script path (*.py) inside the image. "
+            "Immutable.",
+        ),
+        AfterValidator(_check_entrypoint),
+    ]
+    args: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_ARGS,
+        description="Arguments: sys.argv[1:] for scripts, positional arguments for functions.",
+    )
+    env: Annotated[
+        list[EnvVar],
+        Field(
+            default_factory=list,
+            max_length=MAX_ENV_VARS,
+            description="The tracked environment snapshot, in the order set. Immutable.",
+        ),
+        AfterValidator(_unique_env_names),
+    ]
+    template: WorkerTemplate = Field(
+        default_factory=WorkerTemplate, description="Optional worker pod overrides."
+    )
+    backoff_limit: int = Field(
+        default=0, ge=0, le=1000, description="Worker failures tolerated before the job fails."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job when it has run this long."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Delete the job this long after it finished."
+    )
+    suspend: bool = Field(default=False, description="Remove the workers but keep the job.")
+
+
+class Condition(_Model):
+    """A metav1.Condition."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class ExecuteJobStatus(_Model):
+    """Observed state, written by the operator (or the local backend)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase = "Pending"
+    conditions: list[Condition] = Field(default_factory=list)
+    replicas: int = 0
+    ready_replicas: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    env_hash: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    observed_generation: int | None = None
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in TERMINAL_PHASES
+
+
+class ObjectMeta(_Model):
+    model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
+
+    name: str | None = None
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _job_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if len(value) > MAX_JOB_NAME_LENGTH or not re.match(JOB_NAME_PATTERN, value):
+            raise ValueError(
+                f"{value!r} is not a valid job name: use at most {MAX_JOB_NAME_LENGTH} lower-case "
+                "letters, digits and '-', starting and ending with a letter or digit"
+            )
+        return value
+
+
+class ExecuteJob(_Model):
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
+
+    api_version: Literal["appliance.dev/v1alpha1"] = "appliance.dev/v1alpha1"
+    kind: Literal["ExecuteJob"] = "ExecuteJob"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: ExecuteJobSpec
+    status: ExecuteJobStatus | None = None
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The object ``kubectl apply`` takes (no status)."""
+        manifest = self.model_dump(
+            mode="json", by_alias=True, exclude_none=True, exclude={"status"}
+        )
+        manifest["metadata"] = {k: v for k, v in manifest["metadata"].items() if v != {}}
+        spec = manifest["spec"]
+        spec["template"] = {k: v for k, v in spec["template"].items() if v not in ({}, [])}
+        return manifest
+
+    @property
+    def env_hash(self) -> str:
+        return env_hash(self.spec.env)
+
+
+def env_hash(env: Iterable[EnvVar]) -> str:
+    """A stable hash of a snapshot: same names, order and values (or references) → same hash."""
+    canonical = json.dumps(
+        [item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in env],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def env_from_snapshot(
+    snapshot: Iterable[tuple[str, str]],
+    *,
+    secret_refs: dict[str, SecretKeySelector] | None = None,
+) -> list[EnvVar]:
+    """Turn ``(name, value)`` pairs into ``spec.env`` items, in order.
+
+    Names in ``secret_refs`` become ``valueFrom.secretKeyRef`` items (their value is not
+    placed in the object).
+    """
+    refs = secret_refs or {}
+    items: list[EnvVar] = []
+    for name, value in snapshot:
+        if name in refs:
+            items.append(EnvVar(name=name, value_from=EnvVarSource(secret_key_ref=refs[name])))
+        else:
+            items.append(EnvVar(name=name, value=value))
+    return items
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
+    """Readable ``field.path: message`` lines, with camelCase field names as in YAML."""
+    lines = []
+    for item in error.errors():
+        path = prefix
+        for part in item["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += ("." if path else "") + str(part)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"{path or '<root>'}: {message}")
+    return lines
+
+
+def parse_job(manifest: dict[str, Any]) -> ExecuteJob:
+    """Validate a manifest; raise :class:`InvalidJobError` naming each bad field."""
+    try:
+        return ExecuteJob.model_validate(manifest)
+    except ValidationError as exc:
+        raise InvalidJobError(format_validation_error(exc)) from None

@@ -1,0 +1,115 @@
+"""The env snapshot file a worker reads: its format, and the start-up variables.
+
+The same file is written by the local backend (a 0600 file in the job's directory) and by the
+operator (a key of the job's own Secret, mounted read-only). The worker finds it through
+``APPLIANCE_ENV_FILE``; it confirms it applied the env by writing the snapshot's hash to the
+file named by ``APPLIANCE_READY_FILE``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_FILE_VAR = "APPLIANCE_ENV_FILE"
+READY_FILE_VAR = "APPLIANCE_READY_FILE"
+SNAPSHOT_KIND = "EnvSnapshot"
+SNAPSHOT_API_VERSION = "appliance.dev/v1alpha1"
+#: Key of the env file inside the operator's per-job Secret.
+SECRET_KEY = "env.json"
+
+#: Variables read only when the interpreter or the dynamic loader starts, or when a native
+#: runtime initialises. Setting them in a running process is too late, so the worker
+#: re-executes itself once with them set. Exact names, then prefixes.
+STARTUP_VARIABLES: frozenset[str] = frozenset(
+    {"LD_PRELOAD", "LD_LIBRARY_PATH", "GLIBC_TUNABLES", "TZ"}
+)
+STARTUP_PREFIXES: tuple[str, ...] = (
+    "PYTHON",  # PYTHONPATH, PYTHONHASHSEED, PYTHONWARNINGS, PYTHONUTF8, PYTHONMALLOC, ...
+    "LD_",  # dynamic loader: LD_BIND_NOW, LD_DEBUG, ...
+    "MALLOC_",  # glibc malloc tuning (MALLOC_ARENA_MAX, ...)
+    "OMP_",  # OpenMP runtimes (OMP_NUM_THREADS, ...)
+    "MKL_",  # Intel MKL (MKL_NUM_THREADS, ...)
+    "OPENBLAS_",  # OpenBLAS (OPENBLAS_NUM_THREADS, ...)
+)
+
+_NAME = re.compile(r"^[^=\x00]+$")
+
+
+class EnvFileError(RuntimeError):
+    """The env snapshot file is missing or malformed. The message names the file."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    env: tuple[tuple[str, str], ...]
+    env_hash: str
+
+
+def is_startup_variable(name: str) -> bool:
+    return name in STARTUP_VARIABLES or name.startswith(STARTUP_PREFIXES)
+
+
+def startup_variables(names: Iterable[str]) -> list[str]:
+    return [name for name in names if is_startup_variable(name)]
+
+
+def dumps(env: Sequence[tuple[str, str]], env_hash: str) -> str:
+    """Serialise a resolved snapshot (values included): the env file's content."""
+    document = {
+        "apiVersion": SNAPSHOT_API_VERSION,
+        "kind": SNAPSHOT_KIND,
+        "envHash": env_hash,
+        "env": [{"name": name, "value": value} for name, value in env],
+    }
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def write(path: Path, env: Sequence[tuple[str, str]], env_hash: str) -> None:
+    """Write the file readable by its owner only (it may hold secrets)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(dumps(env, env_hash))
+
+
+def parse(text: str, source: str) -> Snapshot:
+    """Parse the env file's content; ``source`` names the file in every error."""
+
+    def fail(problem: str) -> EnvFileError:
+        return EnvFileError(f"env snapshot file {source}: {problem}")
+
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise fail(f"not valid JSON ({exc})") from None
+    if not isinstance(document, dict) or document.get("kind") != SNAPSHOT_KIND:
+        raise fail(f"not an {SNAPSHOT_KIND} document (expected a JSON object with kind)")
+    env_hash = document.get("envHash")
+    if not isinstance(env_hash, str):
+        raise fail("'envHash' is missing or not a string")
+    items = document.get("env")
+    if not isinstance(items, list):
+        raise fail("'env' is missing or not a list")
+    env: list[tuple[str, str]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise fail(f"env[{index}] is not an object with 'name' and 'value'")
+        name, value = item.get("name"), item.get("value")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise fail(f"env[{index}].name {name!r} is not a valid variable name")
+        if not isinstance(value, str) or "\x00" in value:
+            raise fail(f"env[{index}].value of {name!r} is missing, not a string or has NUL")
+        env.append((name, value))
+    return Snapshot(env=tuple(env), env_hash=env_hash)
+
+
+def read(path: str | os.PathLike[str]) -> Snapshot:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EnvFileError(f"cannot read env snapshot file {os.fspath(path)}: {exc}") from None
+    return parse(text, os.fspath(path))

@@ -1,0 +1,199 @@
+"""Job status from observed workers: one pure function shared by every backend.
+
+The local backend observes subprocesses, the operator observes pods; both reduce what they
+see to :class:`WorkerState` and call :func:`compute_status`, so phases, counts and conditions
+mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from cerebras_appliance.api import Condition, ExecuteJobSpec, ExecuteJobStatus, Phase
+
+WorkerPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
+
+# Condition types.
+WORKERS_READY = "WorkersReady"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+SUSPENDED = "Suspended"
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What a backend observed of one worker."""
+
+    name: str
+    phase: WorkerPhase
+    ready: bool = False  # the entrypoint applied the env (readiness marker written)
+    exit_code: int | None = None
+    reason: str = ""  # e.g. "OOMKilled", "Error"
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the status depends on, besides the spec and the previous status."""
+
+    workers: Sequence[WorkerState]
+    failures: Sequence[WorkerState] = ()  # every failed worker so far (replaced ones too)
+    deadline_exceeded: bool = False
+    generation: int | None = None
+
+
+def now_rfc3339(now: datetime | None = None) -> str:
+    moment = now or datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def describe_failure(worker: WorkerState) -> str:
+    detail = f"exit code {worker.exit_code}" if worker.exit_code is not None else "no exit code"
+    if worker.reason and worker.reason not in ("Error", "Completed"):
+        detail += f", {worker.reason}"
+    return f"worker {worker.name} failed ({detail})"
+
+
+def _set_condition(
+    conditions: list[Condition],
+    previous: Sequence[Condition],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None,
+) -> None:
+    value: Literal["True", "False"] = "True" if status else "False"
+    old = next((c for c in previous if c.type == type_), None)
+    changed = old is None or old.status != value
+    conditions.append(
+        Condition(
+            type=type_,
+            status=value,
+            reason=reason,
+            message=message,
+            last_transition_time=now if changed or old is None else old.last_transition_time,
+            observed_generation=generation,
+        )
+    )
+
+
+def compute_status(
+    spec: ExecuteJobSpec,
+    observed: Observation,
+    previous: ExecuteJobStatus | None,
+    *,
+    env_hash: str,
+    now: datetime | None = None,
+) -> ExecuteJobStatus:
+    """The job's status. Terminal phases are sticky: a finished job stays finished."""
+    stamp = now_rfc3339(now)
+    prev = previous or ExecuteJobStatus()
+    workers = observed.workers
+    succeeded = sum(1 for w in workers if w.phase == "Succeeded")
+    running = [w for w in workers if w.phase == "Running"]
+    ready = sum(1 for w in running if w.ready)
+    failures = list(observed.failures)
+
+    phase: Phase
+    fail_reason, fail_message = "", ""
+    if prev.phase in ("Succeeded", "Failed"):
+        phase = prev.phase
+        old = prev.condition(FAILED)
+        if old is not None and old.status == "True":
+            fail_reason, fail_message = old.reason, old.message
+    elif observed.deadline_exceeded:
+        phase = "Failed"
+        fail_reason = "DeadlineExceeded"
+        fail_message = f"job ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}"
+    elif len(failures) > spec.backoff_limit:
+        phase = "Failed"
+        fail_reason = "BackoffLimitExceeded"
+        fail_message = (
+            f"{describe_failure(failures[-1])}; {len(failures)} worker failure(s), "
+            f"backoffLimit is {spec.backoff_limit}"
+        )
+    elif succeeded >= spec.replicas:
+        phase = "Succeeded"
+    elif spec.suspend:
+        phase = "Suspended"
+    elif running:
+        phase = "Running"
+    else:
+        phase = "Pending"
+
+    finished = phase in ("Succeeded", "Failed")
+    start_time = prev.start_time
+    if start_time is None and phase not in ("Pending", "Suspended"):
+        start_time = stamp
+    completion_time = prev.completion_time
+    if completion_time is None and finished:
+        completion_time = stamp
+
+    gen = observed.generation
+    conditions: list[Condition] = []
+    all_ready = ready >= spec.replicas and not finished
+    if finished:
+        ready_reason, ready_message = "JobFinished", "the job has finished"
+    elif all_ready:
+        ready_reason = "EnvApplied"
+        ready_message = f"all {spec.replicas} workers applied the env ({env_hash})"
+    else:
+        ready_reason = "WaitingForWorkers"
+        ready_message = f"{ready}/{spec.replicas} workers applied the env"
+    _set_condition(
+        conditions,
+        prev.conditions,
+        WORKERS_READY,
+        all_ready,
+        ready_reason,
+        ready_message,
+        stamp,
+        gen,
+    )
+    _set_condition(
+        conditions,
+        prev.conditions,
+        SUCCEEDED,
+        phase == "Succeeded",
+        "AllWorkersSucceeded" if phase == "Succeeded" else "NotFinished",
+        f"{succeeded}/{spec.replicas} workers succeeded",
+        stamp,
+        gen,
+    )
+    _set_condition(
+        conditions,
+        prev.conditions,
+        FAILED,
+        phase == "Failed",
+        fail_reason or "NoFailure",
+        fail_message or f"{len(failures)} worker failure(s)",
+        stamp,
+        gen,
+    )
+    suspended = phase == "Suspended"
+    _set_condition(
+        conditions,
+        prev.conditions,
+        SUSPENDED,
+        suspended,
+        "JobSuspended" if suspended else "NotSuspended",
+        "spec.suspend is true: workers removed" if suspended else "",
+        stamp,
+        gen,
+    )
+    return ExecuteJobStatus(
+        phase=phase,
+        conditions=conditions,
+        replicas=spec.replicas,
+        ready_replicas=0 if finished else ready,
+        succeeded=succeeded,
+        failed=len(failures),
+        env_hash=env_hash,
+        start_time=start_time,
+        completion_time=completion_time,
+        observed_generation=gen,
+    )

@@ -1,0 +1,146 @@
+"""The input-worker entrypoint: ``python -m cerebras_appliance.worker ENTRYPOINT [ARGS...]``.
+
+1. Read the env snapshot from the file named by ``APPLIANCE_ENV_FILE``.
+2. If the snapshot holds start-up variables (``PYTHONPATH``, ``LD_PRELOAD``, thread counts,
+   ``MALLOC_*``... see :mod:`cerebras_appliance.envfile`) that the running interpreter did
+   not start with, re-execute once with them set, so they take effect.
+3. Patch :data:`os.environ` (so ``os.getenv``, C ``getenv`` and child processes see the values).
+4. Write the snapshot's hash to the file named by ``APPLIANCE_READY_FILE`` (if set): the
+   readiness marker, meaning "env applied".
+5. Run the user's code:
+
+   * ``package.module:function`` — import the module and call ``function(*ARGS)``; a returned
+     int is the exit code (like console scripts). ``sys.argv`` is ``[ENTRYPOINT, *ARGS]`` too.
+   * ``path/to/script.py`` — run it as ``__main__`` with ``sys.argv == [path, *ARGS]`` and
+     the script's folder first on ``sys.path``, as ``python path/to/script.py`` would.
+
+Exit codes: the user code's own (0 on success, 1 with the traceback on stderr when it
+raises); 2 for a usage error; 78 when the env snapshot file is missing or malformed (the user
+code does not run).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+
+from cerebras_appliance import envfile
+from cerebras_appliance.api import entrypoint_problem, is_script_entrypoint
+
+EXIT_USAGE = 2
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
+REEXEC_MARKER = "APPLIANCE_WORKER_REEXECUTED"
+PREFIX = "appliance worker:"
+
+
+def _log(message: str) -> None:
+    print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+def needs_reexec(
+    env: tuple[tuple[str, str], ...], current: dict[str, str] | os._Environ[str]
+) -> list[str]:
+    """Start-up variables of the snapshot whose value the running process does not have."""
+    return [
+        name
+        for name, value in env
+        if envfile.is_startup_variable(name) and current.get(name) != value
+    ]
+
+
+def apply(env: tuple[tuple[str, str], ...]) -> None:
+    for name, value in env:
+        os.environ[name] = value
+
+
+def write_ready_marker(path: str, env_hash: str) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    partial.write_text(f"{env_hash}\n", encoding="utf-8")
+    partial.replace(target)  # atomic: a probe never reads half a marker
+
+
+def _exit_code(result: object) -> int:
+    """Map a function's return value or SystemExit code to an exit code (like sys.exit)."""
+    if result is None:
+        return 0
+    if isinstance(result, bool):
+        return int(result)
+    if isinstance(result, int):
+        return result & 0xFF if result >= 0 else 1
+    print(result, file=sys.stderr, flush=True)
+    return 1
+
+
+def run_user_code(entrypoint: str, args: list[str]) -> int:
+    """Run the entrypoint; return its exit code (tracebacks go to stderr)."""
+    try:
+        if is_script_entrypoint(entrypoint):
+            script = Path(entrypoint)
+            sys.argv = [entrypoint, *args]
+            sys.path[0:1] = [str(script.resolve().parent)]
+            runpy.run_path(entrypoint, run_name="__main__")
+            return 0
+        module_name, _, attr_path = entrypoint.partition(":")
+        sys.argv = [entrypoint, *args]
+        target: object = importlib.import_module(module_name)
+        for attr in attr_path.split("."):
+            target = getattr(target, attr)
+        if not callable(target):
+            _log(f"{entrypoint!r} is not callable")
+            return EXIT_USAGE
+        return _exit_code(target(*args))
+    except SystemExit as exc:
+        return _exit_code(exc.code)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__, file=sys.stderr)
+        return EXIT_USAGE
+    entrypoint, args = argv[0], argv[1:]
+    problem = entrypoint_problem(entrypoint)
+    if problem:
+        _log(f"entrypoint {problem}")
+        return EXIT_USAGE
+
+    path = os.environ.get(envfile.ENV_FILE_VAR)
+    if not path:
+        _log(f"{envfile.ENV_FILE_VAR} is not set: it must name the env snapshot file")
+        return EXIT_CONFIG
+    try:
+        snapshot = envfile.read(path)
+    except envfile.EnvFileError as exc:
+        _log(f"{exc}; not running {entrypoint!r}")
+        return EXIT_CONFIG
+
+    pending = needs_reexec(snapshot.env, os.environ)
+    if pending and os.environ.get(REEXEC_MARKER) != snapshot.env_hash:
+        _log(f"re-executing once so start-up variables take effect: {', '.join(pending)}")
+        apply(snapshot.env)
+        os.environ[REEXEC_MARKER] = snapshot.env_hash
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "cerebras_appliance.worker", *argv])
+    os.environ.pop(REEXEC_MARKER, None)
+
+    apply(snapshot.env)
+    ready = os.environ.get(envfile.READY_FILE_VAR)
+    if ready:
+        write_ready_marker(ready, snapshot.env_hash)
+    _log(f"applied {len(snapshot.env)} variables ({snapshot.env_hash}); running {entrypoint}")
+    return run_user_code(entrypoint, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from cerebras_appliance.environment import appliance_environ
+
+
+@pytest.fixture(autouse=True)
+def clean_environ() -> Iterator[None]:
+    """Each test starts with nothing tracked and gets the process environment back after."""
+    saved = dict(os.environ)
+    tracked = appliance_environ.tracked_names()
+    appliance_environ._tracked.clear()
+    try:
+        yield
+    finally:
+        appliance_environ._tracked.clear()
+        appliance_environ._tracked.update(dict.fromkeys(tracked))
+        os.environ.clear()
+        os.environ.update(saved)
