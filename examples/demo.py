@@ -17,7 +17,7 @@ SCRIPT = str(Path(__file__).with_name("show_env.py"))
 def show(job: app.Job) -> bool:
     status = job.wait(timeout=120)
     print(f"\njob {job.name}: {status.phase} (envHash {status.env_hash})")
-    for worker, text in sorted(job.logs().items()):
+    for _worker, text in sorted(job.logs().items()):
         for line in text.splitlines():
             if not line.startswith("appliance worker:"):
                 print(f"  {line}")

@@ -3,16 +3,52 @@
 >>> import cerebras_appliance as app
 >>> app.environ is app.appliance_environ
 True
+
+Only :mod:`cerebras_appliance.environment` is imported eagerly: the worker entrypoint imports
+this package before the user's code runs, and its start-up time is a headline figure. The
+job API (pydantic) loads on first use of ``submit`` and friends.
 """
 
-from cerebras_appliance.api import ExecuteJob, ExecuteJobSpec, ExecuteJobStatus, InvalidJobError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from cerebras_appliance.environment import ApplianceEnviron, appliance_environ
-from cerebras_appliance.jobs import Job, build_job, submit
+
+if TYPE_CHECKING:
+    from cerebras_appliance.api import (
+        ExecuteJob,
+        ExecuteJobSpec,
+        ExecuteJobStatus,
+        InvalidJobError,
+    )
+    from cerebras_appliance.jobs import Job, build_job, submit
 
 #: The same object as :data:`appliance_environ` (the original docs call it ``app.environ``).
 environ = appliance_environ
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "ExecuteJob": "cerebras_appliance.api",
+    "ExecuteJobSpec": "cerebras_appliance.api",
+    "ExecuteJobStatus": "cerebras_appliance.api",
+    "InvalidJobError": "cerebras_appliance.api",
+    "Job": "cerebras_appliance.jobs",
+    "build_job": "cerebras_appliance.jobs",
+    "submit": "cerebras_appliance.jobs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cerebras_appliance' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ApplianceEnviron",

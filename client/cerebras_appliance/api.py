@@ -24,6 +24,14 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from cerebras_appliance.entrypoints import (
+    ENTRYPOINT_MODULE_PATTERN as ENTRYPOINT_MODULE_PATTERN,  # re-exported for the CRD
+)
+from cerebras_appliance.entrypoints import entrypoint_problem
+from cerebras_appliance.entrypoints import (
+    is_script_entrypoint as is_script_entrypoint,
+)
+
 GROUP = "appliance.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -45,8 +53,6 @@ JOB_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[^=\x00]+$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
-_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-ENTRYPOINT_MODULE_PATTERN = rf"^{_DOTTED}:{_DOTTED}$"
 
 Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
@@ -69,26 +75,11 @@ class _Model(BaseModel):
     )
 
 
-def entrypoint_problem(value: str) -> str | None:
-    """Why ``value`` is not a valid entrypoint, or None when it is."""
-    if is_script_entrypoint(value) or re.match(ENTRYPOINT_MODULE_PATTERN, value):
-        return None
-    return (
-        f"{value!r} is neither 'package.module:function' nor a script path ending in .py; "
-        "write e.g. 'my_pkg.loader:main' or 'loader.py'"
-    )
-
-
 def _check_entrypoint(value: str) -> str:
     problem = entrypoint_problem(value)
     if problem:
         raise ValueError(problem)
     return value
-
-
-def is_script_entrypoint(entrypoint: str) -> bool:
-    """A script path (runs as ``__main__``) rather than ``module:function``."""
-    return entrypoint.endswith(".py") or "/" in entrypoint
 
 
 class SecretKeySelector(_Model):
@@ -316,7 +307,9 @@ class ExecuteJob(_Model):
         )
         manifest["metadata"] = {k: v for k, v in manifest["metadata"].items() if v != {}}
         spec = manifest["spec"]
-        spec["template"] = {k: v for k, v in spec["template"].items() if v not in ({}, [])}
+        template = {k: v for k, v in spec.pop("template").items() if v not in ({}, [])}
+        if template:
+            spec["template"] = template
         return manifest
 
     @property

@@ -92,6 +92,10 @@ def compute_status(
     """The job's status. Terminal phases are sticky: a finished job stays finished."""
     stamp = now_rfc3339(now)
     prev = previous or ExecuteJobStatus()
+    if prev.finished:
+        # A finished job stays finished, whatever happens to its workers afterwards.
+        gen = observed.generation if observed.generation is not None else prev.observed_generation
+        return prev.model_copy(update={"observed_generation": gen})
     workers = observed.workers
     succeeded = sum(1 for w in workers if w.phase == "Succeeded")
     running = [w for w in workers if w.phase == "Running"]
@@ -100,12 +104,7 @@ def compute_status(
 
     phase: Phase
     fail_reason, fail_message = "", ""
-    if prev.phase in ("Succeeded", "Failed"):
-        phase = prev.phase
-        old = prev.condition(FAILED)
-        if old is not None and old.status == "True":
-            fail_reason, fail_message = old.reason, old.message
-    elif observed.deadline_exceeded:
+    if observed.deadline_exceeded:
         phase = "Failed"
         fail_reason = "DeadlineExceeded"
         fail_message = f"job ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}"

@@ -29,7 +29,7 @@ import traceback
 from pathlib import Path
 
 from cerebras_appliance import envfile
-from cerebras_appliance.api import entrypoint_problem, is_script_entrypoint
+from cerebras_appliance.entrypoints import entrypoint_problem, is_script_entrypoint
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h

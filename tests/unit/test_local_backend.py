@@ -1,0 +1,198 @@
+"""submit() on the local backend: snapshot semantics, isolation, failures, logs."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import cerebras_appliance as app
+from cerebras_appliance import envfile
+from cerebras_appliance.api import InvalidJobError
+from cerebras_appliance.environment import appliance_environ
+from cerebras_appliance.local import LocalJob, base_environment
+
+SHOW = textwrap.dedent(
+    """
+    import os, subprocess, sys
+    me = os.environ["APPLIANCE_WORKER_NAME"]
+    for name in sys.argv[1:]:
+        print(f"{me} {name}={os.environ.get(name, '<absent>')}")
+    subprocess.run([sys.executable, "-c",
+        "import os; print('child', os.environ.get('" + sys.argv[1] + "'))"], check=True)
+    """
+)
+
+
+@pytest.fixture
+def show(tmp_path: Path) -> str:
+    script = tmp_path / "show.py"
+    script.write_text(SHOW)
+    return str(script)
+
+
+def run(job: app.Job) -> dict[str, str]:
+    status = job.wait(timeout=60)
+    logs = job.logs()
+    assert status.phase == "Succeeded", logs
+    return logs
+
+
+def test_tracked_vars_reach_every_worker_and_untracked_do_not(show: str) -> None:
+    appliance_environ["foo"] = "1"
+    os.environ["bar"] = "2"
+    with app.submit(show, replicas=2, args=["foo", "bar"], name="t-isolation") as job:
+        logs = run(job)
+        assert set(logs) == {"t-isolation-worker-0", "t-isolation-worker-1"}
+        for name, text in logs.items():
+            assert f"{name} foo=1" in text
+            assert f"{name} bar=<absent>" in text
+            assert "child 1" in text  # a child process of the worker sees it too
+        status = job.status()
+        assert status.succeeded == 2 and status.failed == 0 and status.replicas == 2
+        assert isinstance(job, LocalJob)
+        assert status.env_hash == job.job.env_hash
+        assert status.env_hash is not None and status.env_hash.startswith("sha256:")
+
+
+def test_snapshot_is_taken_at_submit(show: str) -> None:
+    appliance_environ["foo"] = "first"
+    first = app.submit(show, args=["foo"], name="t-snap-1")
+    appliance_environ["foo"] = "second"  # after the first job was created
+    second = app.submit(show, args=["foo"], name="t-snap-2")
+    try:
+        assert "foo=first" in run(first)["t-snap-1-worker-0"]
+        assert "foo=second" in run(second)["t-snap-2-worker-0"]
+        assert first.manifest["spec"]["env"] == [{"name": "foo", "value": "first"}]
+    finally:
+        first.delete()
+        second.delete()
+
+
+def test_variables_of_the_callers_environment_do_not_leak(show: str) -> None:
+    os.environ["CALLER_SECRET"] = "nope"
+    with app.submit(show, args=["CALLER_SECRET", "HOME"], name="t-base") as job:
+        text = run(job)["t-base-worker-0"]
+        assert "CALLER_SECRET=<absent>" in text
+        assert f"HOME={os.environ['HOME']}" in text  # part of the documented base
+
+
+def test_pythonpath_set_through_appliance_environ_takes_effect(tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "extra_mod.py").write_text("WHERE = 'found on PYTHONPATH'\n")
+    (tmp_path / "use.py").write_text("import extra_mod\nprint(extra_mod.WHERE)\n")
+    appliance_environ["PYTHONPATH"] = str(lib)
+    with app.submit(str(tmp_path / "use.py"), name="t-pythonpath") as job:
+        assert "found on PYTHONPATH" in run(job)["t-pythonpath-worker-0"]
+
+
+def test_failing_worker_fails_the_job_naming_worker_and_exit_code(tmp_path: Path) -> None:
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "import os, sys\nif os.environ['APPLIANCE_WORKER_INDEX'] == '1':\n    sys.exit(3)\n"
+    )
+    with app.submit(str(script), replicas=2, name="t-fail") as job:
+        status = job.wait(timeout=60)
+        assert status.phase == "Failed"
+        failed = status.condition("Failed")
+        assert failed is not None and failed.status == "True"
+        assert failed.reason == "BackoffLimitExceeded"
+        assert "worker t-fail-worker-1 failed (exit code 3)" in failed.message
+        assert status.failed == 1
+
+
+def test_backoff_limit_replaces_failed_workers(tmp_path: Path) -> None:
+    counter = tmp_path / "attempts"
+    script = tmp_path / "flaky.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import pathlib, sys
+            p = pathlib.Path({str(counter)!r})
+            n = int(p.read_text()) if p.exists() else 0
+            p.write_text(str(n + 1))
+            sys.exit(0 if n >= 2 else 1)
+            """
+        )
+    )
+    with app.submit(str(script), backoff_limit=2, name="t-backoff") as job:
+        status = job.wait(timeout=60)
+        assert status.phase == "Succeeded", job.logs()
+        assert status.failed == 2
+        assert counter.read_text() == "3"
+
+
+def test_deadline_fails_a_job_that_runs_too_long(tmp_path: Path) -> None:
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ntime.sleep(600)\n")
+    with app.submit(str(script), active_deadline_seconds=1, name="t-deadline") as job:
+        status = job.wait(timeout=60)
+        assert status.phase == "Failed"
+        failed = status.condition("Failed")
+        assert failed is not None and failed.reason == "DeadlineExceeded"
+
+
+def test_delete_stops_workers_and_removes_the_env_file(tmp_path: Path) -> None:
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ntime.sleep(600)\n")
+    appliance_environ["TOKEN"] = "s3cret"
+    job = app.submit(str(script), name="t-delete")
+    assert isinstance(job, LocalJob)
+    env_file = job._env_file
+    assert envfile.read(env_file).env == (("TOKEN", "s3cret"),)
+    assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    procs = [s.proc for s in job._slots]
+    job.delete()
+    assert all(p is None or p.poll() is not None for p in procs)
+    assert not env_file.exists()
+
+
+def test_status_reports_ready_once_env_applied(tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    script = tmp_path / "wait_gate.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            open({str(gate)!r}).read()  # blocks until the test writes to the FIFO
+            """
+        )
+    )
+    os.mkfifo(gate)
+    with app.submit(str(script), replicas=2, name="t-ready") as job:
+        assert isinstance(job, LocalJob)
+        # wait (bounded) until both readiness markers exist: env applied, user code entered
+        deadline = time.monotonic() + 30
+        status = job.status()
+        while status.ready_replicas < 2 and time.monotonic() < deadline:
+            job._block_on_a_worker(0.01)
+            status = job.status()
+        assert status.ready_replicas == 2, (status, job.logs())
+        assert status.phase == "Running"
+        ready = status.condition("WorkersReady")
+        assert ready is not None and ready.status == "True" and ready.reason == "EnvApplied"
+        with open(gate, "w") as handle:
+            handle.write("go")
+        assert job.wait(timeout=60).phase == "Succeeded"
+
+
+def test_invalid_submissions_are_refused_before_anything_runs(show: str) -> None:
+    with pytest.raises(InvalidJobError, match=r"spec.replicas: Input should be greater than"):
+        app.submit(show, replicas=0)
+    with pytest.raises(InvalidJobError, match=r"metadata.name: 'Bad_Name' is not a valid"):
+        app.submit(show, name="Bad_Name")
+    with pytest.raises(InvalidJobError, match=r"spec.entrypoint: 'no way' is neither"):
+        app.submit("no way")
+    with pytest.raises(InvalidJobError, match=r"sensitive: 'NOPE' is not a tracked"):
+        app.submit(show, sensitive=["NOPE"])
+    with pytest.raises(ValueError, match="backend"):
+        app.submit(show, backend="moon")  # type: ignore[arg-type]
+
+
+def test_base_environment_is_minimal() -> None:
+    env = base_environment({"PATH": "/bin", "HOME": "/h", "SECRET": "x", "LANG": "C.UTF-8"})
+    assert env == {"PATH": "/bin", "HOME": "/h", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
+    assert base_environment({})["PATH"] == os.defpath

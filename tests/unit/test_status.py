@@ -1,0 +1,86 @@
+"""compute_status: phases, counts and conditions from observed workers (pure)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cerebras_appliance.api import ExecuteJobSpec
+from cerebras_appliance.status import Observation, WorkerState, compute_status
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+SPEC = ExecuteJobSpec(image="i", entrypoint="loader.py", replicas=2)
+
+
+def status_of(workers: list[WorkerState], spec: ExecuteJobSpec = SPEC, **kw: object):  # type: ignore[no-untyped-def]
+    return compute_status(spec, Observation(workers=workers, **kw), None, env_hash="h", now=T0)  # type: ignore[arg-type]
+
+
+def test_pending_then_running_then_ready() -> None:
+    assert status_of([]).phase == "Pending"
+    running = status_of([WorkerState("w0", "Running"), WorkerState("w1", "Pending")])
+    assert running.phase == "Running" and running.ready_replicas == 0
+    assert running.start_time == "2026-01-01T00:00:00Z"
+    ready = status_of([WorkerState("w0", "Running", ready=True)] * 2)
+    cond = ready.condition("WorkersReady")
+    assert cond is not None and cond.status == "True" and cond.reason == "EnvApplied"
+    assert ready.ready_replicas == 2
+
+
+def test_all_succeeded() -> None:
+    done = status_of([WorkerState("w0", "Succeeded", exit_code=0)] * 2)
+    assert done.phase == "Succeeded" and done.succeeded == 2
+    assert done.completion_time is not None
+    cond = done.condition("Succeeded")
+    assert cond is not None and cond.status == "True"
+
+
+def test_failure_beyond_backoff_limit_names_worker_and_exit_code() -> None:
+    failed = WorkerState("job-worker-1", "Failed", exit_code=3, reason="Error")
+    st = status_of([WorkerState("w0", "Running"), failed], failures=[failed])
+    assert st.phase == "Failed" and st.failed == 1
+    cond = st.condition("Failed")
+    assert cond is not None and cond.reason == "BackoffLimitExceeded"
+    assert "worker job-worker-1 failed (exit code 3)" in cond.message
+
+
+def test_failure_within_backoff_limit_keeps_running() -> None:
+    spec = SPEC.model_copy(update={"backoff_limit": 1})
+    failed = WorkerState("w1", "Failed", exit_code=1)
+    st = status_of([WorkerState("w0", "Running")], spec, failures=[failed])
+    assert st.phase == "Running" and st.failed == 1
+
+
+def test_deadline_and_suspend() -> None:
+    st = status_of([WorkerState("w0", "Running")], deadline_exceeded=True)
+    cond = st.condition("Failed")
+    assert st.phase == "Failed" and cond is not None and cond.reason == "DeadlineExceeded"
+    suspended = status_of([], SPEC.model_copy(update={"suspend": True}))
+    assert suspended.phase == "Suspended"
+    assert suspended.start_time is None
+
+
+def test_terminal_phase_is_sticky_and_transition_times_are_kept() -> None:
+    first = status_of([WorkerState("w0", "Succeeded")] * 2)
+    later = compute_status(
+        SPEC, Observation(workers=[]), first, env_hash="h", now=T0 + timedelta(hours=1)
+    )
+    assert later.phase == "Succeeded"
+    assert later.completion_time == first.completion_time
+    assert later.condition("Succeeded") == first.condition("Succeeded")
+
+
+def test_condition_transition_time_changes_only_on_status_change() -> None:
+    a = status_of([WorkerState("w0", "Running")])
+    b = compute_status(
+        SPEC,
+        Observation(workers=[WorkerState("w0", "Running", ready=True)] * 2),
+        a,
+        env_hash="h",
+        now=T0 + timedelta(seconds=5),
+    )
+    ready_a, ready_b = a.condition("WorkersReady"), b.condition("WorkersReady")
+    assert ready_a is not None and ready_b is not None
+    assert ready_a.last_transition_time != ready_b.last_transition_time
+    succ_a, succ_b = a.condition("Succeeded"), b.condition("Succeeded")
+    assert succ_a is not None and succ_b is not None
+    assert succ_a.last_transition_time == succ_b.last_transition_time
