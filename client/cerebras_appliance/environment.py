@@ -43,8 +43,7 @@ class ApplianceEnviron(os._Environ[str]):
         )
         # Insertion-ordered set of tracked names (dict keys keep insertion order).
         self._tracked: dict[str, None] = {}
-        # One lock orders "change the environment" with "change the tracked set", so
-        # concurrent set/delete from threads cannot leave a set variable untracked.
+        # Serialises the compound operations (pop, popitem, clear, setdefault, delete).
         self._lock = threading.RLock()
 
     # -- writes: change os.environ, then the tracked set -----------------------------------
@@ -53,17 +52,17 @@ class ApplianceEnviron(os._Environ[str]):
         if key == "":
             # os.environ lets putenv() fail with OSError(EINVAL) here; a ValueError says what.
             raise ValueError("illegal environment variable name: the name is empty")
-        with self._lock:
-            # Raises TypeError/ValueError before anything changes; then nothing is tracked.
-            os._Environ.__setitem__(self, key, value)
-            self._tracked[key] = None
+        # Raises TypeError/ValueError before anything changes; then nothing is tracked.
+        os._Environ.__setitem__(self, key, value)
+        # No lock here (a lock would cost more than the write itself): setting the variable
+        # *before* tracking it, while deletes untrack *before* unsetting (under the lock), means
+        # no interleaving of threads can leave a set variable untracked.
+        self._tracked[key] = None
 
     def __delitem__(self, key: str) -> None:
         with self._lock:
-            try:
-                os._Environ.__delitem__(self, key)
-            finally:
-                self._tracked.pop(key, None)
+            self._tracked.pop(key, None)
+            os._Environ.__delitem__(self, key)
 
     _MISSING: Any = object()
 
@@ -82,9 +81,9 @@ class ApplianceEnviron(os._Environ[str]):
         """Remove the tracked variables from the process environment (and only those)."""
         with self._lock:
             for key in list(self._tracked):
+                self._tracked.pop(key, None)
                 if self.encodekey(key) in self._data:  # type: ignore[attr-defined]
                     os._Environ.__delitem__(self, key)
-            self._tracked.clear()
 
     def popitem(self) -> tuple[str, str]:
         with self._lock:
@@ -108,7 +107,7 @@ class ApplianceEnviron(os._Environ[str]):
         decode = self.decodevalue
         with self._lock:
             items = []
-            for key in self._tracked:
+            for key in list(self._tracked):  # list(dict) is atomic; sets run unlocked
                 raw = data.get(encode(key))
                 if raw is not None:
                     items.append((key, decode(raw)))
