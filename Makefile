@@ -7,12 +7,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test unit lint bench crds clean
+.PHONY: help venv demo test unit integration lint bench clean
+
+include hack/cluster/cluster.mk
 
 help:
 	@echo "make demo   - run the docs example on the local backend (no cluster needed)"
 	@echo "make test   - lint + unit tests (+ integration tests on a local control plane)"
 	@echo "make unit   - unit tests only"
+	@echo "make integration - tests against a real local control plane (builds it once)"
+	@echo "make cluster-up [NODES=kwok] / cluster-down - the local control plane"
 	@echo "make lint   - ruff + mypy --strict"
 	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
 
@@ -35,7 +39,12 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check client operator tests bench examples
 	$(PY) -m mypy
 
-test: lint unit
+# Integration tests need the local control plane's binaries: the first run on a machine
+# builds them (about 10 minutes on 2 cores, cached outside the repo), later runs reuse them.
+integration: $(STAMP) cluster-build
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test: lint unit integration
 
 bench: $(STAMP)
 	$(PY) bench/bench_environ.py

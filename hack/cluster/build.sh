@@ -11,6 +11,7 @@
 # The bin dir is $APPLIANCE_OPERATOR_CACHE/bin/<key>, <key> a hash of versions.env and the
 # wrapper modules, so a version change builds into a new dir and a warm machine skips the build.
 set -euo pipefail
+# shellcheck source=hack/cluster/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 case ${1:-} in
@@ -34,7 +35,8 @@ if bindir_complete; then
 fi
 
 GO_BIN=$(find_go) || die "no Go toolchain found (put go on PATH or set GO=...); it is needed once to build the cluster binaries"
-export GOTOOLCHAIN=$GO_TOOLCHAIN CGO_ENABLED=0 GOFLAGS= GOWORK=off
+# shellcheck disable=SC2153 # GO_TOOLCHAIN comes from versions.env
+export GOTOOLCHAIN=$GO_TOOLCHAIN CGO_ENABLED=0 GOFLAGS='' GOWORK=off
 log "using $("$GO_BIN" version) (GOTOOLCHAIN=$GOTOOLCHAIN)"
 
 mkdir -p "$CACHE_ROOT/bin"

@@ -3,6 +3,7 @@
 # Processes are stopped by the PIDs up.sh recorded (TERM, then KILL after a timeout), and only
 # when the PID still runs one of our cached binaries; nothing is killed by name.
 set -euo pipefail
+# shellcheck source=hack/cluster/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [[ ! -d $STATE_DIR ]]; then

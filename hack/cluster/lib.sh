@@ -11,7 +11,7 @@ REPO_ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
 CACHE_ROOT=${APPLIANCE_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance-operator}
 STATE_DIR=${APPLIANCE_OPERATOR_CLUSTER_DIR:-$REPO_ROOT/.cluster}
 
-# shellcheck source=versions.env
+# shellcheck source=hack/cluster/versions.env
 . "$CLUSTER_DIR/versions.env"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
@@ -26,16 +26,14 @@ cluster_key() {
 BIN_DIR=$CACHE_ROOT/bin/$(cluster_key)
 
 # Binaries a complete bin dir holds (build.sh writes .complete once all exist).
+# shellcheck disable=SC2034 # used by build.sh
 CLUSTER_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl helm kwok)
 
 bindir_complete() { [[ -f $BIN_DIR/.complete ]]; }
 
-# Find a go command; the Go tarball's default install location is tried after PATH.
+# Find the go command: $GO if set, else go on PATH.
 find_go() {
-  if [[ -n ${GO:-} ]]; then command -v "$GO" && return 0; return 1; fi
-  command -v go && return 0
-  [[ -x /usr/local/go/bin/go ]] && echo /usr/local/go/bin/go && return 0
-  return 1
+  command -v "${GO:-go}"
 }
 
 # Print n free TCP ports on 127.0.0.1 (held open together, so they are distinct).
@@ -59,43 +57,76 @@ pid_alive() {
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 1
   # Only ours: the executable must live in a bin dir of our cache (guards against PID reuse).
-  [[ $exe == "$CACHE_ROOT"/bin/* ]]
-}
-
-# stop_component NAME [timeout_s]: TERM, wait, then KILL; only a PID that pid_alive accepts.
-stop_component() {
-  local name=$1 timeout=${2:-20} pid deadline
-  if pid_alive "$name"; then
-    pid=$(<"$STATE_DIR/pids/$name.pid")
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + timeout))
-    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-    if kill -0 "$pid" 2>/dev/null; then
-      log "$name (pid $pid) ignored SIGTERM for ${timeout}s; sending SIGKILL"
-      kill -KILL "$pid" 2>/dev/null || true
-      deadline=$((SECONDS + 10))
-      while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
-    fi
-    log "stopped $name (pid $pid)"
+  # The bin dir up.sh used is in $STATE_DIR/env (it may differ from the current BIN_DIR).
+  local root=$CACHE_ROOT/bin
+  if [[ -f $STATE_DIR/env ]]; then
+    root=$(sed -n 's/^BIN_DIR=//p' "$STATE_DIR/env")
+    root=${root%/*}
   fi
-  rm -f "$STATE_DIR/pids/$name.pid"
+  [[ $exe == "$root"/* ]]
 }
 
-# Components in start order; stopped in reverse.
+# stop_components NAME...: TERM them all, wait up to STOP_TIMEOUT (20s), then KILL what is left.
+# Only PIDs that pid_alive accepts are signalled; their pid files are removed.
+stop_components() {
+  local name pid deadline left
+  local -A pids=()
+  for name in "$@"; do
+    if pid_alive "$name"; then
+      pid=$(<"$STATE_DIR/pids/$name.pid")
+      pids[$name]=$pid
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  deadline=$((SECONDS + ${STOP_TIMEOUT:-20}))
+  while true; do
+    left=()
+    for name in "${!pids[@]}"; do kill -0 "${pids[$name]}" 2>/dev/null && left+=("$name"); done
+    ((${#left[@]} == 0)) && break
+    if ((SECONDS >= deadline)); then
+      for name in "${left[@]}"; do
+        log "$name (pid ${pids[$name]}) ignored SIGTERM for ${STOP_TIMEOUT:-20}s; sending SIGKILL"
+        kill -KILL "${pids[$name]}" 2>/dev/null || true
+      done
+      deadline=$((SECONDS + 10)) # for the KILLed to be reaped; then give up waiting
+      while true; do
+        left=()
+        for name in "${!pids[@]}"; do kill -0 "${pids[$name]}" 2>/dev/null && left+=("$name"); done
+        ((${#left[@]} == 0 || SECONDS >= deadline)) && break
+        sleep 0.1
+      done
+      break
+    fi
+    sleep 0.1
+  done
+  for name in "$@"; do
+    [[ -n ${pids[$name]:-} ]] && log "stopped $name (pid ${pids[$name]})"
+    rm -f "$STATE_DIR/pids/$name.pid"
+  done
+  return 0
+}
+
+# Control-plane components, in start order.
 CLUSTER_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
+# Stop everything: a hack/node node first, then what is recorded in $STATE_DIR/pids: the clients
+# of the apiserver (kwok, the controllers, anything else recorded there), the apiserver, etcd.
 stop_all() {
-  local i f name
-  # Anything recorded that is not a control-plane component first (e.g. a kubelet started
-  # by a later script), then the control plane in reverse start order.
+  local f name others=()
+  # A node started by hack/node/up.sh (kubelet, containerd, pod mounts) goes first, through its
+  # own script. If it cannot clean up (e.g. mounts left), stop here: the state dir must stay.
+  if [[ -d $STATE_DIR/node && -f $CLUSTER_DIR/../node/down.sh ]]; then
+    bash "$CLUSTER_DIR/../node/down.sh" ||
+      die "hack/node/down.sh failed; fix that first (the control plane and $STATE_DIR are left as they are)"
+  fi
   if [[ -d $STATE_DIR/pids ]]; then
     for f in "$STATE_DIR"/pids/*.pid; do
       [[ -e $f ]] || continue
       name=$(basename "$f" .pid)
-      [[ " ${CLUSTER_COMPONENTS[*]} " == *" $name "* ]] || stop_component "$name"
+      [[ " ${CLUSTER_COMPONENTS[*]} " == *" $name "* ]] || others+=("$name")
     done
   fi
-  for ((i = ${#CLUSTER_COMPONENTS[@]} - 1; i >= 0; i--)); do
-    stop_component "${CLUSTER_COMPONENTS[i]}"
-  done
+  stop_components "${others[@]}" kwok kube-scheduler kube-controller-manager
+  stop_components kube-apiserver
+  stop_components etcd
 }

@@ -13,6 +13,7 @@
 # stale state (a dead process) is cleaned and the cluster started afresh.
 # The admin kubeconfig is written to $STATE_DIR/kubeconfig (default <repo>/.cluster/kubeconfig).
 set -euo pipefail
+# shellcheck source=hack/cluster/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 NODES=${NODES:-}
@@ -90,12 +91,19 @@ control_plane_alive() {
 # --- certificates and kubeconfigs -------------------------------------------------------
 new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
 
-sign_cert() { # sign_cert NAME SUBJECT EXTENSIONS: key + certificate signed by our CA
-  local name=$1 subj=$2 ext=$3
+new_ca() { # new_ca NAME CN: self-signed CA key + certificate
+  new_key "$PKI/$1.key"
+  openssl req -x509 -new -key "$PKI/$1.key" -sha256 -days 3650 -subj "/CN=$2" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+    -out "$PKI/$1.crt"
+}
+
+sign_cert() { # sign_cert CA NAME SUBJECT EXTENSIONS: key + certificate signed by CA
+  local ca=$1 name=$2 subj=$3 ext=$4
   new_key "$PKI/$name.key"
   openssl req -new -key "$PKI/$name.key" -subj "$subj" -out "$PKI/$name.csr"
   printf '%b\n' "$ext" >"$PKI/$name.ext"
-  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" \
+  openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/$ca.crt" -CAkey "$PKI/$ca.key" \
     -set_serial "0x$(openssl rand -hex 16)" -days 3650 -sha256 \
     -extfile "$PKI/$name.ext" -out "$PKI/$name.crt" 2>/dev/null
   rm -f "$PKI/$name.csr" "$PKI/$name.ext"
@@ -103,17 +111,17 @@ sign_cert() { # sign_cert NAME SUBJECT EXTENSIONS: key + certificate signed by o
 
 gen_pki() {
   mkdir -p "$PKI"
-  new_key "$PKI/ca.key"
-  openssl req -x509 -new -key "$PKI/ca.key" -sha256 -days 3650 -subj "/CN=appliance-operator-local-ca" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
-    -out "$PKI/ca.crt"
+  new_ca ca appliance-operator-local-ca
   local client="basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth"
-  sign_cert apiserver "/CN=kube-apiserver" \
+  sign_cert ca apiserver "/CN=kube-apiserver" \
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:$SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
-  sign_cert admin "/O=system:masters/CN=kubernetes-admin" "$client"
-  sign_cert kube-controller-manager "/CN=system:kube-controller-manager" "$client"
-  sign_cert kube-scheduler "/CN=system:kube-scheduler" "$client"
-  sign_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
+  sign_cert ca admin "/O=system:masters/CN=kubernetes-admin" "$client"
+  sign_cert ca kube-controller-manager "/CN=system:kube-controller-manager" "$client"
+  sign_cert ca kube-scheduler "/CN=system:kube-scheduler" "$client"
+  sign_cert ca apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" "$client"
+  # Aggregation layer: the apiserver's front-proxy client identity and the CA components trust for it.
+  new_ca front-proxy-ca appliance-operator-front-proxy-ca
+  sign_cert front-proxy-ca front-proxy-client "/CN=front-proxy-client" "$client"
   # Service-account token signing key pair.
   openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
   openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
@@ -262,6 +270,10 @@ start kube-apiserver \
   --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
   --client-ca-file="$PKI/ca.crt" \
   --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+  --requestheader-client-ca-file="$PKI/front-proxy-ca.crt" --requestheader-allowed-names=front-proxy-client \
+  --requestheader-username-headers=X-Remote-User --requestheader-group-headers=X-Remote-Group \
+  --requestheader-extra-headers-prefix=X-Remote-Extra- \
+  --proxy-client-cert-file="$PKI/front-proxy-client.crt" --proxy-client-key-file="$PKI/front-proxy-client.key" \
   --service-cluster-ip-range="$SERVICE_CIDR" \
   --service-account-issuer=https://kubernetes.default.svc.cluster.local \
   --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \

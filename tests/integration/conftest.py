@@ -4,8 +4,9 @@ The session-scoped ``cluster`` fixture runs ``hack/cluster/up.sh`` with kwok fak
 cluster is already up (``make cluster-up``) it is reused and left running; a cluster the fixture
 started itself is stopped with ``hack/cluster/down.sh`` at the end of the session.
 
-Fake (kwok) nodes carry the label ``type=kwok`` and the taint ``kwok.x-k8s.io/node=fake:NoSchedule``:
-a pod meant to run there needs ``KWOK_POD_SPEC`` (nodeSelector + toleration) merged into its spec.
+Fake (kwok) nodes carry the label ``type=kwok`` and the taint
+``kwok.x-k8s.io/node=fake:NoSchedule``: a pod meant to run there needs ``cluster.kwok_pod_spec``
+(nodeSelector + toleration) merged into its spec.
 
 When the cluster binaries are not built and cannot be (no Go toolchain), the tests are skipped,
 except under ``CI=true``, where that is an error.
@@ -32,6 +33,7 @@ STATE_DIR = Path(os.environ.get("APPLIANCE_OPERATOR_CLUSTER_DIR") or REPO_ROOT /
 KUBECONFIG = STATE_DIR / "kubeconfig"
 UP_TIMEOUT_S = 3600  # a cold build of the binaries takes many minutes
 KWOK_NODES = 2
+HELM_DIRS = ("CACHE", "CONFIG", "DATA")
 
 # Merge into a pod spec to run the pod on a kwok fake node.
 KWOK_POD_SPEC: dict[str, Any] = {
@@ -70,7 +72,10 @@ def versions() -> dict[str, str]:
 def wait_until(
     probe: Callable[[], T | None], *, timeout: float = 60, interval: float = 0.2, what: str = ""
 ) -> T:
-    """Poll ``probe`` until it returns something truthy and return that; fail after ``timeout`` s."""
+    """Poll ``probe`` until it returns something truthy, and return that.
+
+    Fails the test after ``timeout`` seconds. Exceptions raised by the probe count as "not yet".
+    """
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -86,7 +91,7 @@ def wait_until(
         time.sleep(interval)
 
 
-class KubectlError(subprocess.CalledProcessError):
+class CommandError(subprocess.CalledProcessError):
     def __str__(self) -> str:
         return f"{super().__str__()}\nstdout: {self.stdout}\nstderr: {self.stderr}"
 
@@ -100,6 +105,7 @@ class Cluster:
     bindir: str
     started_here: bool
     api_client: Any = field(repr=False)  # kubernetes.client.ApiClient
+    helm_home: str = ""
     versions: dict[str, str] = field(default_factory=versions)  # hack/cluster/versions.env
     kwok_pod_spec: dict[str, Any] = field(default_factory=lambda: dict(KWOK_POD_SPEC))
 
@@ -107,12 +113,24 @@ class Cluster:
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         """Run our pinned kubectl against this cluster; output is captured as text."""
-        cmd = [os.path.join(self.bindir, "kubectl"), "--kubeconfig", self.kubeconfig, *args]
+        return self._run("kubectl", args, check=check, input=input, timeout=timeout)
+
+    def helm(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        """Run our pinned helm against this cluster (its cache/config dirs in a temp dir)."""
+        return self._run("helm", args, check=check, input=input, timeout=timeout)
+
+    def _run(
+        self, tool: str, args: tuple[str, ...], *, check: bool, input: str | None, timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [os.path.join(self.bindir, tool), "--kubeconfig", self.kubeconfig, *args]
+        env = {**os.environ, **{f"HELM_{d}_HOME": f"{self.helm_home}/{d}" for d in HELM_DIRS}}
         proc = subprocess.run(
-            cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False
+            cmd, input=input, capture_output=True, text=True, timeout=timeout, check=False, env=env
         )
         if check and proc.returncode != 0:
-            raise KubectlError(proc.returncode, cmd, proc.stdout, proc.stderr)
+            raise CommandError(proc.returncode, cmd, proc.stdout, proc.stderr)
         return proc
 
 
@@ -146,7 +164,7 @@ def _already_up(bindir: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     for tool in ("bash", "openssl", "curl", "python3", "setsid", "flock"):
         if shutil.which(tool) is None:
             _unavailable(f"`{tool}` is not on PATH")
@@ -177,6 +195,7 @@ def cluster() -> Iterator[Cluster]:
             bindir=bindir,
             started_here=not was_up,
             api_client=api_client,
+            helm_home=str(tmp_path_factory.mktemp("helm")),
         )
     finally:
         api_client.close()

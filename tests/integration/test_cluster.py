@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -241,3 +242,18 @@ def test_pod_without_toleration_is_kept_off_kwok_nodes(
         )
 
     wait_until(unschedulable, timeout=60, what="the scheduler to report the pod Unschedulable")
+
+
+def test_helm_installs_a_chart(cluster: Cluster, namespace: str, tmp_path: Path) -> None:
+    chart = tmp_path / "tiny"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: tiny\nversion: 0.1.0\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{ .Release.Name }}-cm\n"
+        "data:\n  greeting: {{ .Values.greeting | quote }}\n"
+    )
+    (chart / "values.yaml").write_text("greeting: hello\n")
+    cluster.helm("install", "rel", str(chart), "-n", namespace, "--set", "greeting=hi", "--wait")
+    cm = client.CoreV1Api(cluster.api_client).read_namespaced_config_map("rel-cm", namespace)
+    assert cm.data == {"greeting": "hi"}
+    assert cluster.helm("version", "--short").stdout.startswith(cluster.versions["HELM_VERSION"])
