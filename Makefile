@@ -7,16 +7,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test unit integration lint bench clean
+.PHONY: help venv demo test unit integration e2e lint bench crds clean
 
 include hack/cluster/cluster.mk
+include hack/kind.mk
 
 help:
 	@echo "make demo   - run the docs example on the local backend (no cluster needed)"
 	@echo "make test   - lint + unit tests (+ integration tests on a local control plane)"
 	@echo "make unit   - unit tests only"
 	@echo "make integration - tests against a real local control plane (builds it once)"
-	@echo "make cluster-up [NODES=kwok] / cluster-down - the local control plane"
+	@echo "make e2e    - end-to-end tests on a real local node (root; builds images once)"
+	@echo "make cluster-up [NODES=kwok] [NODE=1] / cluster-down - the local cluster"
 	@echo "make lint   - ruff + mypy --strict"
 	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
 
@@ -44,11 +46,26 @@ lint: $(STAMP)
 integration: $(STAMP) cluster-build
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test: lint unit integration
+# End-to-end tests on a real node (kubelet + containerd + runc, images built locally).
+# Needs root; installs containerd/runc/CNI plugins/debootstrap from Debian when missing.
+e2e: $(STAMP) cluster-build
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+test: lint unit integration e2e
 
 bench: $(STAMP)
 	$(PY) bench/bench_environ.py
 	$(PY) bench/bench_local_start.py
+
+bench-cluster: $(STAMP) cluster-build
+	$(PY) bench/bench_operator.py
+	$(PY) bench/bench_e2e.py
+
+# Regenerate the CRD from the pydantic models (a unit test fails when they drift) and keep
+# the chart's copy identical.
+crds: $(STAMP)
+	$(PY) -m appliance_operator.crdgen
+	cp crds/executejobs.yaml charts/appliance-operator/crds/executejobs.yaml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -317,6 +317,11 @@ class ExecuteJob(_Model):
         return env_hash(self.spec.env)
 
 
+def worker_name(job_name: str, index: int) -> str:
+    """Worker ``index`` of a job: the same name on every backend (the first pod's name too)."""
+    return f"{job_name}-worker-{index}"
+
+
 def env_hash(env: Iterable[EnvVar]) -> str:
     """A stable hash of a snapshot: same names, order and values (or references) → same hash."""
     canonical = json.dumps(

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cerebras_appliance import envfile
-from cerebras_appliance.api import ExecuteJob, ExecuteJobStatus
+from cerebras_appliance.api import ExecuteJob, ExecuteJobStatus, worker_name
 from cerebras_appliance.status import Observation, WorkerState, compute_status
 
 #: The only variables a local worker inherits from the caller (when the caller has them):
@@ -55,11 +55,6 @@ def base_environment(source: Mapping[str, str]) -> dict[str, str]:
     env.setdefault("PATH", os.defpath)
     env["PYTHONUNBUFFERED"] = "1"  # logs appear as they are written
     return env
-
-
-def worker_name(job_name: str, index: int) -> str:
-    """Worker names are the same on every backend (pods are named this way too)."""
-    return f"{job_name}-worker-{index}"
 
 
 @dataclass

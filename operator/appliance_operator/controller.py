@@ -1,0 +1,390 @@
+"""One reconcile of one ExecuteJob: plan (pure) then act (blocking API calls, in a thread).
+
+The operator's watch caches (kopf indexes) are what it observes. They lag behind its own
+writes by a few milliseconds, so :class:`JobMemory` remembers, per job, what this process
+just did (pods created or deleted, the status written) until the watch shows it; a reconcile
+running in that window does not repeat the work. The memory is only an optimisation: after a
+restart it is empty, the caches are complete (kopf lists everything before any handler runs)
+and deterministic names plus create-if-absent make any repeated decision harmless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from appliance_operator import desired
+from appliance_operator.kubeapi import ApiError, KubeApi
+from appliance_operator.metrics import Metrics
+from appliance_operator.observe import JobView, PodView, job_view, pod_view
+from appliance_operator.reconcile import ENV_RESOLVED, EnvKnowledge, Event, Inputs, Plan, plan
+from cerebras_appliance.api import API_VERSION, KIND, Condition, ExecuteJobStatus, InvalidJobError
+from cerebras_appliance.status import now_rfc3339
+
+logger = logging.getLogger("appliance_operator")
+
+JobKey = tuple[str, str]  # (namespace, name)
+
+#: How long this process trusts its own record of a write the watch has not shown yet.
+EXPECTATION_TTL = 30.0
+#: Retry delays after a failed reconcile or an unresolved env (seconds; doubled, capped).
+RETRY_BASE, RETRY_MAX = 0.5, 60.0
+#: Pods of one job created in parallel batches of 1, 2, 4, ... (slow start: a template the
+#: API server refuses costs one failed call, not `replicas` of them).
+MAX_CREATE_BATCH = 16
+EVENT_MESSAGE_LIMIT = 1024
+
+
+@dataclass
+class JobMemory:
+    uid: str
+    secret_ready: bool = False
+    env_condition: Condition | None = None
+    created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
+    deleted: dict[str, float] = field(default_factory=dict)  # pod uid -> when
+    written: tuple[str, ExecuteJobStatus] | None = None  # (job version planned on, status)
+    last_write: datetime | None = None
+    retries: int = 0
+    last_warning: str = ""
+
+
+def status_patch(status: ExecuteJobStatus) -> dict[str, Any]:
+    """The whole status as a merge patch: absent optional fields are deleted (null)."""
+    doc = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    for name, info in ExecuteJobStatus.model_fields.items():
+        key = info.alias or name
+        if key not in doc:
+            doc[key] = None
+    return doc
+
+
+def namespace_terminating(error: ApiError) -> bool:
+    """Creating anything in a namespace being deleted is refused; so is the job, soon."""
+    return error.code == 403 and "being terminated" in error.message
+
+
+def merge_observed(pods: Sequence[PodView], memory: JobMemory, now: float) -> list[PodView]:
+    """The watched pods plus what this process did that the watch has not shown yet."""
+    seen = {p.name for p in pods}
+    present_uids = {p.uid for p in pods}
+    for name, (_, since) in list(memory.created.items()):
+        if name in seen or now - since > EXPECTATION_TTL:
+            del memory.created[name]
+    for uid, since in list(memory.deleted.items()):
+        if uid not in present_uids or now - since > EXPECTATION_TTL:
+            del memory.deleted[uid]
+    merged = [
+        dataclasses.replace(p, terminating=True) if p.uid in memory.deleted else p for p in pods
+    ]
+    merged.extend(view for view, _ in memory.created.values())
+    return merged
+
+
+class Controller:
+    """Reconciles jobs; thread-safe across jobs (one reconcile per job at a time)."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        create_workers: int = MAX_CREATE_BATCH,
+    ) -> None:
+        self.api = api
+        self.metrics = metrics
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._memory: dict[JobKey, JobMemory] = {}
+        self._pool = ThreadPoolExecutor(max_workers=create_workers, thread_name_prefix="create")
+        # Events name the reporting operator: its pod (downward API, set by the chart), else
+        # the host name (a pod's host name is its name, except with hostNetwork).
+        self._instance = os.environ.get("POD_NAME") or socket.gethostname()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- memory --------------------------------------------------------------------------
+
+    def _memory_for(self, key: JobKey, uid: str) -> JobMemory:
+        with self._lock:
+            memory = self._memory.get(key)
+            if memory is None or memory.uid != uid:
+                if memory is not None:
+                    self.metrics.jobs.forget(memory.uid)
+                memory = JobMemory(uid=uid)
+                self._memory[key] = memory
+            return memory
+
+    def forget(self, key: JobKey) -> None:
+        with self._lock:
+            memory = self._memory.pop(key, None)
+        if memory is not None:
+            self.metrics.jobs.forget(memory.uid)
+
+    # -- reconcile -----------------------------------------------------------------------
+
+    def reconcile(
+        self, key: JobKey, body: Mapping[str, Any] | None, pods: Sequence[PodView]
+    ) -> float | None:
+        """Reconcile one job from its cached body and pods; returns when to look again
+        (seconds), or None. Raises ApiError when the API failed (the caller retries)."""
+        started = time.perf_counter()
+        try:
+            if body is None:
+                self.forget(key)  # deleted: its pods and Secret go by ownerReference
+                return None
+            try:
+                job = job_view(body)
+            except InvalidJobError as exc:
+                logger.error("[%s/%s] cannot reconcile: %s", key[0], key[1], exc)
+                return None
+            memory = self._memory_for(key, job.uid)
+            try:
+                return self._reconcile(job, pods, memory)
+            except ApiError:
+                memory.retries += 1
+                raise
+        finally:
+            self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
+
+    def retry_delay(self, key: JobKey) -> float:
+        with self._lock:
+            memory = self._memory.get(key)
+        retries = memory.retries if memory is not None else 1
+        return float(min(RETRY_BASE * 2 ** max(retries - 1, 0), RETRY_MAX))
+
+    def _inputs(self, job: JobView, pods: Sequence[PodView], memory: JobMemory) -> Inputs:
+        observed = merge_observed(pods, memory, time.monotonic())
+        previous = None
+        if memory.written is not None:
+            if memory.written[0] == job.resource_version:
+                previous = memory.written[1]  # the watch has not shown our write yet
+            else:
+                memory.written = None
+        return Inputs(
+            job=job,
+            pods=observed,
+            env=EnvKnowledge(secret_ready=memory.secret_ready, condition=memory.env_condition),
+            now=self.clock(),
+            last_status_write=memory.last_write,
+            previous=previous,
+        )
+
+    def _reconcile(self, job: JobView, pods: Sequence[PodView], memory: JobMemory) -> float | None:
+        steps = plan(self._inputs(job, pods, memory))
+        problem = False
+        if steps.ensure_secret:
+            outcome = self._ensure_secret(job, memory)
+            problem = outcome is not True
+            steps = plan(self._inputs(job, pods, memory))
+            if outcome is not True:
+                steps = dataclasses.replace(steps, ensure_secret=False, create=())
+        created, create_failed = self._create_pods(job, steps, memory)
+        problem = problem or create_failed
+        self._delete_pods(job, steps.delete, memory)
+        done: list[str] = []
+        if created:
+            done.append(f"created {len(created)} pod(s)")
+        if steps.delete:
+            done.append(f"deleted {len(steps.delete)} pod(s)")
+        if steps.status is not None:
+            if not self._write_status(job, steps.status, memory):
+                return None  # the job is gone
+            done.append(
+                f"status {steps.status.phase} "
+                f"({steps.status.ready_replicas}/{steps.status.replicas} ready)"
+            )
+            for event in steps.events:
+                self._post_event(job, event)
+        if created:
+            self._post_event(
+                job, Event("Normal", "CreatedWorkers", f"created worker pods: {_names(created)}")
+            )
+        if steps.delete_job:
+            self._delete_job(job)
+            done.append("deleted the job (ttlSecondsAfterFinished)")
+        if done:
+            logger.info("[%s/%s] %s", job.namespace, job.name, "; ".join(done))
+        self.metrics.jobs.set(job.uid, steps.phase)
+        if problem:
+            memory.retries += 1
+            retry = float(min(RETRY_BASE * 2 ** (memory.retries - 1), RETRY_MAX))
+            return min(retry, steps.requeue_after or retry)
+        memory.retries = 0
+        return steps.requeue_after
+
+    # -- actions -------------------------------------------------------------------------
+
+    def _warn(self, job: JobView, memory: JobMemory, reason: str, message: str) -> None:
+        """A Warning event, once per distinct problem (retries do not repeat it)."""
+        logger.warning("[%s/%s] %s: %s", job.namespace, job.name, reason, message)
+        if memory.last_warning != f"{reason}:{message}":
+            memory.last_warning = f"{reason}:{message}"
+            self._post_event(job, Event("Warning", reason, message))
+
+    def _ensure_secret(self, job: JobView, memory: JobMemory) -> bool | None:
+        """Write ``<job>-env`` (resolving secretKeyRefs); True when it is in place."""
+        name = desired.env_secret_name(job.name)
+
+        def read(secret: str) -> Mapping[str, str] | None:
+            found = self.api.read_secret(job.namespace, secret)
+            return None if found is None else dict(found.get("data") or {})
+
+        try:
+            pairs = desired.resolve_env(job.job.spec.env, read)
+        except desired.EnvResolutionError as exc:
+            memory.env_condition = Condition(
+                type=ENV_RESOLVED, status="False", reason=exc.reason, message=str(exc)
+            )
+            self._warn(job, memory, exc.reason, str(exc))
+            return False
+        body = desired.env_secret(job.job, job.uid, pairs)
+        try:
+            self.api.create_secret(job.namespace, body)
+        except ApiError as exc:
+            if namespace_terminating(exc):
+                return None  # the job goes with its namespace
+            if exc.code != 409:
+                # The API's message could quote what was sent: report the code only.
+                raise ApiError(exc.code, exc.reason, f"creating Secret {name} failed") from None
+            existing = self.api.read_secret(job.namespace, name)
+            if existing is None:
+                return None  # gone meanwhile: create it next time
+            meta = existing.get("metadata") or {}
+            owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+            labels = meta.get("labels") or {}
+            if job.uid not in owners:
+                if (
+                    labels.get(desired.MANAGED_BY_LABEL) == desired.MANAGED_BY
+                    and labels.get(desired.JOB_NAME_LABEL) == job.name
+                ):
+                    # Left by an earlier job of the same name (garbage collection pending).
+                    self.api.delete_secret(job.namespace, name, str(meta.get("uid")))
+                    return None
+                message = (
+                    f"Secret {name} already exists and does not belong to this job; delete or "
+                    "rename it (the operator writes the job's env snapshot there)"
+                )
+                memory.env_condition = Condition(
+                    type=ENV_RESOLVED, status="False", reason="SecretNameTaken", message=message
+                )
+                self._warn(job, memory, "SecretNameTaken", message)
+                return False
+        memory.secret_ready = True
+        memory.env_condition = Condition(
+            type=ENV_RESOLVED,
+            status="True",
+            reason="SnapshotWritten",
+            message=f"{len(pairs)} variable(s) written to Secret {name} ({job.job.env_hash})",
+        )
+        return True
+
+    def _create_pods(self, job: JobView, steps: Plan, memory: JobMemory) -> tuple[list[str], bool]:
+        """Create the planned pods in slow-start batches; (names created, whether one failed)."""
+        todo = list(steps.create)
+        created: list[str] = []
+        batch = 1
+        while todo:
+            now, todo = todo[:batch], todo[batch:]
+            bodies = [desired.worker_pod(job.job, job.uid, w) for w in now]
+            results = list(self._pool.map(lambda b: self._create_pod(job.namespace, b), bodies))
+            failures = [r for r in results if isinstance(r, ApiError)]
+            for result in results:
+                if isinstance(result, dict):
+                    view = pod_view(result)
+                    if view is not None:
+                        memory.created[view.name] = (view, time.monotonic())
+                        created.append(view.name)
+            if failures:
+                first = failures[0]
+                if namespace_terminating(first):
+                    return created, True  # the job goes with its namespace
+                if first.code in (400, 403, 404, 422):  # the request is wrong: tell the user
+                    self._warn(job, memory, "FailedCreate", f"creating worker pods: {first}")
+                    return created, True
+                raise first
+            batch = min(batch * 2, MAX_CREATE_BATCH)
+        return created, False
+
+    def _create_pod(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any] | ApiError:
+        try:
+            return self.api.create_pod(namespace, body)
+        except ApiError as exc:
+            if exc.code == 409:
+                return {}  # it exists (an earlier attempt of ours): the watch will show it
+            return exc
+
+    def _delete_pods(self, job: JobView, pods: Iterable[PodView], memory: JobMemory) -> None:
+        for pod in pods:
+            try:
+                self.api.delete_pod(job.namespace, pod.name, pod.uid)
+            except ApiError as exc:
+                if exc.code not in (404, 409):  # gone, or replaced by a newer pod
+                    raise
+            memory.deleted[pod.uid] = time.monotonic()
+
+    def _write_status(self, job: JobView, status: ExecuteJobStatus, memory: JobMemory) -> bool:
+        try:
+            self.api.patch_job_status(job.namespace, job.name, status_patch(status))
+        except ApiError as exc:
+            if exc.code == 404:
+                return False
+            raise
+        memory.written = (job.resource_version, status)
+        memory.last_write = self.clock()
+        return True
+
+    def _delete_job(self, job: JobView) -> None:
+        try:
+            self.api.delete_job(job.namespace, job.name, job.uid)
+        except ApiError as exc:
+            if exc.code not in (404, 409):
+                raise
+
+    def _post_event(self, job: JobView, event: Event) -> None:
+        """A core/v1 Event on the job. Best effort: a failure is logged, not retried."""
+        stamp = now_rfc3339(self.clock())
+        message = event.message
+        if len(message) > EVENT_MESSAGE_LIMIT:
+            message = message[: EVENT_MESSAGE_LIMIT - 3] + "..."
+        body = {
+            "metadata": {"generateName": f"{job.name}.", "namespace": job.namespace},
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": KIND,
+                "name": job.name,
+                "namespace": job.namespace,
+                "uid": job.uid,
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": message,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+            "source": {"component": desired.MANAGED_BY},
+            "reportingComponent": desired.MANAGED_BY,
+            "reportingInstance": self._instance,
+        }
+        try:
+            self.api.create_event(job.namespace, body)
+        except ApiError as exc:
+            if namespace_terminating(exc):
+                return
+            logger.warning(
+                "[%s/%s] could not post event %s: %s", job.namespace, job.name, event.reason, exc
+            )
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(names) if len(names) <= 4 else f"{names[0]} ... {names[-1]} ({len(names)})"

@@ -1,0 +1,252 @@
+"""Desired objects of an ExecuteJob: its env Secret and its worker pods (pure functions).
+
+Naming (deterministic, so a restarted operator finds what it made and never duplicates):
+
+* the env Secret: ``<job>-env`` (key ``env.json``: the resolved snapshot, values included);
+* worker ``i``, first attempt: ``<job>-worker-<i>`` (the name the local backend uses too);
+  replacement ``a`` (a >= 1) of a failed worker: ``<job>-worker-<i>-<a>``.
+
+Env values appear only in the Secret: a pod spec carries the ``APPLIANCE_*`` plumbing
+variables and nothing else, so ``kubectl get pod -o yaml`` shows no value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cerebras_appliance import envfile
+from cerebras_appliance.api import API_VERSION, KIND, EnvVar, ExecuteJob, worker_name
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "appliance-operator"
+JOB_NAME_LABEL = "appliance.dev/job-name"
+WORKER_INDEX_LABEL = "appliance.dev/worker-index"
+ATTEMPT_LABEL = "appliance.dev/attempt"
+ENV_HASH_ANNOTATION = "appliance.dev/env-hash"
+#: Server-side label selector of everything the operator creates.
+MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
+
+CONTAINER_NAME = "worker"
+ENV_VOLUME = "appliance-env"
+STATE_VOLUME = "appliance-state"
+ENV_DIR = "/var/run/appliance/env"
+STATE_DIR = "/var/run/appliance/state"
+ENV_FILE = f"{ENV_DIR}/{envfile.SECRET_KEY}"
+READY_FILE = f"{STATE_DIR}/ready"
+DEFAULT_IMAGE_PULL_POLICY = "IfNotPresent"
+
+
+def env_secret_name(job_name: str) -> str:
+    return f"{job_name}-env"
+
+
+def pod_name(job_name: str, index: int, attempt: int = 0) -> str:
+    base = worker_name(job_name, index)
+    return base if attempt == 0 else f"{base}-{attempt}"
+
+
+def owner_reference(job: ExecuteJob, uid: str) -> dict[str, Any]:
+    """The job as controller of what it owns: deleting the job deletes them (cascade)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job.metadata.name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def job_labels(job_name: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY, JOB_NAME_LABEL: job_name}
+
+
+# -- env resolution -------------------------------------------------------------------------
+
+
+class EnvResolutionError(Exception):
+    """A ``secretKeyRef`` could not be resolved. ``reason`` is a CamelCase condition reason;
+    the message names the variable and the Secret (never a value)."""
+
+    def __init__(self, reason: str, problems: Sequence[str]) -> None:
+        self.reason = reason
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+#: ``read_secret(name)`` returns the Secret's ``data`` (base64 values), or None when the
+#: Secret does not exist.
+SecretReader = Callable[[str], Mapping[str, str] | None]
+
+
+def resolve_env(env: Sequence[EnvVar], read_secret: SecretReader) -> list[tuple[str, str]]:
+    """The snapshot's ``(name, value)`` pairs, in order, with secretKeyRefs read.
+
+    Each Secret is read once. Raises :class:`EnvResolutionError` listing every unresolved
+    variable, with the fix.
+    """
+    cache: dict[str, Mapping[str, str] | None] = {}
+    pairs: list[tuple[str, str]] = []
+    problems: list[str] = []
+    reasons: list[str] = []
+    for index, item in enumerate(env):
+        if item.value_from is None:
+            pairs.append((item.name, item.value or ""))
+            continue
+        ref = item.value_from.secret_key_ref
+        where = f"spec.env[{index}] ({item.name})"
+        if ref.name not in cache:
+            cache[ref.name] = read_secret(ref.name)
+        data = cache[ref.name]
+        if data is None:
+            reasons.append("SecretNotFound")
+            problems.append(
+                f"{where}: Secret {ref.name!r} not found in the job's namespace; create it "
+                "(the job starts once it exists)"
+            )
+            continue
+        if ref.key not in data:
+            reasons.append("SecretKeyNotFound")
+            problems.append(
+                f"{where}: Secret {ref.name!r} has no key {ref.key!r}; add the key to the "
+                "Secret (the job starts once it exists)"
+            )
+            continue
+        try:
+            value = base64.b64decode(data[ref.key], validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            value = None
+        if value is None or "\x00" in value:
+            reasons.append("SecretValueInvalid")
+            problems.append(
+                f"{where}: key {ref.key!r} of Secret {ref.name!r} is not UTF-8 text without "
+                "NUL characters, so it cannot be an environment variable's value"
+            )
+            continue
+        pairs.append((item.name, value))
+    if problems:
+        raise EnvResolutionError(reasons[0], problems)
+    return pairs
+
+
+# -- desired objects ------------------------------------------------------------------------
+
+
+def env_secret(job: ExecuteJob, uid: str, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The per-job Secret holding the resolved snapshot, owned by the job, immutable."""
+    name = _job_name(job)
+    content = envfile.dumps(list(pairs), job.env_hash)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": env_secret_name(name),
+            "namespace": job.metadata.namespace,
+            "labels": job_labels(name),
+            "annotations": {ENV_HASH_ANNOTATION: job.env_hash},
+            "ownerReferences": [owner_reference(job, uid)],
+        },
+        "type": "Opaque",
+        "immutable": True,
+        "data": {envfile.SECRET_KEY: base64.b64encode(content.encode("utf-8")).decode("ascii")},
+    }
+
+
+@dataclass(frozen=True)
+class WorkerId:
+    index: int
+    attempt: int = 0
+
+
+def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId) -> dict[str, Any]:
+    """Worker pod ``worker`` of ``job``, with the user's ``spec.template`` merged in."""
+    name = _job_name(job)
+    spec = job.spec
+    tpl = spec.template
+    pod = pod_name(name, worker.index, worker.attempt)
+    labels = {
+        **tpl.labels,
+        **job_labels(name),
+        WORKER_INDEX_LABEL: str(worker.index),
+        ATTEMPT_LABEL: str(worker.attempt),
+    }
+    annotations = {**tpl.annotations, ENV_HASH_ANNOTATION: job.env_hash}
+    plumbing = [
+        {"name": envfile.ENV_FILE_VAR, "value": ENV_FILE},
+        {"name": envfile.READY_FILE_VAR, "value": READY_FILE},
+        {"name": "APPLIANCE_JOB_NAME", "value": name},
+        {"name": "APPLIANCE_WORKER_NAME", "value": pod},
+        {"name": "APPLIANCE_WORKER_INDEX", "value": str(worker.index)},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},  # logs appear as they are written
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": spec.image,
+        "imagePullPolicy": tpl.image_pull_policy or DEFAULT_IMAGE_PULL_POLICY,
+        "command": ["python3", "-m", "cerebras_appliance.worker", spec.entrypoint, *spec.args],
+        "env": plumbing,
+        "volumeMounts": [
+            {"name": ENV_VOLUME, "mountPath": ENV_DIR, "readOnly": True},
+            {"name": STATE_VOLUME, "mountPath": STATE_DIR},
+            *tpl.volume_mounts,
+        ],
+        # Ready = the entrypoint applied the env (it writes the marker just before user code).
+        "readinessProbe": {
+            "exec": {"command": ["cat", READY_FILE]},
+            "periodSeconds": 1,
+            "failureThreshold": 1,
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if tpl.resources is not None:
+        container["resources"] = tpl.resources
+    if tpl.security_context is not None:
+        container["securityContext"] = tpl.security_context
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # Workers need no Kubernetes API access, and no other Service's address in their env.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [
+            # 0444: readable whatever user the image runs as; nobody writes it.
+            {
+                "name": ENV_VOLUME,
+                "secret": {"secretName": env_secret_name(name), "defaultMode": 0o444},
+            },
+            {"name": STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            *tpl.volumes,
+        ],
+    }
+    optional: Mapping[str, Any] = {
+        "serviceAccountName": tpl.service_account_name,
+        "nodeSelector": tpl.node_selector or None,
+        "tolerations": tpl.tolerations or None,
+        "affinity": tpl.affinity,
+        "securityContext": tpl.pod_security_context,
+        "priorityClassName": tpl.priority_class_name,
+        "imagePullSecrets": tpl.image_pull_secrets or None,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value is not None})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": pod,
+            "namespace": job.metadata.namespace,
+            "labels": labels,
+            "annotations": annotations,
+            "ownerReferences": [owner_reference(job, uid)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def _job_name(job: ExecuteJob) -> str:
+    if not job.metadata.name:
+        raise ValueError("metadata.name: the job has no name")
+    return job.metadata.name

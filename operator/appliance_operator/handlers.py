@@ -1,0 +1,310 @@
+"""The kopf handlers: thin wiring between kopf's watches and :class:`Controller`.
+
+* Two kopf *indexes* are the operator's cache: worker pods by job, and jobs by name. kopf
+  fills them from its list+watch of each resource and runs no other handler until both
+  initial lists are in, so the first reconcile after a (re)start sees every existing pod.
+* Two kopf *event* handlers (any event on a job, or on a pod the operator made) put the
+  job's key on a coalescing :class:`WorkQueue`: a burst of events is one reconcile.
+* Worker tasks take keys, copy the job and its pods out of the indexes (on the event loop,
+  where kopf updates them) and run the reconcile in a thread (its API calls block).
+
+Only event and index handlers are used, so kopf writes nothing to the jobs: no finalizer, no
+progress or last-handled-configuration annotations. (A ``kopf.timer`` would put a finalizer
+on every job — one more write per job, and jobs that cannot be deleted while the operator is
+down — so the periodic resync is one operator-wide task instead.)
+
+Run with ``python -m appliance_operator`` or ``kopf run -m appliance_operator.handlers``
+(configured then by the ``APPLIANCE_OPERATOR_*`` variables of :class:`Config`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from appliance_operator.controller import Controller, JobKey
+from appliance_operator.desired import (
+    JOB_NAME_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MANAGED_SELECTOR,
+)
+from appliance_operator.kubeapi import ApiError, KubeApi
+from appliance_operator.metrics import Metrics
+from appliance_operator.observe import PodView, pod_view
+from appliance_operator.workqueue import QueueShutDownError, WorkQueue
+from cerebras_appliance.api import GROUP, PLURAL, VERSION
+
+logger = logging.getLogger("appliance_operator")
+
+MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
+
+
+@dataclass
+class Config:
+    workers: int = 8  # concurrent reconciles (of different jobs)
+    metrics_port: int = 8081  # 0: no metrics endpoint
+    metrics_address: str = "0.0.0.0"  # a pod's port, scraped by Prometheus
+    resync_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
+        defaults = cls()
+        return cls(
+            workers=int(environ.get("APPLIANCE_OPERATOR_WORKERS", defaults.workers)),
+            metrics_port=int(environ.get("APPLIANCE_OPERATOR_METRICS_PORT", defaults.metrics_port)),
+            metrics_address=environ.get(
+                "APPLIANCE_OPERATOR_METRICS_ADDRESS", defaults.metrics_address
+            ),
+            resync_seconds=float(
+                environ.get("APPLIANCE_OPERATOR_RESYNC_SECONDS", defaults.resync_seconds)
+            ),
+        )
+
+
+_config: Config | None = None
+
+
+def set_config(config: Config) -> None:
+    """Used by ``python -m appliance_operator`` before kopf starts."""
+    global _config  # noqa: PLW0603 - one operator per process
+    _config = config
+
+
+@dataclass
+class _Runtime:
+    config: Config
+    controller: Controller
+    queue: WorkQueue[JobKey]
+    metrics: Metrics
+    pods: Any  # kopf.Index[JobKey, PodView]
+    jobs: Any  # kopf.Index[JobKey, dict]
+    executor: ThreadPoolExecutor
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    metrics_server: Any = None
+
+
+_runtime: _Runtime | None = None
+
+
+# -- settings --------------------------------------------------------------------------------
+
+
+def configure_settings(settings: kopf.OperatorSettings) -> None:
+    """kopf settings, each chosen on purpose."""
+    # One replica (the Deployment uses strategy Recreate): no peering objects to watch and
+    # patch. Two operators at once would still not duplicate pods (deterministic names).
+    settings.peering.standalone = True
+    # kopf's own k8s Events (handler retries/failures) only when something is wrong; the
+    # operator posts its own Events on phase transitions.
+    settings.posting.level = logging.WARNING
+    # Ask the API server to end each watch after 5 min and give up on a silent connection
+    # a bit later: a stale watch behind a dead load balancer is noticed and re-listed.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    # Watch only the pods the operator made (server-side filter): kopf never sees, caches
+    # or memorises any other pod of the cluster.
+    settings.watching.label_selectors["v1", "pods"] = MANAGED_SELECTOR
+    # Event and index handlers keep no state on the objects, so kopf writes nothing to the
+    # jobs (no progress, no last-handled-configuration). The storages matter only to
+    # on.create/update/resume handlers, which this operator does not use; should one be added,
+    # its annotations would be under appliance.dev/ rather than kopf's default prefix.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="appliance.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="appliance.dev", key="last-handled-configuration"
+    )
+    # API errors in kopf's own calls (watches): retry quickly first, then back off.
+    settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
+
+
+# -- indexes: the operator's cache -----------------------------------------------------------
+
+
+@kopf.index("v1", "pods", labels=MANAGED)
+def worker_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[JobKey, PodView]:
+    view = pod_view(body)
+    return {} if view is None else {(namespace or "", view.job_name): view}
+
+
+_JOB_META = (
+    "name",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "labels",
+    "annotations",
+)
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def execute_jobs(
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> dict[JobKey, dict[str, Any]]:
+    meta = body.get("metadata", {})
+    record = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: copy.deepcopy(meta[k]) for k in _JOB_META if k in meta},
+        "spec": copy.deepcopy(dict(body.get("spec", {}))),
+    }
+    if body.get("status"):
+        record["status"] = copy.deepcopy(dict(body["status"]))
+    return {(namespace or "", name): record}
+
+
+# -- events: enqueue the job -----------------------------------------------------------------
+
+
+def _enqueue(key: JobKey) -> None:
+    if _runtime is not None:
+        _runtime.queue.add(key)
+        _runtime.metrics.queue_depth.set(len(_runtime.queue))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def job_event(namespace: str | None, name: str, **_: Any) -> None:
+    _enqueue((namespace or "", name))  # not blocking: a set and a deque
+
+
+@kopf.on.event("v1", "pods", labels=MANAGED)
+async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    job_name = labels.get(JOB_NAME_LABEL)
+    if job_name:
+        _enqueue((namespace or "", job_name))
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+def _snapshot(rt: _Runtime, key: JobKey) -> tuple[dict[str, Any] | None, list[PodView]]:
+    """The job and its pods, copied out of the indexes (on the event loop)."""
+    bodies = list(rt.jobs.get(key, ()))
+    # Two objects under one name only while a deleted job's DELETED event is in flight.
+    live = [b for b in bodies if not b["metadata"].get("deletionTimestamp")] or bodies
+    body = max(live, key=lambda b: b["metadata"].get("creationTimestamp", ""), default=None)
+    return body, list(rt.pods.get(key, ()))
+
+
+async def _worker(rt: _Runtime) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            key = await rt.queue.get()
+        except QueueShutDownError:
+            return
+        rt.metrics.queue_depth.set(len(rt.queue))
+        try:
+            body, pods = _snapshot(rt, key)
+            delay = await loop.run_in_executor(
+                rt.executor, rt.controller.reconcile, key, body, pods
+            )
+            if body is None:
+                rt.queue.forget(key)
+            elif delay is not None:
+                rt.queue.add_after(key, delay)
+        except ApiError as exc:
+            delay = rt.controller.retry_delay(key)
+            logger.warning("[%s/%s] reconcile failed (%s); retrying in %.1fs", *key, exc, delay)
+            rt.queue.add_after(key, delay)
+        except Exception:
+            delay = rt.controller.retry_delay(key)
+            logger.exception("[%s/%s] reconcile crashed; retrying in %.1fs", *key, delay)
+            rt.queue.add_after(key, max(delay, 5.0))
+        finally:
+            rt.queue.done(key)
+
+
+async def _resync(rt: _Runtime) -> None:
+    """Safety net: every job is reconciled at least every ``resync_seconds``."""
+    while True:
+        await asyncio.sleep(rt.config.resync_seconds)
+        for key in list(rt.jobs):
+            rt.queue.add(key)
+
+
+def _api_client() -> Any:
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 32  # reconcile workers + parallel pod creates
+    api_client = client.ApiClient(configuration)
+    api_client.user_agent = "appliance-operator"  # the field manager of its writes
+    return api_client
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+    """Configure kopf, start the metrics endpoint, the reconcile workers and the resync."""
+    global _runtime  # noqa: PLW0603 - one operator per process
+    configure_settings(settings)
+    config = _config or Config.from_env()
+    metrics = Metrics()
+    api_client = await asyncio.to_thread(_api_client)
+    controller = Controller(KubeApi(api_client, metrics), metrics)
+    rt = _Runtime(
+        config=config,
+        controller=controller,
+        queue=WorkQueue(),
+        metrics=metrics,
+        pods=kwargs["worker_pods"],  # the indexes, by their function names
+        jobs=kwargs["execute_jobs"],
+        executor=ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="reconcile"),
+    )
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        rt.metrics_server = start_http_server(
+            config.metrics_port, addr=config.metrics_address, registry=metrics.registry
+        )
+        logger.info("metrics on http://%s:%d/metrics", config.metrics_address, config.metrics_port)
+    rt.tasks = [asyncio.create_task(_worker(rt)) for _ in range(config.workers)]
+    rt.tasks.append(asyncio.create_task(_resync(rt)))
+    _runtime = rt
+    logger.info("appliance-operator started: %d reconcile workers", config.workers)
+
+
+@kopf.on.probe(id="reconcile_workers")
+def probe(**_: Any) -> dict[str, int]:
+    """Part of the liveness answer; fails (HTTP 500) when a worker task died."""
+    rt = _runtime
+    if rt is None:
+        return {"workers": 0}
+    alive = sum(1 for t in rt.tasks if not t.done())
+    if alive < len(rt.tasks):
+        raise RuntimeError(f"{len(rt.tasks) - alive} reconcile task(s) died")
+    return {"workers": alive - 1, "queued": len(rt.queue), "processing": rt.queue.processing}
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    global _runtime
+    rt, _runtime = _runtime, None
+    if rt is None:
+        return
+    rt.queue.shutdown()
+    for task in rt.tasks[-1:]:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*rt.tasks, return_exceptions=True)
+    rt.executor.shutdown(wait=False, cancel_futures=True)
+    rt.controller.close()
+    if rt.metrics_server is not None:
+        server, _thread = rt.metrics_server
+        server.shutdown()

@@ -1,0 +1,148 @@
+"""The few Kubernetes API calls the reconcile loop makes, counted (blocking; run in threads).
+
+Bodies are plain dicts and answers are parsed JSON (``_preload_content=False``): the
+operator never builds the client's model objects. Every call is counted in
+``appliance_operator_api_requests_total`` and every failure in ``..._api_errors_total``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kubernetes import client
+
+from appliance_operator.metrics import Metrics
+from cerebras_appliance.api import GROUP, PLURAL, VERSION
+
+
+class ApiError(Exception):
+    """A failed API call: ``code`` is the HTTP status (0 when there was no answer)."""
+
+    def __init__(self, code: int, reason: str, message: str) -> None:
+        self.code = code
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{code} {reason}: {message}")
+
+
+def _api_error(exc: client.ApiException) -> ApiError:
+    reason, message = str(exc.reason or ""), ""
+    try:
+        body = json.loads(exc.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    if isinstance(body, dict):
+        reason = str(body.get("reason") or reason)
+        message = str(body.get("message") or "")
+    return ApiError(int(exc.status or 0), reason, message)
+
+
+def _delete_options(uid: str, propagation: str | None) -> client.V1DeleteOptions:
+    """Delete exactly this object (a newer one with the same name is left alone)."""
+    return client.V1DeleteOptions(
+        preconditions=client.V1Preconditions(uid=uid), propagation_policy=propagation
+    )
+
+
+class KubeApi:
+    def __init__(self, api_client: client.ApiClient, metrics: Metrics) -> None:
+        self.api_client = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.metrics = metrics
+
+    def _call(self, verb: str, resource: str, fn: Callable[..., Any], *args: Any) -> Any:
+        self.metrics.api_requests.labels(verb, resource).inc()
+        try:
+            response = fn(*args, _preload_content=False)
+        except client.ApiException as exc:
+            error = _api_error(exc)
+            self.metrics.api_errors.labels(verb, resource, str(error.code)).inc()
+            raise error from None
+        except OSError as exc:  # connection refused/reset, timeouts (urllib3 errors are OSError)
+            self.metrics.api_errors.labels(verb, resource, "0").inc()
+            raise ApiError(0, type(exc).__name__, str(exc)) from None
+        data = response.data
+        return json.loads(data) if data else {}
+
+    # -- pods --------------------------------------------------------------------------
+
+    def create_pod(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "create", "pods", self.core.create_namespaced_pod, namespace, body
+        )
+        return result
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the pod with this uid (not a newer pod with the same name)."""
+        options = _delete_options(uid, "Background")
+        self._call(
+            "delete",
+            "pods",
+            lambda **kw: self.core.delete_namespaced_pod(name, namespace, body=options, **kw),
+        )
+
+    # -- secrets -----------------------------------------------------------------------
+
+    def create_secret(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            "create", "secrets", self.core.create_namespaced_secret, namespace, body
+        )
+        return result
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Secret, or None when it does not exist."""
+        try:
+            result: dict[str, Any] = self._call(
+                "get", "secrets", self.core.read_namespaced_secret, name, namespace
+            )
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        return result
+
+    def delete_secret(self, namespace: str, name: str, uid: str) -> None:
+        options = _delete_options(uid, None)
+        self._call(
+            "delete",
+            "secrets",
+            lambda **kw: self.core.delete_namespaced_secret(name, namespace, body=options, **kw),
+        )
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def patch_job_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """JSON merge patch of the status subresource; returns the updated job."""
+        result: dict[str, Any] = self._call(
+            "patch",
+            "executejobs/status",
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": dict(status)},
+        )
+        return result
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the job with this uid; what it owns goes with it (background cascade)."""
+        options = _delete_options(uid, "Background")
+        self._call(
+            "delete",
+            "executejobs",
+            lambda **kw: self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, body=options, **kw
+            ),
+        )
+
+    # -- events ------------------------------------------------------------------------
+
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
+        self._call("create", "events", self.core.create_namespaced_event, namespace, body)

@@ -1,0 +1,801 @@
+"""The operator against a real kube-apiserver (hack/cluster, kwok fake nodes).
+
+The operator runs as a subprocess (``python -m appliance_operator``), its log captured to a
+file. kwok marks pods on its fake nodes Running and Ready; a worker's success or failure is
+simulated by patching the pod's status (kwok only completes pods owned by a batch Job, so it
+leaves ours alone).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from cerebras_appliance import envfile
+
+if TYPE_CHECKING:
+    from conftest import Cluster, WaitUntil
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "appliance.dev", "v1alpha1", "executejobs"
+MANAGED = "app.kubernetes.io/managed-by=appliance-operator"
+#: Unschedulable on purpose: pods stay Pending on no node (nothing simulates them).
+NOWHERE = {"nodeSelector": {"appliance.dev/test": "no-such-node"}}
+
+
+def _load_cases() -> ModuleType:
+    path = REPO / "tests" / "data" / "invalid_cases.py"
+    spec = importlib.util.spec_from_file_location("appliance_invalid_cases", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+invalid_cases = _load_cases()
+CASES = invalid_cases.cases()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# -- the operator process --------------------------------------------------------------------
+
+
+@dataclass
+class Operator:
+    kubeconfig: str
+    log_path: Path
+    metrics_port: int = field(default_factory=_free_port)
+    liveness_port: int = field(default_factory=_free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        log = self.log_path.open("ab")
+        log.write(f"\n===== operator start #{self.starts} =====\n".encode())
+        log.flush()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "appliance_operator",
+                "--all-namespaces",
+                "--verbose",  # the strictest case for "no env value in the logs"
+                "--metrics-port",
+                str(self.metrics_port),
+                "--metrics-address",
+                "127.0.0.1",
+                "--liveness",
+                f"http://127.0.0.1:{self.liveness_port}/healthz",
+                "--resync-seconds",
+                "5",
+            ],
+            env={**os.environ, "KUBECONFIG": self.kubeconfig},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                pytest.fail(f"the operator exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
+            try:
+                if self.get(self.liveness_port, "/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the operator did not become live:\n{self.log()[-3000:]}")
+            time.sleep(0.1)
+
+    def get(self, port: int, path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+
+    def metrics(self) -> str:
+        return self.get(self.metrics_port, "/metrics")[1]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> None:
+    cluster.kubectl("apply", "-f", str(REPO / "crds" / "executejobs.yaml"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/executejobs.appliance.dev", "--timeout=60s"
+    )
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, crd: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
+    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"operator log: {op.log_path}")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def manifest(
+    name: str,
+    namespace: str,
+    *,
+    replicas: int = 2,
+    env: list[dict[str, Any]] | None = None,
+    template: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExecuteJob",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": replicas,
+            "image": "appliance-operator/worker:test",
+            "entrypoint": "my_pkg.loader:main",
+            "args": ["--shard", "x"],
+            "env": env if env is not None else [{"name": "DATA_ROOT", "value": "/mnt/data"}],
+            "template": template if template is not None else {},
+            **spec,
+        },
+    }
+
+
+class Kube:
+    def __init__(self, cluster: Cluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.ns = namespace
+        self.core = client.CoreV1Api(cluster.api_client)
+        self.custom = client.CustomObjectsApi(cluster.api_client)
+
+    def apply(self, obj: dict[str, Any]) -> None:
+        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(obj))
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, self.ns, PLURAL, name
+            )
+            return result
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def status(self, name: str) -> dict[str, Any]:
+        job = self.job(name)
+        assert job is not None, f"job {name} does not exist"
+        result: dict[str, Any] = job.get("status") or {}
+        return result
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        return next(c for c in self.status(name).get("conditions", []) if c["type"] == type_)
+
+    def pods(self, job: str) -> list[Any]:
+        selector = f"{MANAGED},appliance.dev/job-name={job}"
+        return list(self.core.list_namespaced_pod(self.ns, label_selector=selector).items)
+
+    def pod_names(self, job: str) -> set[str]:
+        return {p.metadata.name for p in self.pods(job)}
+
+    def live_pod_names(self, job: str) -> set[str]:
+        return {p.metadata.name for p in self.pods(job) if p.metadata.deletion_timestamp is None}
+
+    def finish(self, pod: str, exit_code: int) -> None:
+        """Make a worker pod Succeeded (exit 0) or Failed (any other code)."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.core.patch_namespaced_pod_status(
+            pod,
+            self.ns,
+            {
+                "status": {
+                    "phase": "Succeeded" if exit_code == 0 else "Failed",
+                    "conditions": [{"type": "Ready", "status": "False"}],
+                    "containerStatuses": [
+                        {
+                            "name": "worker",
+                            "image": "appliance-operator/worker:test",
+                            "imageID": "",
+                            "ready": False,
+                            "restartCount": 0,
+                            "state": {
+                                "terminated": {
+                                    "exitCode": exit_code,
+                                    "reason": "Completed" if exit_code == 0 else "Error",
+                                    "startedAt": now,
+                                    "finishedAt": now,
+                                }
+                            },
+                        }
+                    ],
+                }
+            },
+        )
+
+    def events(self, job: str) -> list[Any]:
+        return [
+            e
+            for e in self.core.list_namespaced_event(self.ns).items
+            if e.involved_object.name == job and e.involved_object.kind == "ExecuteJob"
+        ]
+
+    def secret(self, name: str) -> Any | None:
+        try:
+            return self.core.read_namespaced_secret(name, self.ns)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+
+@pytest.fixture
+def kube(cluster: Cluster, namespace: str) -> Kube:
+    return Kube(cluster, namespace)
+
+
+def kwok(cluster: Cluster) -> dict[str, Any]:
+    return dict(cluster.kwok_pod_spec)
+
+
+def phase_is(kube: Kube, name: str, phase: str) -> Any:
+    return lambda: kube.status(name).get("phase") == phase
+
+
+# -- admission -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_invalid_job_is_refused_at_admission_naming_the_field(
+    cluster: Cluster, crd: None, namespace: str, case: Any
+) -> None:
+    doc = json.loads(json.dumps(case.manifest))
+    doc["metadata"]["namespace"] = namespace
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0, f"{case.id} was accepted"
+    assert case.field in proc.stderr, proc.stderr
+    if case.message:
+        assert case.message in proc.stderr, proc.stderr
+    name = doc["metadata"]["name"]
+    assert cluster.kubectl("get", "ej", name, "-n", namespace, check=False).returncode != 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("env", [{"name": "DATA_ROOT", "value": "/other"}]),
+        ("env", []),
+        ("image", "appliance-operator/worker:other"),
+        ("entrypoint", "other.py"),
+    ],
+)
+def test_snapshot_fields_are_immutable(
+    cluster: Cluster, crd: None, kube: Kube, field: str, value: Any
+) -> None:
+    job = manifest("frozen", kube.ns, template=NOWHERE)
+    kube.apply(job)
+    job["spec"][field] = value
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(job), check=False)
+    assert proc.returncode != 0
+    assert f"spec.{field} is immutable" in proc.stderr, proc.stderr
+    assert "create a new job" in proc.stderr
+    # Other fields may change.
+    job = manifest("frozen", kube.ns, template=NOWHERE, replicas=3)
+    kube.apply(job)
+
+
+def test_job_without_env_cannot_gain_one(cluster: Cluster, crd: None, kube: Kube) -> None:
+    job = manifest("no-env", kube.ns, template=NOWHERE)
+    del job["spec"]["env"]
+    kube.apply(job)
+    stored = kube.job("no-env")
+    assert stored is not None and stored["spec"]["env"] == []  # defaulted
+    job["spec"]["env"] = [{"name": "LATE", "value": "1"}]
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(job), check=False)
+    assert proc.returncode != 0 and "spec.env is immutable" in proc.stderr
+
+
+# -- the reconcile loop ----------------------------------------------------------------------
+
+
+def test_pods_secret_and_status_of_a_running_job(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    kube.apply(manifest("run", kube.ns, replicas=3, template=kwok(cluster)))
+    wait_until(phase_is(kube, "run", "Running"), timeout=60, what="job Running")
+    wait_until(lambda: kube.status("run").get("readyReplicas") == 3, what="3 ready")
+    job = kube.job("run")
+    assert job is not None
+    uid = job["metadata"]["uid"]
+    status = kube.status("run")
+    ready = kube.condition("run", "WorkersReady")
+    assert ready["status"] == "True" and ready["reason"] == "EnvApplied"
+    assert status["replicas"] == 3 and status["envHash"].startswith("sha256:")
+    assert status["observedGeneration"] == 1 and status["startTime"]
+    assert kube.condition("run", "EnvResolved")["status"] == "True"
+    # kopf wrote nothing of its own to the job.
+    assert not job["metadata"].get("finalizers")
+    assert not [a for a in job["metadata"].get("annotations", {}) if "kopf" in a]
+
+    pods = sorted(kube.pods("run"), key=lambda p: p.metadata.name)
+    assert [p.metadata.name for p in pods] == ["run-worker-0", "run-worker-1", "run-worker-2"]
+    for index, pod in enumerate(pods):
+        meta, spec = pod.metadata, pod.spec
+        assert meta.labels["appliance.dev/job-name"] == "run"
+        assert meta.labels["appliance.dev/worker-index"] == str(index)
+        assert meta.labels["app.kubernetes.io/managed-by"] == "appliance-operator"
+        (owner,) = meta.owner_references
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == (
+            "ExecuteJob",
+            "run",
+            uid,
+            True,
+        )
+        assert meta.annotations["appliance.dev/env-hash"] == status["envHash"]
+        assert spec.restart_policy == "Never"
+        assert spec.automount_service_account_token is False
+        assert spec.enable_service_links is False
+        (container,) = spec.containers
+        assert container.command[:4] == [
+            "python3",
+            "-m",
+            "cerebras_appliance.worker",
+            "my_pkg.loader:main",
+        ]
+        assert container.command[4:] == ["--shard", "x"]
+        assert {e.name for e in container.env} >= {envfile.ENV_FILE_VAR, envfile.READY_FILE_VAR}
+        assert "DATA_ROOT" not in {e.name for e in container.env}
+        mount = next(m for m in container.volume_mounts if m.mount_path == "/var/run/appliance/env")
+        assert mount.read_only
+        volume = next(v for v in spec.volumes if v.name == mount.name)
+        assert volume.secret.secret_name == "run-env"
+        assert container.readiness_probe._exec.command[0] == "cat"
+        assert spec.node_selector == {"type": "kwok"}
+
+    secret = kube.secret("run-env")
+    assert secret is not None and secret.immutable
+    assert secret.metadata.owner_references[0].uid == uid
+    snapshot = envfile.parse(
+        base64.b64decode(secret.data[envfile.SECRET_KEY]).decode(), "run-env/env.json"
+    )
+    assert snapshot.env == (("DATA_ROOT", "/mnt/data"),)
+    assert snapshot.env_hash == status["envHash"]
+
+    table = cluster.kubectl("get", "ej", "run", "-n", kube.ns).stdout.split("\n")
+    assert table[0].split() == ["NAME", "PHASE", "READY", "REPLICAS", "AGE"]
+    assert table[1].split()[:4] == ["run", "Running", "3", "3"]
+
+    # All workers succeed: the job succeeds and says so in an Event.
+    for pod in pods:
+        kube.finish(pod.metadata.name, 0)
+    wait_until(phase_is(kube, "run", "Succeeded"), what="job Succeeded")
+    status = kube.status("run")
+    assert status["succeeded"] == 3 and status["completionTime"] and status["readyReplicas"] == 0
+    assert kube.condition("run", "Succeeded")["status"] == "True"
+    reasons = wait_until(
+        lambda: (
+            {"CreatedWorkers", "Running", "Succeeded"} <= {e.reason for e in kube.events("run")}
+            and {e.reason for e in kube.events("run")}
+        ),
+        what="events",
+    )
+    assert "Pending" not in reasons
+
+
+def test_failed_worker_fails_the_job_and_releases_the_others(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    kube.apply(manifest("fail", kube.ns, replicas=3, template=kwok(cluster)))
+    wait_until(lambda: kube.status("fail").get("readyReplicas") == 3, timeout=60, what="ready")
+    kube.finish("fail-worker-1", 3)
+    wait_until(phase_is(kube, "fail", "Failed"), what="job Failed")
+    failed = kube.condition("fail", "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "BackoffLimitExceeded"
+    assert "worker fail-worker-1 failed (exit code 3)" in failed["message"]
+    assert kube.status("fail")["failed"] == 1
+    # The running workers are released; the failed pod stays (for its logs).
+    wait_until(lambda: kube.pod_names("fail") == {"fail-worker-1"}, what="others deleted")
+    warning = wait_until(
+        lambda: next((e for e in kube.events("fail") if e.reason == "Failed"), None), what="event"
+    )
+    assert warning.type == "Warning" and "exit code 3" in warning.message
+
+
+def test_failed_worker_is_replaced_under_backoff_limit(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    kube.apply(manifest("retry", kube.ns, replicas=2, backoffLimit=1, template=kwok(cluster)))
+    wait_until(lambda: kube.status("retry").get("readyReplicas") == 2, timeout=60, what="ready")
+    kube.finish("retry-worker-0", 7)
+    wait_until(lambda: "retry-worker-0-1" in kube.pod_names("retry"), what="replacement")
+    wait_until(lambda: kube.status("retry").get("readyReplicas") == 2, what="ready again")
+    status = kube.status("retry")
+    assert status["phase"] == "Running" and status["failed"] == 1
+    assert kube.pod_names("retry") == {"retry-worker-0", "retry-worker-0-1", "retry-worker-1"}
+    kube.finish("retry-worker-0-1", 9)
+    wait_until(phase_is(kube, "retry", "Failed"), what="job Failed")
+    message = kube.condition("retry", "Failed")["message"]
+    assert "retry-worker-0-1 failed (exit code 9)" in message
+    assert "2 worker failure(s), backoffLimit is 1" in message
+    assert "retry-worker-0-2" not in kube.pod_names("retry")
+
+
+def test_suspend_and_resume(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    job = manifest("pause", kube.ns, replicas=2, template=kwok(cluster))
+    kube.apply(job)
+    wait_until(lambda: kube.status("pause").get("readyReplicas") == 2, timeout=60, what="ready")
+    job["spec"]["suspend"] = True
+    kube.apply(job)
+    wait_until(phase_is(kube, "pause", "Suspended"), what="Suspended")
+    wait_until(lambda: not kube.pod_names("pause"), what="pods deleted")
+    assert kube.job("pause") is not None
+    assert kube.condition("pause", "Suspended")["status"] == "True"
+    job["spec"]["suspend"] = False
+    kube.apply(job)
+    wait_until(lambda: kube.status("pause").get("readyReplicas") == 2, what="resumed")
+    assert kube.pod_names("pause") == {"pause-worker-0", "pause-worker-1"}
+    reasons = [e.reason for e in kube.events("pause")]
+    assert "Suspended" in reasons
+
+
+def test_active_deadline_fails_the_job(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    kube.apply(manifest("late", kube.ns, activeDeadlineSeconds=3, template=kwok(cluster)))
+    wait_until(phase_is(kube, "late", "Failed"), timeout=60, what="deadline")
+    failed = kube.condition("late", "Failed")
+    assert failed["reason"] == "DeadlineExceeded"
+    assert "activeDeadlineSeconds=3" in failed["message"]
+    job = kube.job("late")
+    assert job is not None
+    created = _epoch(job["metadata"]["creationTimestamp"])
+    assert _epoch(failed["lastTransitionTime"]) - created >= 3  # not before the deadline
+    assert "Running" in {e.reason for e in kube.events("late")}  # it did run first
+    wait_until(lambda: not kube.live_pod_names("late"), what="pods released")
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_ttl_deletes_the_finished_job_and_what_it_owns(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    kube.apply(manifest("ttl", kube.ns, ttlSecondsAfterFinished=2, template=kwok(cluster)))
+    wait_until(lambda: kube.status("ttl").get("readyReplicas") == 2, timeout=60, what="ready")
+    for pod in kube.pod_names("ttl"):
+        kube.finish(pod, 0)
+    wait_until(phase_is(kube, "ttl", "Succeeded"), what="Succeeded")
+    completed = _epoch(kube.status("ttl")["completionTime"])
+    wait_until(lambda: kube.job("ttl") is None, timeout=30, what="job deleted by TTL")
+    assert time.time() >= completed + 2 - 1  # not before the TTL (stamps have 1 s resolution)
+    wait_until(lambda: not kube.pod_names("ttl"), timeout=60, what="pods collected")
+    wait_until(lambda: kube.secret("ttl-env") is None, timeout=60, what="secret collected")
+
+
+def test_deleting_a_job_cascades(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    kube.apply(manifest("gone", kube.ns, replicas=2, template=NOWHERE))
+    wait_until(lambda: len(kube.pod_names("gone")) == 2, timeout=60, what="pods")
+    assert kube.secret("gone-env") is not None
+    cluster.kubectl("delete", "ej", "gone", "-n", kube.ns, "--wait=true", timeout=60)
+    wait_until(lambda: not kube.pod_names("gone"), timeout=60, what="pods collected")
+    wait_until(lambda: kube.secret("gone-env") is None, timeout=60, what="secret collected")
+
+
+def test_missing_secret_keeps_the_job_pending_until_it_exists(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    env = [
+        {"name": "PLAIN", "value": "1"},
+        {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+    ]
+    kube.apply(manifest("needs", kube.ns, env=env, template=NOWHERE))
+    cond = wait_until(
+        lambda: next(
+            (c for c in kube.status("needs").get("conditions", []) if c["type"] == "EnvResolved"),
+            None,
+        ),
+        what="EnvResolved condition",
+    )
+    assert cond["status"] == "False" and cond["reason"] == "SecretNotFound"
+    assert "spec.env[1] (API_TOKEN)" in cond["message"] and "'creds'" in cond["message"]
+    assert kube.status("needs")["phase"] == "Pending"
+    warning = wait_until(
+        lambda: next((e for e in kube.events("needs") if e.reason == "SecretNotFound"), None),
+        what="warning event",
+    )
+    assert warning.type == "Warning" and "creds" in warning.message
+    assert not kube.pod_names("needs")
+    kube.core.create_namespaced_secret(
+        kube.ns, {"metadata": {"name": "creds"}, "stringData": {"token": "t0ken"}}
+    )
+    wait_until(lambda: len(kube.pod_names("needs")) == 2, timeout=60, what="pods after retry")
+    wait_until(lambda: kube.condition("needs", "EnvResolved")["status"] == "True", what="resolved")
+
+
+# -- restarts --------------------------------------------------------------------------------
+
+
+def _pod_count(kube: Kube) -> int:
+    """Pods in the test's namespace, cheaply (the API server counts; no selector allowed)."""
+    listing = kube.core.list_namespaced_pod(kube.ns, limit=1)
+    if not listing.items:
+        return 0
+    return 1 + (listing.metadata.remaining_item_count or 0)
+
+
+def test_operator_killed_mid_reconcile_makes_no_duplicates(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    replicas = 400
+    killed_at = None
+    try:
+        kube.apply(manifest("crash", kube.ns, replicas=replicas, template=NOWHERE))
+        killed_at = wait_until(
+            lambda: (n := _pod_count(kube)) > 0 and n,
+            timeout=60,
+            interval=0.005,
+            what="first pods",
+        )
+        operator.kill(signal.SIGKILL)
+        assert killed_at < replicas, "the operator finished before it could be killed"
+        after_kill = _pod_count(kube)
+    finally:
+        operator.start()
+    wait_until(
+        lambda: kube.status("crash").get("replicas") == replicas and _pod_count(kube) == replicas,
+        timeout=120,
+        what="all pods after restart",
+    )
+    expected = {f"crash-worker-{i}" for i in range(replicas)}
+    assert kube.pod_names("crash") == expected
+    assert after_kill < replicas, f"killed after {killed_at}, {after_kill} pods then"
+    # Reconciles after that (the 5 s resync) change nothing.
+    job = kube.job("crash")
+    assert job is not None
+    before = _reconciles(operator)
+    wait_until(lambda: _reconciles(operator) >= before + 3, timeout=30, what="resyncs")
+    assert kube.pod_names("crash") == expected
+    again = kube.job("crash")
+    assert again is not None
+    assert again["metadata"]["resourceVersion"] == job["metadata"]["resourceVersion"]
+
+
+def _metric(operator: Operator, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    total = 0.0
+    for line in operator.metrics().splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            head, _, value = line.rpartition(" ")
+            got = head[len(name) :].strip("{}")
+            if all(part in got for part in want.split(",") if part):
+                total += float(value)
+    return total
+
+
+def _reconciles(operator: Operator) -> float:
+    return _metric(operator, "appliance_operator_reconcile_seconds_count")
+
+
+# -- secrecy ---------------------------------------------------------------------------------
+
+
+def test_env_values_are_nowhere_but_in_the_job_and_its_secrets(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    inline = f"inline-sentinel-{uuid.uuid4().hex}"
+    hidden = f"secret-sentinel-{uuid.uuid4().hex}"
+    kube.core.create_namespaced_secret(
+        kube.ns, {"metadata": {"name": "vault"}, "stringData": {"k": hidden}}
+    )
+    env = [
+        {"name": "INLINE", "value": inline},
+        {"name": "HIDDEN", "valueFrom": {"secretKeyRef": {"name": "vault", "key": "k"}}},
+    ]
+    kube.apply(manifest("quiet", kube.ns, env=env, replicas=2, template=kwok(cluster)))
+    wait_until(lambda: kube.status("quiet").get("readyReplicas") == 2, timeout=60, what="ready")
+    kube.finish("quiet-worker-0", 3)
+    wait_until(phase_is(kube, "quiet", "Failed"), what="Failed")
+    # The values did reach the env Secret (so the test can fail for the right reason).
+    secret = kube.secret("quiet-env")
+    assert secret is not None
+    content = base64.b64decode(secret.data[envfile.SECRET_KEY]).decode()
+    assert inline in content and hidden in content
+    places = {
+        "pods": cluster.kubectl("get", "pods", "-n", kube.ns, "-o", "yaml").stdout,
+        "events": cluster.kubectl("get", "events", "-n", kube.ns, "-o", "yaml").stdout,
+        "status": json.dumps(kube.status("quiet")),
+        "printer columns": cluster.kubectl("get", "ej", "-n", kube.ns, "-o", "wide").stdout,
+        "operator log": operator.log(),
+    }
+    for where, text in places.items():
+        assert inline not in text, f"inline value found in {where}"
+        assert hidden not in text, f"secret value found in {where}"
+    assert "quiet" in places["operator log"]  # the log did cover this job
+
+
+# -- the client's Kubernetes backend ---------------------------------------------------------
+
+
+def test_submit_to_kubernetes_follow_and_delete(
+    cluster: Cluster,
+    operator: Operator,
+    kube: Kube,
+    wait_until: WaitUntil,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import cerebras_appliance as app
+    from cerebras_appliance.environment import appliance_environ
+
+    monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig)
+    token = f"token-{uuid.uuid4().hex}"
+    saved = appliance_environ.tracked_names()
+    appliance_environ["DATA_ROOT"] = "/mnt/data"
+    appliance_environ["API_TOKEN"] = token
+    try:
+        job = app.submit(
+            "loader.py",
+            replicas=2,
+            name="client",
+            backend="kubernetes",
+            namespace=kube.ns,
+            sensitive=["API_TOKEN"],
+            template=kwok(cluster),
+        )
+    finally:
+        for name in ("DATA_ROOT", "API_TOKEN"):
+            if name not in saved:
+                del appliance_environ[name]
+    stored = kube.job("client")
+    assert stored is not None
+    assert token not in json.dumps(stored)  # the sensitive value is not in the job
+    ref = stored["spec"]["env"][1]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "client-sensitive", "key": "API_TOKEN"}
+    sensitive = kube.secret("client-sensitive")
+    assert sensitive is not None
+    assert base64.b64decode(sensitive.data["API_TOKEN"]).decode() == token
+    assert sensitive.metadata.owner_references[0].uid == stored["metadata"]["uid"]
+
+    wait_until(lambda: job.status().ready_replicas == 2, timeout=60, what="ready")
+    env_secret = kube.secret("client-env")
+    assert env_secret is not None
+    assert token in base64.b64decode(env_secret.data[envfile.SECRET_KEY]).decode()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="did not finish within 1"):
+        job.wait(timeout=1)
+    assert time.monotonic() - started < 10
+    logs = job.logs()
+    assert set(logs) == {"client-worker-0", "client-worker-1"}
+    for pod in ("client-worker-0", "client-worker-1"):
+        kube.finish(pod, 0)
+    final = job.wait(timeout=60)
+    assert final.phase == "Succeeded" and final.succeeded == 2
+    job.delete()
+    wait_until(lambda: kube.job("client") is None, what="job deleted")
+    wait_until(lambda: kube.secret("client-sensitive") is None, timeout=60, what="collected")
+    job.delete()  # twice is fine
+
+
+def test_submit_refuses_to_clobber_and_reports_conflicts(
+    cluster: Cluster, crd: None, kube: Kube, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cerebras_appliance as app
+    from cerebras_appliance.environment import ApplianceEnviron
+    from cerebras_appliance.kube import KubernetesError
+
+    monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig)
+    environ = ApplianceEnviron()
+    monkeypatch.setitem(os.environ, "API_TOKEN", "")  # removed again afterwards
+    environ["API_TOKEN"] = "t1"
+
+    def submit(name: str) -> Any:
+        return app.submit(
+            "loader.py",
+            name=name,
+            backend="kubernetes",
+            namespace=kube.ns,
+            sensitive=["API_TOKEN"],
+            template=NOWHERE,
+            environ=environ,
+        )
+
+    # A Secret of that name that the client did not write: refused, left alone.
+    kube.core.create_namespaced_secret(
+        kube.ns, {"metadata": {"name": "mine-sensitive"}, "stringData": {"x": "keep"}}
+    )
+    with pytest.raises(KubernetesError, match="mine-sensitive already exists"):
+        submit("mine")
+    assert kube.job("mine") is None
+    kept = kube.secret("mine-sensitive")
+    assert kept is not None and base64.b64decode(kept.data["x"]).decode() == "keep"
+    # A job of that name exists: refused, and its sensitive Secret is not touched.
+    first = submit("twice")
+    with pytest.raises(KubernetesError, match="already exists"):
+        submit("twice")
+    secret = kube.secret("twice-sensitive")
+    assert secret is not None
+    assert secret.metadata.owner_references[0].name == "twice"
+    # A leftover of a deleted job (the client's label, no job): replaced.
+    first.delete()
+    leftover = {
+        "metadata": {
+            "name": "again-sensitive",
+            "labels": {"app.kubernetes.io/managed-by": "cerebras-appliance"},
+        },
+        "stringData": {"API_TOKEN": "stale"},
+    }
+    kube.core.create_namespaced_secret(kube.ns, leftover)
+    submit("again")
+    secret = kube.secret("again-sensitive")
+    assert secret is not None
+    assert base64.b64decode(secret.data["API_TOKEN"]).decode() == "t1"
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+def test_liveness_and_metrics(operator: Operator, kube: Kube, wait_until: WaitUntil) -> None:
+    code, body = operator.get(operator.liveness_port, "/healthz")
+    assert code == 200 and json.loads(body)["reconcile_workers"]["workers"] >= 1
+    text = operator.metrics()
+    for name in (
+        "appliance_operator_jobs{",
+        "appliance_operator_reconcile_seconds_bucket",
+        "appliance_operator_api_requests_total",
+    ):
+        assert name in text
+    assert "appliance_operator_api_errors" in text

@@ -1,0 +1,320 @@
+"""Controller.reconcile against a fake API: the calls made, idempotence, and no value leaks."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from appliance_operator.controller import Controller, status_patch
+from appliance_operator.kubeapi import ApiError
+from appliance_operator.metrics import Metrics
+from appliance_operator.observe import PodView, pod_view
+from cerebras_appliance import envfile
+from cerebras_appliance.api import ExecuteJobStatus
+
+UID = "uid-job-1"
+KEY = ("ml", "demo")
+INLINE = "inline-sentinel-93c1"
+SECRET_VALUE = "secret-sentinel-5be0"
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class FakeApi:
+    """The KubeApi surface, in memory, recording every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.statuses: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+        self.fail_pod_create: ApiError | None = None
+        self.fail_secret_create: ApiError | None = None
+        self._uids = itertools.count(1)
+
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", "pods"))
+        name = body["metadata"]["name"]
+        if self.fail_pod_create is not None:
+            raise self.fail_pod_create
+        if name in self.pods:
+            raise ApiError(409, "AlreadyExists", f'pods "{name}" already exists')
+        created = json.loads(json.dumps(body))
+        created["metadata"]["uid"] = f"pod-uid-{next(self._uids)}"
+        created["status"] = {"phase": "Pending"}
+        self.pods[name] = created
+        return created
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        self.calls.append(("delete", "pods"))
+        self.deleted.append(name)
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", "secrets"))
+        if self.fail_secret_create is not None:
+            raise self.fail_secret_create
+        name = body["metadata"]["name"]
+        if name in self.secrets:
+            raise ApiError(409, "AlreadyExists", "exists")
+        self.secrets[name] = {**body, "metadata": {**body["metadata"], "uid": f"s-{name}"}}
+        return self.secrets[name]
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", "secrets"))
+        return self.secrets.get(name)
+
+    def delete_secret(self, namespace: str, name: str, uid: str) -> None:
+        self.calls.append(("delete", "secrets"))
+        self.secrets.pop(name, None)
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("patch", "executejobs/status"))
+        self.statuses.append(status)
+        return {}
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        self.calls.append(("delete", "executejobs"))
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        self.calls.append(("create", "events"))
+        self.events.append(body)
+
+
+def job_body(env: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "appliance.dev/v1alpha1",
+        "kind": "ExecuteJob",
+        "metadata": {
+            "name": "demo",
+            "namespace": "ml",
+            "uid": UID,
+            "resourceVersion": "10",
+            "generation": 1,
+            "creationTimestamp": "2026-03-01T12:00:00Z",
+        },
+        "spec": {
+            "replicas": 2,
+            "image": "img",
+            "entrypoint": "loader.py",
+            "env": env
+            if env is not None
+            else [
+                {"name": "DATA_ROOT", "value": INLINE},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "t"}}},
+            ],
+            **spec,
+        },
+    }
+
+
+def user_secret(api: FakeApi) -> None:
+    api.secrets["creds"] = {
+        "metadata": {"name": "creds", "uid": "s-creds"},
+        "data": {"t": base64.b64encode(SECRET_VALUE.encode()).decode()},
+    }
+
+
+@pytest.fixture
+def api() -> FakeApi:
+    fake = FakeApi()
+    user_secret(fake)
+    return fake
+
+
+def controller(api: FakeApi) -> Controller:
+    return Controller(api, Metrics(), clock=lambda: NOW)  # type: ignore[arg-type]
+
+
+def views(api: FakeApi, phase: str = "Running", ready: bool = True) -> list[PodView]:
+    out = []
+    for created in api.pods.values():
+        body = json.loads(json.dumps(created))
+        body["status"] = {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        }
+        view = pod_view(body)
+        assert view is not None
+        out.append(view)
+    return out
+
+
+def test_first_reconcile_makes_secret_pods_status_once(api: FakeApi) -> None:
+    ctl = controller(api)
+    ctl.reconcile(KEY, job_body(), [])
+    assert api.calls == [
+        ("get", "secrets"),  # creds, for the secretKeyRef
+        ("create", "secrets"),
+        ("create", "pods"),  # slow start: 1, then 2 at once
+        ("create", "pods"),
+        ("patch", "executejobs/status"),
+        ("create", "events"),
+    ]
+    assert sorted(api.pods) == ["demo-worker-0", "demo-worker-1"]
+    content = base64.b64decode(api.secrets["demo-env"]["data"][envfile.SECRET_KEY]).decode()
+    snapshot = envfile.parse(content, "env.json")
+    assert snapshot.env == (("DATA_ROOT", INLINE), ("TOKEN", SECRET_VALUE))
+    (status,) = api.statuses
+    assert status["phase"] == "Pending" and status["replicas"] == 2
+    env_cond = next(c for c in status["conditions"] if c["type"] == "EnvResolved")
+    assert env_cond["status"] == "True"
+    assert api.events[0]["reason"] == "CreatedWorkers"
+
+
+def test_reconcile_on_a_stale_cache_repeats_nothing(api: FakeApi) -> None:
+    """Until the watch shows our pods and status, a reconcile must not redo the work."""
+    ctl = controller(api)
+    ctl.reconcile(KEY, job_body(), [])
+    api.calls.clear()
+    for _ in range(3):
+        ctl.reconcile(KEY, job_body(), [])  # same resourceVersion, no pods seen yet
+    assert api.calls == []
+
+
+def test_running_then_no_more_writes(api: FakeApi) -> None:
+    ctl = controller(api)
+    ctl.reconcile(KEY, job_body(), [])
+    api.calls.clear()
+    seen = job_body()
+    seen["metadata"]["resourceVersion"] = "11"
+    seen["status"] = api.statuses[-1]
+    ctl.reconcile(KEY, seen, views(api))
+    assert api.calls == [("patch", "executejobs/status"), ("create", "events")]
+    assert api.statuses[-1]["phase"] == "Running" and api.statuses[-1]["readyReplicas"] == 2
+    assert api.events[-1]["reason"] == "Running"
+    api.calls.clear()
+    seen["metadata"]["resourceVersion"] = "12"
+    seen["status"] = {k: v for k, v in api.statuses[-1].items() if v is not None}
+    ctl.reconcile(KEY, seen, views(api))
+    assert api.calls == []
+
+
+def test_restarted_operator_makes_no_duplicates(api: FakeApi) -> None:
+    """A new Controller (empty memory) that sees the pods does not create any; one that does
+    not see them yet gets 409s and carries on."""
+    controller(api).reconcile(KEY, job_body(), [])
+    api.calls.clear()
+    fresh = controller(api)
+    fresh.reconcile(KEY, job_body(), [])  # the watch has not delivered the pods yet
+    assert ("create", "pods") in api.calls
+    assert sorted(api.pods) == ["demo-worker-0", "demo-worker-1"]  # still two
+
+
+def test_values_leak_nowhere_but_the_env_secret(api: FakeApi) -> None:
+    ctl = controller(api)
+    ctl.reconcile(KEY, job_body(), [])
+    seen = job_body()
+    seen["metadata"]["resourceVersion"] = "11"
+    ctl.reconcile(KEY, seen, views(api, phase="Failed"))
+    outside = json.dumps([api.pods, api.statuses, api.events])
+    assert INLINE not in outside and SECRET_VALUE not in outside
+    assert api.statuses[-1]["phase"] == "Failed"
+
+
+def test_missing_user_secret_is_reported_once_and_retried_with_backoff() -> None:
+    api = FakeApi()  # no "creds"
+    ctl = controller(api)
+    delays = [ctl.reconcile(KEY, job_body(), []) for _ in range(3)]
+    assert api.pods == {} and "demo-env" not in api.secrets
+    warnings = [e for e in api.events if e["type"] == "Warning"]
+    assert len(warnings) == 1  # not repeated on every retry
+    assert warnings[0]["reason"] == "SecretNotFound"
+    assert "spec.env[1] (TOKEN)" in warnings[0]["message"] and "'creds'" in warnings[0]["message"]
+    cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
+    assert cond["status"] == "False" and cond["reason"] == "SecretNotFound"
+    assert api.statuses[0]["phase"] == "Pending"
+    assert len(api.statuses) == 1  # the condition is written once
+    assert all(d is not None for d in delays)
+    assert delays[0] < delays[1] < delays[2]  # type: ignore[operator]
+    user_secret(api)  # the user creates it: the next retry starts the job
+    ctl.reconcile(KEY, job_body(), [])
+    assert sorted(api.pods) == ["demo-worker-0", "demo-worker-1"]
+
+
+def test_stale_env_secret_of_an_earlier_job_is_replaced(api: FakeApi) -> None:
+    api.secrets["demo-env"] = {
+        "metadata": {
+            "name": "demo-env",
+            "uid": "s-old",
+            "labels": {
+                "app.kubernetes.io/managed-by": "appliance-operator",
+                "appliance.dev/job-name": "demo",
+            },
+            "ownerReferences": [{"uid": "uid-of-a-deleted-job"}],
+        }
+    }
+    ctl = controller(api)
+    delay = ctl.reconcile(KEY, job_body(), [])
+    assert ("delete", "secrets") in api.calls and api.pods == {}
+    assert delay is not None and delay <= 1
+    ctl.reconcile(KEY, job_body(), [])
+    assert api.secrets["demo-env"]["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert len(api.pods) == 2
+
+
+def test_someone_elses_secret_with_our_name_is_a_condition(api: FakeApi) -> None:
+    api.secrets["demo-env"] = {"metadata": {"name": "demo-env", "uid": "s-user"}}
+    controller(api).reconcile(KEY, job_body(), [])
+    assert api.pods == {} and "demo-env" in api.secrets
+    cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
+    assert cond["reason"] == "SecretNameTaken" and "delete or rename it" in cond["message"]
+
+
+def test_refused_pod_is_reported_and_not_retried_for_every_replica(api: FakeApi) -> None:
+    api.fail_pod_create = ApiError(422, "Invalid", 'Pod "demo-worker-0" is invalid: spec.volumes')
+    ctl = controller(api)
+    delay = ctl.reconcile(KEY, job_body(replicas=50), [])
+    assert api.calls.count(("create", "pods")) == 1  # slow start stopped at the first batch
+    (warning,) = [e for e in api.events if e["type"] == "Warning"]
+    assert warning["reason"] == "FailedCreate" and "spec.volumes" in warning["message"]
+    assert delay is not None and delay > 0
+
+
+def test_namespace_being_deleted_is_not_an_error(api: FakeApi) -> None:
+    terminating = ApiError(
+        403,
+        "Forbidden",
+        "unable to create new content in namespace ml because it is being terminated",
+    )
+    api.fail_secret_create = terminating
+    ctl = controller(api)
+    assert ctl.reconcile(KEY, job_body(), []) is not None  # looked at again; the job will go
+    api.fail_secret_create = None
+    api.fail_pod_create = terminating
+    assert ctl.reconcile(KEY, job_body(), []) is not None
+    assert not [e for e in api.events if e["type"] == "Warning"]
+    # Any other refusal of the Secret is an error (and says nothing of what was sent).
+    api.fail_secret_create = ApiError(422, "Invalid", "data[env.json]: some detail")
+    fresh = controller(api)
+    with pytest.raises(ApiError) as err:
+        fresh.reconcile(("ml", "other"), job_body(), [])
+    assert "some detail" not in str(err.value)
+
+
+def test_server_errors_propagate_for_a_retry(api: FakeApi) -> None:
+    api.fail_pod_create = ApiError(503, "ServiceUnavailable", "try later")
+    ctl = controller(api)
+    with pytest.raises(ApiError):
+        ctl.reconcile(KEY, job_body(), [])
+    assert ctl.retry_delay(KEY) > 0
+
+
+def test_deleted_job_is_forgotten(api: FakeApi) -> None:
+    ctl = controller(api)
+    ctl.reconcile(KEY, job_body(), [])
+    assert ctl.metrics.jobs.counts()["Pending"] == 1
+    assert ctl.reconcile(KEY, None, []) is None
+    assert ctl.metrics.jobs.counts()["Pending"] == 0
+
+
+def test_status_patch_deletes_absent_optional_fields() -> None:
+    doc = status_patch(ExecuteJobStatus(phase="Pending", replicas=2))
+    assert doc["phase"] == "Pending" and doc["replicas"] == 2
+    assert doc["startTime"] is None and doc["completionTime"] is None
+    assert "start_time" not in doc

@@ -1,0 +1,151 @@
+"""crds/executejobs.yaml: generated from the models, structural, and refusing what they refuse."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from appliance_operator import crdgen
+from cerebras_appliance import api
+from cerebras_appliance.api import InvalidJobError, parse_job
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_cases() -> ModuleType:
+    path = REPO / "tests" / "data" / "invalid_cases.py"
+    spec = importlib.util.spec_from_file_location("appliance_invalid_cases", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+invalid_cases = _load_cases()
+CASES = invalid_cases.cases()
+
+
+def _nodes(node: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(node, dict):
+        yield path, node
+        for key, child in node.get("properties", {}).items():
+            yield from _nodes(child, f"{path}.{key}")
+        if isinstance(node.get("items"), dict):
+            yield from _nodes(node["items"], f"{path}[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            yield from _nodes(node["additionalProperties"], f"{path}{{}}")
+
+
+def _schema() -> dict[str, Any]:
+    crd = yaml.safe_load((REPO / "crds" / "executejobs.yaml").read_text())
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+def test_checked_in_crd_matches_the_models() -> None:
+    """Fails when api.py (or the hand-kept parts) changed without `make crds`."""
+    current = (REPO / "crds" / "executejobs.yaml").read_text()
+    assert current == crdgen.render(), "crds/executejobs.yaml is stale: run `make crds`"
+    assert crdgen.main(["--check"]) == 0
+
+
+def test_check_mode_reports_a_stale_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stale = tmp_path / "executejobs.yaml"
+    stale.write_text("# old\n")
+    assert crdgen.main(["--check", "--output", str(stale)]) == 1
+    assert "make crds" in capsys.readouterr().err
+
+
+def test_schema_is_structural() -> None:
+    for path, node in _nodes(_schema()):
+        for banned in ("$ref", "$defs", "anyOf", "oneOf", "title", "nullable"):
+            assert banned not in node, f"{path or '<root>'} has {banned}"
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), path
+        if node.get("type") == "object" and "properties" in node:
+            assert "additionalProperties" not in node, path
+
+
+def test_free_form_template_objects_keep_unknown_fields() -> None:
+    template = _schema()["properties"]["spec"]["properties"]["template"]["properties"]
+    for name in ("resources", "affinity", "securityContext", "podSecurityContext"):
+        assert template[name]["x-kubernetes-preserve-unknown-fields"] is True, name
+    for name in ("tolerations", "volumes", "volumeMounts", "imagePullSecrets"):
+        assert template[name]["items"]["x-kubernetes-preserve-unknown-fields"] is True, name
+    assert template["nodeSelector"]["additionalProperties"] == {"type": "string"}
+
+
+def test_descriptions_are_kept_and_optional_fields_are_not_null() -> None:
+    spec = _schema()["properties"]["spec"]
+    assert "input workers" in spec["properties"]["replicas"]["description"]
+    deadline = spec["properties"]["activeDeadlineSeconds"]
+    assert deadline == {
+        "description": deadline["description"],
+        "minimum": 1,
+        "type": "integer",
+    }
+    assert spec["properties"]["replicas"]["default"] == 1
+    assert spec["required"] == ["image", "entrypoint"]
+
+
+def test_hand_kept_rules_are_in_place() -> None:
+    spec = _schema()["properties"]["spec"]["properties"]
+    env = spec["env"]
+    assert env["x-kubernetes-list-type"] == "map"
+    assert env["x-kubernetes-list-map-keys"] == ["name"]
+    assert env["maxItems"] == api.MAX_ENV_VARS
+    for field in ("env", "image", "entrypoint"):
+        rules = spec[field]["x-kubernetes-validations"]
+        assert {"rule": "self == oldSelf", "message": f"spec.{field} {crdgen._IMMUTABLE}"} in rules
+    item_rules = env["items"]["x-kubernetes-validations"]
+    assert item_rules[0]["rule"] == "has(self.value) != has(self.valueFrom)"
+    # The CEL entrypoint check uses the models' own pattern (no second copy to drift).
+    assert (
+        api.ENTRYPOINT_MODULE_PATTERN in spec["entrypoint"]["x-kubernetes-validations"][1]["rule"]
+    )
+    status = _schema()["properties"]["status"]["properties"]
+    assert status["conditions"]["x-kubernetes-list-map-keys"] == ["type"]
+    assert status["phase"]["enum"] == ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+def test_crd_names_and_printer_columns() -> None:
+    crd = crdgen.crd()
+    assert crd["metadata"]["name"] == "executejobs.appliance.dev"
+    assert crd["spec"]["names"]["shortNames"] == ["ej"]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase"
+    assert columns["Ready"] == ".status.readyReplicas"
+    assert columns["Replicas"] == ".spec.replicas"
+    assert columns["Age"] == ".metadata.creationTimestamp"
+    assert not [p for p in columns.values() if re.search(r"env|value", p, re.I)]
+
+
+def test_base_of_the_invalid_cases_is_valid() -> None:
+    """So each case is refused for its own edit, not for something in the base."""
+    parse_job(invalid_cases.base())
+
+
+def test_there_are_at_least_15_invalid_cases() -> None:
+    assert len(CASES) >= 15
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_client_refuses_what_admission_refuses(case: Any) -> None:
+    with pytest.raises(InvalidJobError) as refused:
+        parse_job(case.manifest)
+    assert any(line.startswith(case.field) for line in refused.value.errors), (
+        f"no error names {case.field}: {refused.value.errors}"
+    )

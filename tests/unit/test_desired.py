@@ -1,0 +1,209 @@
+"""desired.py: the env Secret and the worker pods of a job, and env resolution (pure)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from appliance_operator import desired
+from appliance_operator.desired import EnvResolutionError, WorkerId, resolve_env
+from cerebras_appliance import envfile
+from cerebras_appliance.api import ExecuteJob, parse_job
+
+UID = "0b9a8c1e-0000-4000-8000-000000000001"
+SENTINEL = "sentinel-value-7f3a9c"
+SECRET_SENTINEL = "secret-sentinel-41d2e8"
+
+
+def make_job(**spec: Any) -> ExecuteJob:
+    base: dict[str, Any] = {
+        "replicas": 2,
+        "image": "registry.example/loader:1",
+        "entrypoint": "my_pkg.loader:main",
+        "args": ["--shards", "2"],
+        "env": [
+            {"name": "DATA_ROOT", "value": SENTINEL},
+            {"name": "API_TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "tok"}}},
+        ],
+    }
+    base.update(spec)
+    return parse_job({"metadata": {"name": "demo", "namespace": "ml"}, "spec": base})
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_names() -> None:
+    assert desired.pod_name("demo", 3) == "demo-worker-3"
+    assert desired.pod_name("demo", 3, 2) == "demo-worker-3-2"
+    assert desired.env_secret_name("demo") == "demo-env"
+
+
+def test_worker_pod_shape() -> None:
+    job = make_job()
+    pod = desired.worker_pod(job, UID, WorkerId(1))
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["name"] == "demo-worker-1" and meta["namespace"] == "ml"
+    assert meta["labels"] == {
+        "app.kubernetes.io/managed-by": "appliance-operator",
+        "appliance.dev/job-name": "demo",
+        "appliance.dev/worker-index": "1",
+        "appliance.dev/attempt": "0",
+    }
+    assert meta["annotations"] == {"appliance.dev/env-hash": job.env_hash}
+    (owner,) = meta["ownerReferences"]
+    assert owner == {
+        "apiVersion": "appliance.dev/v1alpha1",
+        "kind": "ExecuteJob",
+        "name": "demo",
+        "uid": UID,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert spec["restartPolicy"] == "Never"
+    assert spec["automountServiceAccountToken"] is False
+    assert spec["enableServiceLinks"] is False
+    (container,) = spec["containers"]
+    assert container["command"] == [
+        "python3",
+        "-m",
+        "cerebras_appliance.worker",
+        "my_pkg.loader:main",
+        "--shards",
+        "2",
+    ]
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env[envfile.ENV_FILE_VAR] == "/var/run/appliance/env/env.json"
+    assert env[envfile.READY_FILE_VAR] == "/var/run/appliance/state/ready"
+    assert env["APPLIANCE_WORKER_NAME"] == "demo-worker-1"
+    assert container["readinessProbe"]["exec"]["command"] == ["cat", env[envfile.READY_FILE_VAR]]
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/var/run/appliance/env"]["readOnly"] is True
+    assert "/var/run/appliance/state" in mounts
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes[mounts["/var/run/appliance/env"]["name"]]["secret"]["secretName"] == "demo-env"
+    assert "emptyDir" in volumes[mounts["/var/run/appliance/state"]["name"]]
+    for absent in ("nodeSelector", "tolerations", "affinity", "serviceAccountName"):
+        assert absent not in spec
+
+
+def test_replacement_pod_name_and_attempt_label() -> None:
+    pod = desired.worker_pod(make_job(), UID, WorkerId(0, 2))
+    assert pod["metadata"]["name"] == "demo-worker-0-2"
+    assert pod["metadata"]["labels"]["appliance.dev/attempt"] == "2"
+    assert pod["metadata"]["labels"]["appliance.dev/worker-index"] == "0"
+
+
+def test_env_values_never_appear_in_a_pod() -> None:
+    pod = desired.worker_pod(make_job(), UID, WorkerId(0))
+    text = json.dumps(pod)
+    assert SENTINEL not in text
+    assert "DATA_ROOT" not in text and "API_TOKEN" not in text  # not even the names
+    names = [e["name"] for e in pod["spec"]["containers"][0]["env"]]
+    assert all(n.startswith("APPLIANCE_") or n == "PYTHONUNBUFFERED" for n in names)
+
+
+def test_template_overrides_are_merged() -> None:
+    template = {
+        "labels": {"team": "ml", "appliance.dev/job-name": "spoofed"},
+        "annotations": {"note": "x"},
+        "resources": {"limits": {"cpu": "2"}},
+        "nodeSelector": {"type": "kwok"},
+        "tolerations": [{"key": "k", "operator": "Exists"}],
+        "affinity": {"nodeAffinity": {}},
+        "volumes": [{"name": "data", "emptyDir": {}}],
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        "serviceAccountName": "loader",
+        "securityContext": {"runAsNonRoot": True},
+        "podSecurityContext": {"fsGroup": 1000},
+        "priorityClassName": "high",
+        "imagePullPolicy": "Always",
+        "imagePullSecrets": [{"name": "pull"}],
+    }
+    pod = desired.worker_pod(make_job(template=template), UID, WorkerId(0))
+    meta, spec = pod["metadata"], pod["spec"]
+    (container,) = spec["containers"]
+    assert meta["labels"]["team"] == "ml"
+    assert meta["labels"]["appliance.dev/job-name"] == "demo"  # ours win
+    assert meta["annotations"]["note"] == "x"
+    assert container["resources"] == {"limits": {"cpu": "2"}}
+    assert container["securityContext"] == {"runAsNonRoot": True}
+    assert container["imagePullPolicy"] == "Always"
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+    assert len(container["volumeMounts"]) == 3
+    assert spec["nodeSelector"] == {"type": "kwok"}
+    assert spec["tolerations"] == [{"key": "k", "operator": "Exists"}]
+    assert spec["affinity"] == {"nodeAffinity": {}}
+    assert {"name": "data", "emptyDir": {}} in spec["volumes"]
+    assert spec["serviceAccountName"] == "loader"
+    assert spec["automountServiceAccountToken"] is False  # still no token
+    assert spec["securityContext"] == {"fsGroup": 1000}
+    assert spec["priorityClassName"] == "high"
+    assert spec["imagePullSecrets"] == [{"name": "pull"}]
+
+
+def test_env_secret_holds_the_resolved_snapshot() -> None:
+    job = make_job()
+    pairs = [("DATA_ROOT", SENTINEL), ("API_TOKEN", SECRET_SENTINEL)]
+    secret = desired.env_secret(job, UID, pairs)
+    assert secret["metadata"]["name"] == "demo-env"
+    assert secret["metadata"]["labels"]["appliance.dev/job-name"] == "demo"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert secret["immutable"] is True
+    content = base64.b64decode(secret["data"][envfile.SECRET_KEY]).decode()
+    snapshot = envfile.parse(content, "env.json")
+    assert snapshot.env == tuple(pairs)
+    assert snapshot.env_hash == job.env_hash
+
+
+class Reader:
+    def __init__(self, secrets: Mapping[str, Mapping[str, str] | None]) -> None:
+        self.secrets = secrets
+        self.reads: list[str] = []
+
+    def __call__(self, name: str) -> Mapping[str, str] | None:
+        self.reads.append(name)
+        return self.secrets.get(name)
+
+
+def test_resolve_env_reads_each_secret_once() -> None:
+    env = make_job(
+        env=[
+            {"name": "A", "value": "1"},
+            {"name": "B", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "b"}}},
+            {"name": "C", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "c"}}},
+        ]
+    ).spec.env
+    reader = Reader({"creds": {"b": b64("bee"), "c": b64("sea=é")}})
+    assert resolve_env(env, reader) == [("A", "1"), ("B", "bee"), ("C", "sea=é")]
+    assert reader.reads == ["creds"]
+
+
+def test_missing_secret_names_variable_and_secret_not_value() -> None:
+    env = make_job().spec.env
+    with pytest.raises(EnvResolutionError) as err:
+        resolve_env(env, Reader({}))
+    assert err.value.reason == "SecretNotFound"
+    message = str(err.value)
+    assert "spec.env[1] (API_TOKEN)" in message and "'creds'" in message
+    assert "create it" in message
+    assert SENTINEL not in message
+
+
+def test_missing_key_and_bad_value() -> None:
+    env = make_job().spec.env
+    with pytest.raises(EnvResolutionError) as err:
+        resolve_env(env, Reader({"creds": {"other": b64("x")}}))
+    assert err.value.reason == "SecretKeyNotFound"
+    assert "no key 'tok'" in str(err.value)
+    with pytest.raises(EnvResolutionError) as err:
+        resolve_env(env, Reader({"creds": {"tok": base64.b64encode(b"\xff\xfe").decode()}}))
+    assert err.value.reason == "SecretValueInvalid"
+    with pytest.raises(EnvResolutionError):
+        resolve_env(env, Reader({"creds": {"tok": b64("a\x00b")}}))
