@@ -51,7 +51,9 @@ integration: $(STAMP) cluster-build
 e2e: $(STAMP) cluster-build
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
-test: lint unit integration e2e
+# cluster-build first: the chart's unit tests use the pinned helm it builds, and a cold build
+# (about 10 minutes) must not run inside a test's timeout.
+test: lint cluster-build unit integration e2e
 
 bench: $(STAMP)
 	$(PY) bench/bench_environ.py
