@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -162,6 +163,13 @@ class WorkerId:
     attempt: int = 0
 
 
+DEFAULT_CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
 def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId) -> dict[str, Any]:
     """Worker pod ``worker`` of ``job``, with the user's ``spec.template`` merged in."""
     name = _job_name(job)
@@ -204,8 +212,13 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId) -> dict[str, Any]:
     }
     if tpl.resources is not None:
         container["resources"] = tpl.resources
-    if tpl.security_context is not None:
-        container["securityContext"] = tpl.security_context
+    # Hardened unless the job says otherwise: what almost every dataloader runs with, and what
+    # the "restricted" Pod Security profile asks of a container beyond a non-root user.
+    container["securityContext"] = (
+        tpl.security_context
+        if tpl.security_context is not None
+        else copy.deepcopy(dict(DEFAULT_CONTAINER_SECURITY_CONTEXT))
+    )
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         # Workers need no Kubernetes API access, and no other Service's address in their env.

@@ -207,3 +207,15 @@ def test_missing_key_and_bad_value() -> None:
     assert err.value.reason == "SecretValueInvalid"
     with pytest.raises(EnvResolutionError):
         resolve_env(env, Reader({"creds": {"tok": b64("a\x00b")}}))
+
+
+def test_worker_container_is_hardened_by_default() -> None:
+    (container,) = desired.worker_pod(make_job(), UID, WorkerId(0))["spec"]["containers"]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container["securityContext"]["capabilities"]["drop"].append("X")  # a copy, not the default
+    (again,) = desired.worker_pod(make_job(), UID, WorkerId(1))["spec"]["containers"]
+    assert again["securityContext"]["capabilities"] == {"drop": ["ALL"]}
