@@ -85,7 +85,7 @@ def build_job(
             ]
         )
     refs = {
-        n: SecretKeySelector(name=sensitive_secret_name(job_name), key=_secret_key(n))
+        n: SecretKeySelector(name=sensitive_secret_name(job_name), key=secret_key_for(n))
         for n in sensitive
     }
     try:
@@ -112,7 +112,7 @@ def build_job(
     return ExecuteJob(metadata=metadata, spec=spec)
 
 
-def _secret_key(name: str) -> str:
+def secret_key_for(name: str) -> str:
     """Secret keys allow [-._a-zA-Z0-9]; variable names may hold more, so escape the rest."""
     return "".join(
         c if c.isascii() and (c.isalnum() or c in "-._") else f"_x{ord(c):x}_" for c in name

@@ -29,7 +29,7 @@ from cerebras_appliance.api import (
     ExecuteJobStatus,
     InvalidJobError,
 )
-from cerebras_appliance.jobs import _secret_key, sensitive_secret_name
+from cerebras_appliance.jobs import secret_key_for, sensitive_secret_name
 
 JOB_NAME_LABEL = "appliance.dev/job-name"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -158,7 +158,7 @@ class KubernetesJob:
         values = dict(snapshot)
         name = sensitive_secret_name(self.name)
         data = {
-            _secret_key(var): base64.b64encode(values[var].encode("utf-8")).decode("ascii")
+            secret_key_for(var): base64.b64encode(values[var].encode("utf-8")).decode("ascii")
             for var in sensitive
         }
 
