@@ -20,17 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from appliance_operator.testing import OperatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATE_DIR = Path(os.environ.get("APPLIANCE_OPERATOR_CLUSTER_DIR") or REPO_ROOT / ".cluster")
@@ -251,43 +251,6 @@ def run_round(
     return result
 
 
-def start_operator(log_path: Path) -> subprocess.Popen[bytes]:
-    port = int(subprocess.check_output([sys.executable, "-c", FREE_PORT]).strip())
-    liveness = f"http://127.0.0.1:{port}/healthz"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "appliance_operator",
-                "-A",
-                "--metrics-port=0",
-                "--liveness",
-                liveness,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "KUBECONFIG": str(KUBECONFIG)},
-            start_new_session=True,
-        )
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the operator exited ({proc.returncode}): {log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(liveness, timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    wait_for(healthy, "the operator's liveness endpoint", timeout=60)
-    return proc
-
-
-FREE_PORT = "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=4)
@@ -319,7 +282,7 @@ def main() -> int:
     api_client = k8s_config.new_client_from_config(config_file=str(KUBECONFIG))
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
     kubectl("create", "namespace", namespace)
-    operator = None
+    operator: OperatorProcess | None = None
     pods = None
     try:
         kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds/executejobs.yaml"))
@@ -337,7 +300,8 @@ def main() -> int:
             f"--from-literal=sleeper.py={SLEEPER}",
         )
         log_path = STATE_DIR / "logs" / "bench-operator.log"
-        operator = start_operator(log_path)
+        operator = OperatorProcess(str(KUBECONFIG), log_path, ["--all-namespaces"])
+        operator.start()
         pods = PodWatch(api_client, namespace)
         # One unmeasured round each: the first pod of an image pays one-off costs (page cache).
         run_round("bare", namespace, image, args.replicas, args.vars, pods)
@@ -351,9 +315,8 @@ def main() -> int:
     finally:
         if pods is not None:
             pods.stop()
-        if operator is not None and operator.poll() is None:
-            operator.send_signal(signal.SIGTERM)
-            operator.wait(timeout=20)
+        if operator is not None:
+            operator.stop()
         kubectl("delete", "namespace", namespace, "--wait=false")
         api_client.close()
         if not was_up:

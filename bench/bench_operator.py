@@ -25,13 +25,11 @@ import argparse
 import json
 import math
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +45,7 @@ from appliance_operator.controller import MAX_CREATE_BATCH, status_patch
 from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import job_view
+from appliance_operator.testing import OperatorProcess, free_port, http_get
 from cerebras_appliance.api import GROUP, PLURAL, VERSION
 from cerebras_appliance.status import Observation, compute_status
 
@@ -225,48 +224,23 @@ class JobWatcher:
 # -- the operator process ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+class BenchOperator(OperatorProcess):
+    """The operator under measurement, watching one namespace, metrics on its own port."""
 
-
-class OperatorProcess:
     def __init__(self, kubeconfig: str, namespace: str, log_path: Path) -> None:
         self.port = free_port()
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(
+        super().__init__(
+            kubeconfig,
+            log_path,
             [
-                sys.executable,
-                "-m",
-                "appliance_operator",
-                "--namespace",
-                namespace,
-                "--metrics-port",
-                str(self.port),
-                "--metrics-address",
-                "127.0.0.1",
+                *("--namespace", namespace),
+                *("--metrics-port", str(self.port), "--metrics-address", "127.0.0.1"),
             ],
-            env={**os.environ, "KUBECONFIG": kubeconfig},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
         )
-        until(self._up, 60, "the operator's metrics endpoint", interval=0.1)
-
-    def _up(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"the operator exited; see {self.log_path}")
-        try:
-            self.metrics()
-        except OSError:
-            return False
-        return True
+        self.start()
 
     def metrics(self) -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            text = r.read().decode()
+        text = http_get(f"http://127.0.0.1:{self.port}/metrics")[1]
         out: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("appliance_operator_api_requests_total"):
@@ -275,18 +249,11 @@ class OperatorProcess:
         return out
 
     def rss_mib(self, field: str = "VmHWM") -> float:
+        assert self.proc is not None
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
         raise RuntimeError(f"no {field} in /proc/{self.proc.pid}/status")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
 
 
 def api_calls(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
@@ -422,7 +389,7 @@ def measure_latency(
 
 def measure_throughput(
     api: client.ApiClient,
-    operator: OperatorProcess,
+    operator: BenchOperator,
     op_ns: str,
     base_ns: str,
     jobs: int,
@@ -551,13 +518,13 @@ def main() -> int:
             log(f"operator log: {log_path}")
             # One operator for both phases would see the latency jobs during the throughput
             # run; each phase gets its own, watching only its namespace.
-            op = OperatorProcess(kubeconfig, lat_op, log_path.with_suffix(".latency.log"))
+            op = BenchOperator(kubeconfig, lat_op, log_path.with_suffix(".latency.log"))
             try:
                 log(f"(a) latency: {args.samples} samples")
                 latency = measure_latency(api, lat_op, lat_base, args.replicas, args.samples)
             finally:
                 op.stop()
-            op = OperatorProcess(kubeconfig, tp_op, log_path)
+            op = BenchOperator(kubeconfig, tp_op, log_path)
             try:
                 log(f"(b) throughput: {args.jobs} jobs x {args.replicas} workers")
                 tp = measure_throughput(api, op, tp_op, tp_base, args.jobs, args.replicas)

@@ -66,7 +66,6 @@ class _Slot:
     proc: subprocess.Popen[bytes] | None = None
     log_handle: TextIO | None = None
     state: WorkerState | None = None
-    starts: int = 0
 
 
 class LocalJob:
@@ -236,7 +235,6 @@ class LocalJob:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        slot.starts += 1
         slot.state = WorkerState(slot.name, "Running", ready=False)
 
     def _block_on_a_worker(self, seconds: float) -> None:

@@ -90,12 +90,12 @@ def compute_status(
     now: datetime | None = None,
 ) -> ExecuteJobStatus:
     """The job's status. Terminal phases are sticky: a finished job stays finished."""
-    stamp = now_rfc3339(now)
     prev = previous or ExecuteJobStatus()
     if prev.finished:
         # A finished job stays finished, whatever happens to its workers afterwards.
         gen = observed.generation if observed.generation is not None else prev.observed_generation
         return prev.model_copy(update={"observed_generation": gen})
+    stamp = now_rfc3339(now)
     workers = observed.workers
     succeeded = sum(1 for w in workers if w.phase == "Succeeded")
     running = [w for w in workers if w.phase == "Running"]

@@ -26,6 +26,7 @@ import os
 import runpy
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 
 from cerebras_appliance import envfile
@@ -41,9 +42,7 @@ def _log(message: str) -> None:
     print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
 
 
-def needs_reexec(
-    env: tuple[tuple[str, str], ...], current: dict[str, str] | os._Environ[str]
-) -> list[str]:
+def needs_reexec(env: tuple[tuple[str, str], ...], current: Mapping[str, str]) -> list[str]:
     """Start-up variables of the snapshot whose value the running process does not have."""
     return [
         name

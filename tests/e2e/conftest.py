@@ -21,11 +21,8 @@ import importlib.util
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +30,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+from appliance_operator.testing import OperatorProcess as Operator
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -170,20 +169,6 @@ def cluster() -> Iterator[NodeCluster]:
             subprocess.run(["bash", str(NODE_SCRIPTS / "down.sh")], timeout=300, check=False)
 
 
-@dataclass
-class Operator:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def check_alive(self) -> None:
-        """Fail the test at once, with the operator's log, when the operator has exited."""
-        if self.process.poll() is not None:
-            pytest.fail(f"the operator exited with {self.process.returncode}; log:\n{self.log()}")
-
-
 def apply_crds(cluster: NodeCluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds" / "executejobs.yaml"))
     cluster.kubectl(
@@ -193,12 +178,6 @@ def apply_crds(cluster: NodeCluster) -> None:
         "--timeout=60s",
         timeout=90,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: Namespaces of tests/e2e/test_helm_e2e.py (the namespace fixture names them after the test).
@@ -212,47 +191,16 @@ def operator(cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> 
     if importlib.util.find_spec("appliance_operator.__main__") is None:
         pytest.fail("appliance_operator is not importable (make venv installs it)")
     apply_crds(cluster)
-    log_path = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {**os.environ, "KUBECONFIG": cluster.kubeconfig, "PYTHONUNBUFFERED": "1"}
-    liveness = f"http://127.0.0.1:{_free_port()}/healthz"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "appliance_operator",
-                "--namespace",
-                f"!{CHART_TEST_NAMESPACES}",
-                "--metrics-port",
-                "0",
-                "--liveness",
-                liveness,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=REPO_ROOT,
-            start_new_session=True,
-        )
-    op = Operator(process, log_path)
-
-    def healthy() -> bool:
-        op.check_alive()
-        with urllib.request.urlopen(liveness, timeout=2) as response:
-            return bool(response.status == 200)
-
+    op = Operator(
+        cluster.kubeconfig,
+        tmp_path_factory.mktemp("operator") / "operator.log",
+        ["--namespace", f"!{CHART_TEST_NAMESPACES}", "--metrics-port", "0"],
+    )
     try:
-        wait_until(healthy, timeout=OPERATOR_START_TIMEOUT_S, what=f"the operator ({liveness})")
+        op.start(timeout=OPERATOR_START_TIMEOUT_S)
         yield op
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        op.stop()
 
 
 #: What a worker sees besides the tracked variables: the image's (PATH, LANG, HOME,

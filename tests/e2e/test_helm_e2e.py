@@ -15,7 +15,6 @@ user of such a bare cluster would do.
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 import uuid
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+from appliance_operator.testing import free_port
 
 if TYPE_CHECKING:
     from conftest import NodeCluster, WaitUntil
@@ -53,7 +54,7 @@ def test_chart_runs_the_operator_and_a_job(
 ) -> None:
     repository, tag = cluster.operator_image.rsplit(":", 1)
     release = f"ao-e2e-{uuid.uuid4().hex[:6]}"
-    health_port, metrics_port = _free_port(), _free_port()
+    health_port, metrics_port = free_port(), free_port()
     cluster.helm(
         "install", release, str(CHART), "--namespace", namespace,
         "--set", "rbac.scope=namespace",
@@ -152,9 +153,3 @@ def test_chart_runs_the_operator_and_a_job(
         assert not refused, "\n".join(refused)
     finally:
         cluster.helm("uninstall", release, "--namespace", namespace, check=False)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

@@ -9,28 +9,23 @@ leaves ours alone).
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import invalid_cases  # tests/data, on pytest's pythonpath
 import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from appliance_operator.testing import OperatorProcess, free_port, http_get
 from cerebras_appliance import envfile
 
 if TYPE_CHECKING:
@@ -45,102 +40,37 @@ MANAGED = "app.kubernetes.io/managed-by=appliance-operator"
 NOWHERE = {"nodeSelector": {"appliance.dev/test": "no-such-node"}}
 
 
-def _load_cases() -> ModuleType:
-    path = REPO / "tests" / "data" / "invalid_cases.py"
-    spec = importlib.util.spec_from_file_location("appliance_invalid_cases", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-invalid_cases = _load_cases()
 CASES = invalid_cases.cases()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- the operator process --------------------------------------------------------------------
 
 
-@dataclass
-class Operator:
-    kubeconfig: str
-    log_path: Path
-    metrics_port: int = field(default_factory=_free_port)
-    liveness_port: int = field(default_factory=_free_port)
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
+class Operator(OperatorProcess):
+    """The operator under test: every namespace, verbose, metrics on its own port."""
 
-    def start(self) -> None:
-        self.starts += 1
-        log = self.log_path.open("ab")
-        log.write(f"\n===== operator start #{self.starts} =====\n".encode())
-        log.flush()
-        self.proc = subprocess.Popen(
+    def __init__(self, kubeconfig: str, log_path: Path) -> None:
+        self.metrics_port = free_port()
+        super().__init__(
+            kubeconfig,
+            log_path,
             [
-                sys.executable,
-                "-m",
-                "appliance_operator",
                 "--all-namespaces",
                 "--verbose",  # the strictest case for "no env value in the logs"
                 "--metrics-port",
                 str(self.metrics_port),
                 "--metrics-address",
                 "127.0.0.1",
-                "--liveness",
-                f"http://127.0.0.1:{self.liveness_port}/healthz",
                 "--resync-seconds",
                 "5",
             ],
-            env={**os.environ, "KUBECONFIG": self.kubeconfig},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
         )
-        log.close()
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                pytest.fail(f"the operator exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
-            try:
-                if self.get(self.liveness_port, "/healthz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the operator did not become live:\n{self.log()[-3000:]}")
-            time.sleep(0.1)
 
     def get(self, port: int, path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read().decode()
+        return http_get(f"http://127.0.0.1:{port}{path}")
 
     def metrics(self) -> str:
         return self.get(self.metrics_port, "/metrics")[1]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -93,33 +93,21 @@ class Helm:
             )
         return proc
 
+    def _template(self, *args: str, check: bool) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            *("template", RELEASE, str(CHART), "--namespace", RELEASE_NS),
+            *("--kube-version", KUBE_VERSION),
+            *args,
+            check=check,
+        )
+
     def template(self, *args: str, include_crds: bool = False) -> list[dict[str, Any]]:
         extra = ["--include-crds"] if include_crds else []
-        proc = self.run(
-            "template",
-            RELEASE,
-            str(CHART),
-            "--namespace",
-            RELEASE_NS,
-            "--kube-version",
-            KUBE_VERSION,
-            *extra,
-            *args,
-        )
+        proc = self._template(*extra, *args, check=True)
         return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
     def template_error(self, *args: str) -> str:
-        proc = self.run(
-            "template",
-            RELEASE,
-            str(CHART),
-            "--namespace",
-            RELEASE_NS,
-            "--kube-version",
-            KUBE_VERSION,
-            *args,
-            check=False,
-        )
+        proc = self._template(*args, check=False)
         assert proc.returncode != 0, f"helm template {' '.join(args)} should have failed"
         return proc.stderr
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
+import invalid_cases  # tests/data, on pytest's pythonpath
 import pytest
 import yaml
 
@@ -20,17 +18,6 @@ from cerebras_appliance.api import InvalidJobError, parse_job
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _load_cases() -> ModuleType:
-    path = REPO / "tests" / "data" / "invalid_cases.py"
-    spec = importlib.util.spec_from_file_location("appliance_invalid_cases", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-invalid_cases = _load_cases()
 CASES = invalid_cases.cases()
 
 

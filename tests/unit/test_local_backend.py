@@ -157,11 +157,14 @@ def test_status_reports_ready_once_env_applied(tmp_path: Path) -> None:
     script.write_text(
         textwrap.dedent(
             f"""
-            open({str(gate)!r}).read()  # blocks until the test writes to the FIFO
+            import pathlib, time
+            # Hold the worker in user code until the test opens the gate (bounded wait).
+            gate, deadline = pathlib.Path({str(gate)!r}), time.monotonic() + 60
+            while not gate.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
             """
         )
     )
-    os.mkfifo(gate)
     with app.submit(str(script), replicas=2, name="t-ready") as job:
         assert isinstance(job, LocalJob)
         # wait (bounded) until both readiness markers exist: env applied, user code entered
@@ -174,8 +177,8 @@ def test_status_reports_ready_once_env_applied(tmp_path: Path) -> None:
         assert status.phase == "Running"
         ready = status.condition("WorkersReady")
         assert ready is not None and ready.status == "True" and ready.reason == "EnvApplied"
-        with open(gate, "w") as handle:
-            handle.write("go")
+        # A file, not a FIFO: a FIFO write can reach a worker that has not opened it yet.
+        gate.write_text("go")
         assert job.wait(timeout=60).phase == "Succeeded"
 
 

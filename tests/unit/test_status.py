@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from cerebras_appliance.api import ExecuteJobSpec
+from cerebras_appliance.api import ExecuteJobSpec, ExecuteJobStatus
 from cerebras_appliance.status import Observation, WorkerState, compute_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = ExecuteJobSpec(image="i", entrypoint="loader.py", replicas=2)
 
 
-def status_of(workers: list[WorkerState], spec: ExecuteJobSpec = SPEC, **kw: object):  # type: ignore[no-untyped-def]
-    return compute_status(spec, Observation(workers=workers, **kw), None, env_hash="h", now=T0)  # type: ignore[arg-type]
+def status_of(
+    workers: list[WorkerState], spec: ExecuteJobSpec = SPEC, **kw: Any
+) -> ExecuteJobStatus:
+    return compute_status(spec, Observation(workers=workers, **kw), None, env_hash="h", now=T0)
 
 
 def test_pending_then_running_then_ready() -> None:
