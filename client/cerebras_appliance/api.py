@@ -49,6 +49,10 @@ MAX_ARGS = 256
 #: "<name>-worker-<index>" stays a valid label too.
 MAX_JOB_NAME_LENGTH = 52
 
+#: Names the worker entrypoint and the operator set themselves (APPLIANCE_ENV_FILE, ...):
+#: refused in spec.env, so a snapshot cannot break its own delivery.
+RESERVED_ENV_PREFIX = "APPLIANCE_"
+
 JOB_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[^=\x00]+$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -134,6 +138,16 @@ class EnvVar(_Model):
         description="A reference to a Secret key holding the value (for sensitive values). "
         "Exactly one of value/valueFrom.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith(RESERVED_ENV_PREFIX):
+            raise ValueError(
+                f"variable {value!r}: names starting with {RESERVED_ENV_PREFIX!r} are reserved "
+                "for the worker's own plumbing; rename the variable"
+            )
+        return value
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> EnvVar:
@@ -261,6 +275,11 @@ class ExecuteJobStatus(_Model):
     start_time: str | None = None
     completion_time: str | None = None
     observed_generation: int | None = None
+    #: Indexes of the workers that succeeded, as ranges ("0-3,5"): never run again.
+    completed_indexes: str = ""
+    #: uids of terminated pods already counted in succeeded/failed whose tracking
+    #: finalizer is still being removed (the operator's exactly-once bookkeeping).
+    counted_pods: list[str] = Field(default_factory=list)
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -317,9 +336,11 @@ class ExecuteJob(_Model):
         return env_hash(self.spec.env)
 
 
-def worker_name(job_name: str, index: int) -> str:
-    """Worker ``index`` of a job: the same name on every backend (the first pod's name too)."""
-    return f"{job_name}-worker-{index}"
+def worker_name(job_name: str, index: int, attempt: int = 0) -> str:
+    """Attempt ``attempt`` of worker ``index``: the same name on every backend
+    (``<job>-worker-<i>`` first, ``<job>-worker-<i>-<a>`` for a replacement)."""
+    base = f"{job_name}-worker-{index}"
+    return base if attempt == 0 else f"{base}-{attempt}"
 
 
 def env_hash(env: Iterable[EnvVar]) -> str:

@@ -21,12 +21,13 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from cerebras_appliance import envfile
 from cerebras_appliance.api import ExecuteJob, ExecuteJobStatus, worker_name
-from cerebras_appliance.status import Observation, WorkerState, compute_status
+from cerebras_appliance.lifecycle import Attempt, decide
 
 #: The only variables a local worker inherits from the caller (when the caller has them):
 #: what a process needs to run at all. Everything else reaches it through the snapshot.
@@ -58,14 +59,48 @@ def base_environment(source: Mapping[str, str]) -> dict[str, str]:
 
 
 @dataclass
-class _Slot:
+class _Worker:
+    """One attempt of one worker: a subprocess, its readiness marker and its log."""
+
     index: int
+    attempt: int
     name: str
     ready_file: Path
     log_file: Path
     proc: subprocess.Popen[bytes] | None = None
     log_handle: TextIO | None = None
-    state: WorkerState | None = None
+    exit_code: int | None = None
+    stop_sent: float | None = None  # monotonic time of the SIGTERM we sent
+    counted: bool = False
+
+    def observe(self) -> Attempt:
+        """Poll the process; the attempt as :func:`lifecycle.decide` sees it."""
+        if self.proc is not None and self.exit_code is None:
+            code = self.proc.poll()
+            if code is not None:
+                self.exit_code = code if code >= 0 else 128 - code
+                LocalJob._close_log(self)
+        stopping = self.stop_sent is not None
+        if self.exit_code is None:
+            return Attempt(
+                self.index,
+                self.attempt,
+                self.name,
+                "Running",
+                ready=self.ready_file.exists(),
+                stopping=stopping,
+                counted=self.counted,
+            )
+        return Attempt(
+            self.index,
+            self.attempt,
+            self.name,
+            "Succeeded" if self.exit_code == 0 else "Failed",
+            exit_code=self.exit_code,
+            reason="Completed" if self.exit_code == 0 else "Error",
+            stopping=stopping,
+            counted=self.counted,
+        )
 
 
 class LocalJob:
@@ -93,17 +128,7 @@ class LocalJob:
         self._dir = Path(tempfile.mkdtemp(prefix=f"appliance-{self.name}-"))
         self._env_file = self._dir / "env.json"
         envfile.write(self._env_file, list(env), self.env_hash)
-        self._slots = [
-            _Slot(
-                index=i,
-                name=worker_name(self.name, i),
-                ready_file=self._dir / f"worker-{i}.ready",
-                log_file=self._dir / f"worker-{i}.log",
-            )
-            for i in range(job.spec.replicas)
-        ]
-        self._failures: list[WorkerState] = []
-        self._started = time.monotonic()
+        self._workers: list[_Worker] = []
         self._status: ExecuteJobStatus | None = None
         self._deleted = False
         _live_jobs.add(self)
@@ -134,15 +159,28 @@ class LocalJob:
                 )
             self._block_on_a_worker(_POLL_SECONDS)
 
+    def suspend(self) -> ExecuteJobStatus:
+        """``spec.suspend = true``: stop the workers (not a failure), keep the job."""
+        return self._update(suspend=True)
+
+    def resume(self) -> ExecuteJobStatus:
+        """``spec.suspend = false``: start the workers that have not succeeded."""
+        return self._update(suspend=False)
+
+    def scale(self, replicas: int) -> ExecuteJobStatus:
+        """Change ``spec.replicas``: workers beyond it stop, missing ones start."""
+        return self._update(replicas=replicas)
+
     def logs(self) -> dict[str, str]:
-        """Each worker's combined stdout and stderr so far, keyed by worker name."""
+        """Each worker attempt's combined stdout and stderr so far, keyed by its name."""
         with self._lock:
             result = {}
-            for slot in self._slots:
+            for worker in self._workers:
                 try:
-                    result[slot.name] = slot.log_file.read_text(encoding="utf-8", errors="replace")
+                    text = worker.log_file.read_text(encoding="utf-8", errors="replace")
                 except FileNotFoundError:
-                    result[slot.name] = ""
+                    text = ""
+                result[worker.name] = text
             return result
 
     def delete(self) -> None:
@@ -151,7 +189,7 @@ class LocalJob:
             if self._deleted:
                 return
             self._deleted = True
-            self._stop_all()
+            self._stop_and_wait(self._workers)
             shutil.rmtree(self._dir, ignore_errors=True)
             _live_jobs.discard(self)
 
@@ -163,112 +201,118 @@ class LocalJob:
 
     def __repr__(self) -> str:
         phase = self._status.phase if self._status else "Pending"
-        return f"<LocalJob {self.name} replicas={len(self._slots)} phase={phase}>"
+        return f"<LocalJob {self.name} replicas={self.job.spec.replicas} phase={phase}>"
 
-    # -- reconcile: observe processes, replace failed ones, compute status ---------------
+    # -- reconcile: observe processes, then act on the shared decision -------------------
+
+    def _update(self, **changes: Any) -> ExecuteJobStatus:
+        with self._lock:
+            spec = self.job.spec.model_validate(
+                {**self.job.spec.model_dump(), **changes}
+            )  # the same validation as a patched object
+            self.job = self.job.model_copy(update={"spec": spec})
+        return self._reconcile()
 
     def _reconcile(self) -> ExecuteJobStatus:
         with self._lock:
             if self._status is not None and (self._status.finished or self._deleted):
                 return self._status
-            spec = self.job.spec
-            for slot in self._slots:
-                self._observe(slot)
-            deadline_exceeded = (
-                spec.active_deadline_seconds is not None
-                and time.monotonic() - self._started >= spec.active_deadline_seconds
-            )
-            may_replace = len(self._failures) <= spec.backoff_limit
-            if not spec.suspend and not deadline_exceeded and may_replace:
-                for slot in self._slots:
-                    if slot.proc is None and (slot.state is None or slot.state.phase == "Failed"):
-                        self._start(slot)
-            if spec.suspend:
-                self._stop_all()
-            observation = Observation(
-                workers=[s.state for s in self._slots if s.state is not None],
-                failures=list(self._failures),
-                deadline_exceeded=deadline_exceeded,
+            decision = decide(
+                self.job.spec,
+                [w.observe() for w in self._workers],
+                self._status,
+                env_hash=self.env_hash,
+                now=datetime.now(UTC),
                 generation=1,
             )
-            status = compute_status(spec, observation, self._status, env_hash=self.env_hash)
-            self._status = status
-            if status.finished:
-                self._stop_all()  # a finished job releases its workers
-            return status
+            by_name = {w.name: w for w in self._workers}
+            for attempt in decision.settled:
+                by_name[attempt.name].counted = True
+            self._status = decision.status
+            if decision.status.finished:
+                self._stop_and_wait(self._workers)  # a finished job releases its workers
+                return decision.status
+            for attempt in decision.stop:
+                self._stop(by_name[attempt.name])
+            for index, number in decision.create:
+                self._start(index, number)
+            self._escalate()
+            return decision.status
 
-    def _observe(self, slot: _Slot) -> None:
-        if slot.proc is None:
-            return
-        code = slot.proc.poll()
-        if code is None:
-            slot.state = WorkerState(slot.name, "Running", ready=slot.ready_file.exists())
-            return
-        self._close_log(slot)
-        slot.proc = None
-        if code == 0:
-            slot.state = WorkerState(slot.name, "Succeeded", exit_code=0)
-        else:
-            failed = WorkerState(
-                slot.name,
-                "Failed",
-                exit_code=code if code > 0 else 128 - code,
-                reason="Error" if code > 0 else f"Signal{-code}",
-            )
-            slot.state = failed
-            self._failures.append(failed)
-
-    def _start(self, slot: _Slot) -> None:
-        slot.ready_file.unlink(missing_ok=True)
+    def _start(self, index: int, attempt: int) -> None:
+        name = worker_name(self.name, index, attempt)
+        worker = _Worker(
+            index=index,
+            attempt=attempt,
+            name=name,
+            ready_file=self._dir / f"{name}.ready",
+            log_file=self._dir / f"{name}.log",
+        )
         env = dict(self._base_env)
         env[envfile.ENV_FILE_VAR] = str(self._env_file)
-        env[envfile.READY_FILE_VAR] = str(slot.ready_file)
-        env.update(zip(WORKER_VARS, (self.name, slot.name, str(slot.index)), strict=True))
+        env[envfile.READY_FILE_VAR] = str(worker.ready_file)
+        env.update(zip(WORKER_VARS, (self.name, name, str(index)), strict=True))
         spec = self.job.spec
-        slot.log_handle = slot.log_file.open("a", encoding="utf-8")
-        slot.proc = subprocess.Popen(
+        worker.log_handle = worker.log_file.open("a", encoding="utf-8")
+        worker.proc = subprocess.Popen(
             [self._python, "-m", "cerebras_appliance.worker", spec.entrypoint, *spec.args],
             env=env,
             cwd=self._workdir,
             stdin=subprocess.DEVNULL,
-            stdout=slot.log_handle,
+            stdout=worker.log_handle,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True,  # its own group: a stop reaches its children too
         )
-        slot.state = WorkerState(slot.name, "Running", ready=False)
+        self._workers.append(worker)
+
+    @staticmethod
+    def _stop(worker: _Worker) -> None:
+        """SIGTERM to the worker's group, as the kubelet does to a deleted pod."""
+        if worker.stop_sent is None and worker.proc is not None and worker.exit_code is None:
+            worker.stop_sent = time.monotonic()
+            _signal_group(worker.proc.pid, signal.SIGTERM)
+
+    def _escalate(self) -> None:
+        """SIGKILL for stopped workers still running after the grace period."""
+        now = time.monotonic()
+        for worker in self._workers:
+            if (
+                worker.stop_sent is not None
+                and worker.exit_code is None
+                and worker.proc is not None
+                and now - worker.stop_sent >= _TERMINATE_GRACE_SECONDS
+                and worker.proc.poll() is None
+            ):
+                _signal_group(worker.proc.pid, signal.SIGKILL)
 
     def _block_on_a_worker(self, seconds: float) -> None:
         """Wait (bounded) for any running worker to exit, so wait() does not spin."""
         with self._lock:
-            procs = [s.proc for s in self._slots if s.proc is not None]
+            procs = [w.proc for w in self._workers if w.proc is not None and w.exit_code is None]
         if not procs:
+            time.sleep(seconds)  # nothing to wait on: poll interval, not synchronisation
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
             procs[0].wait(timeout=seconds)
 
-    def _stop_all(self) -> None:
-        running = [s for s in self._slots if s.proc is not None]
-        for slot in running:
-            assert slot.proc is not None
-            if slot.proc.poll() is None:
-                _signal_group(slot.proc.pid, signal.SIGTERM)
-        for slot in running:
-            assert slot.proc is not None
+    def _stop_and_wait(self, workers: Sequence[_Worker]) -> None:
+        running = [w for w in workers if w.proc is not None and w.exit_code is None]
+        for worker in running:
+            self._stop(worker)
+        for worker in running:
+            assert worker.proc is not None
             try:
-                slot.proc.wait(timeout=_TERMINATE_GRACE_SECONDS)
+                worker.proc.wait(timeout=_TERMINATE_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
-                _signal_group(slot.proc.pid, signal.SIGKILL)
-                slot.proc.wait()
-            slot.proc = None
-            self._close_log(slot)
-            if slot.state is not None and slot.state.phase == "Running":
-                slot.state = WorkerState(slot.name, "Pending")
+                _signal_group(worker.proc.pid, signal.SIGKILL)
+                worker.proc.wait()
+            worker.observe()
 
     @staticmethod
-    def _close_log(slot: _Slot) -> None:
-        if slot.log_handle is not None:
-            slot.log_handle.close()
-            slot.log_handle = None
+    def _close_log(worker: _Worker) -> None:
+        if worker.log_handle is not None:
+            worker.log_handle.close()
+            worker.log_handle = None
 
 
 def _signal_group(pid: int, signum: int) -> None:

@@ -25,21 +25,33 @@ SUSPENDED = "Suspended"
 
 @dataclass(frozen=True)
 class WorkerState:
-    """What a backend observed of one worker."""
+    """What a backend observed of one worker attempt."""
 
     name: str
     phase: WorkerPhase
     ready: bool = False  # the entrypoint applied the env (readiness marker written)
     exit_code: int | None = None
     reason: str = ""  # e.g. "OOMKilled", "Error"
+    #: Why a Pending worker does not run yet, when the platform says (CamelCase, e.g.
+    #: "ImagePullBackOff", "Unschedulable", "CreateContainerConfigError"), and its message.
+    waiting: str = ""
+    waiting_message: str = ""
 
 
 @dataclass(frozen=True)
 class Observation:
-    """Everything the status depends on, besides the spec and the previous status."""
+    """Everything the status depends on, besides the spec and the previous status.
+
+    ``succeeded`` and ``failed`` are the job's counted totals (:mod:`cerebras_appliance.lifecycle`
+    keeps them, so they survive the loss of the workers they count); ``workers`` are the
+    current attempts of the workers that have not succeeded; ``failures`` the failures counted
+    just now (the latest is named when the job fails).
+    """
 
     workers: Sequence[WorkerState]
-    failures: Sequence[WorkerState] = ()  # every failed worker so far (replaced ones too)
+    succeeded: int = 0
+    failed: int = 0
+    failures: Sequence[WorkerState] = ()
     deadline_exceeded: bool = False
     generation: int | None = None
 
@@ -97,10 +109,12 @@ def compute_status(
         return prev.model_copy(update={"observed_generation": gen})
     stamp = now_rfc3339(now)
     workers = observed.workers
-    succeeded = sum(1 for w in workers if w.phase == "Succeeded")
+    succeeded = observed.succeeded
     running = [w for w in workers if w.phase == "Running"]
     ready = sum(1 for w in running if w.ready)
     failures = list(observed.failures)
+    failed = observed.failed
+    stuck = [w for w in workers if w.phase == "Pending" and w.waiting]
 
     phase: Phase
     fail_reason, fail_message = "", ""
@@ -108,13 +122,11 @@ def compute_status(
         phase = "Failed"
         fail_reason = "DeadlineExceeded"
         fail_message = f"job ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}"
-    elif len(failures) > spec.backoff_limit:
+    elif failed > spec.backoff_limit:
         phase = "Failed"
         fail_reason = "BackoffLimitExceeded"
-        fail_message = (
-            f"{describe_failure(failures[-1])}; {len(failures)} worker failure(s), "
-            f"backoffLimit is {spec.backoff_limit}"
-        )
+        latest = f"{describe_failure(failures[-1])}; " if failures else ""
+        fail_message = f"{latest}{failed} worker failure(s), backoffLimit is {spec.backoff_limit}"
     elif succeeded >= spec.replicas:
         phase = "Succeeded"
     elif spec.suspend:
@@ -125,8 +137,12 @@ def compute_status(
         phase = "Pending"
 
     finished = phase in ("Succeeded", "Failed")
+    # As a Job's: set when the job starts (not suspended), cleared by a suspend, so that
+    # activeDeadlineSeconds counts from the latest start.
     start_time = prev.start_time
-    if start_time is None and phase not in ("Pending", "Suspended"):
+    if phase == "Suspended":
+        start_time = None
+    elif start_time is None:
         start_time = stamp
     completion_time = prev.completion_time
     if completion_time is None and finished:
@@ -140,6 +156,16 @@ def compute_status(
     elif all_ready:
         ready_reason = "EnvApplied"
         ready_message = f"all {spec.replicas} workers applied the env ({env_hash})"
+    elif stuck:
+        # A worker that cannot start says why, instead of a silent Pending.
+        first = stuck[0]
+        ready_reason = first.waiting
+        detail = f": {first.waiting_message}" if first.waiting_message else ""
+        others = f" (and {len(stuck) - 1} more)" if len(stuck) > 1 else ""
+        ready_message = (
+            f"worker {first.name} is not running: {first.waiting}{detail}{others}; "
+            f"{ready}/{spec.replicas} workers applied the env"
+        )[:1024]
     else:
         ready_reason = "WaitingForWorkers"
         ready_message = f"{ready}/{spec.replicas} workers applied the env"
@@ -169,7 +195,7 @@ def compute_status(
         FAILED,
         phase == "Failed",
         fail_reason or "NoFailure",
-        fail_message or f"{len(failures)} worker failure(s)",
+        fail_message or f"{failed} worker failure(s)",
         stamp,
         gen,
     )
@@ -190,7 +216,7 @@ def compute_status(
         replicas=spec.replicas,
         ready_replicas=0 if finished else ready,
         succeeded=succeeded,
-        failed=len(failures),
+        failed=failed,
         env_hash=env_hash,
         start_time=start_time,
         completion_time=completion_time,

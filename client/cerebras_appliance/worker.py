@@ -16,18 +16,30 @@
 
 Exit codes: the user code's own (0 on success, 1 with the traceback on stderr when it
 raises); 2 for a usage error; 78 when the env snapshot file is missing or malformed (the user
-code does not run).
+code does not run); 128 + N when the worker was stopped by signal N (143 for SIGTERM, 130 for
+SIGINT), whatever the user code returned after it.
+
+Stopping. SIGTERM raises ``SystemExit(143)`` in the user's code (``finally`` blocks, context
+managers and ``atexit`` run) and SIGINT raises ``KeyboardInterrupt``, as in any Python
+program; a handler the user code installs replaces ours and decides for itself (it should
+exit non-zero when it stops early: exit 0 means the worker's work is done). When the worker is
+a container's PID 1 (a pod), it first forks: the parent stays as a minimal init (like tini)
+that forwards these signals to the worker's process group, so the user's child processes get
+them too, reaps every orphaned zombie, and exits with the worker's exit code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import runpy
+import signal
 import sys
 import traceback
 from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 
 from cerebras_appliance import envfile
 from cerebras_appliance.entrypoints import entrypoint_problem, is_script_entrypoint
@@ -40,6 +52,67 @@ PREFIX = "appliance worker:"
 
 def _log(message: str) -> None:
     print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
+
+
+#: What the init forwards to the worker's process group (the rest keep their default action).
+FORWARDED_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGWINCH,
+)
+#: Set by our handlers: the signal that asked the worker to stop (0: none).
+_stop_signal = 0
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global _stop_signal  # noqa: PLW0603 - one worker per process
+    _stop_signal = signum
+    raise SystemExit(128 + signum)
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    global _stop_signal  # noqa: PLW0603
+    _stop_signal = signum
+    signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as in any program
+
+
+def install_stop_handlers() -> None:
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGINT, _on_sigint)
+
+
+def run_as_init() -> int | None:
+    """Fork; in the child return None (it goes on as the worker), in the parent act as PID 1
+    until the child exits and return the exit code to exit with."""
+    waited = {*FORWARDED_SIGNALS, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    child = os.fork()
+    if child == 0:
+        os.setpgid(0, 0)  # its own group: the init signals the group, never itself
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
+        return None
+    with contextlib.suppress(OSError):
+        os.setpgid(child, child)  # also here: no signal may reach the group before it exists
+    while True:
+        info = signal.sigwaitinfo(waited)
+        if info.si_signo != signal.SIGCHLD:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child, info.si_signo)
+            continue
+        while True:  # reap every child that exited: the worker, and orphans reparented to us
+            try:
+                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return 1  # no child at all: cannot happen while the worker runs
+            if pid == 0:
+                break
+            if pid == child:
+                code = os.waitstatus_to_exitcode(wait_status)
+                return code if code >= 0 else 128 - code
 
 
 def needs_reexec(env: tuple[tuple[str, str], ...], current: Mapping[str, str]) -> list[str]:
@@ -97,9 +170,18 @@ def run_user_code(entrypoint: str, args: list[str]) -> int:
     except SystemExit as exc:
         return _exit_code(exc.code)
     except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
+        if not _stop_signal:
+            traceback.print_exc()
+            sys.stderr.flush()
         return 1
+
+
+def _stopped_code(code: int) -> int:
+    """A worker asked to stop exits 128 + signal: it did not finish its work."""
+    if _stop_signal:
+        _log(f"stopped by {signal.Signals(_stop_signal).name}")
+        return 128 + _stop_signal
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,6 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__, file=sys.stderr)
         return EXIT_USAGE
+    if os.getpid() == 1:
+        code = run_as_init()
+        if code is not None:
+            return code
+    install_stop_handlers()
+    try:
+        return _stopped_code(_main(argv))
+    except SystemExit as exc:  # a stop signal before the user's code started
+        return _stopped_code(_exit_code(exc.code))
+    except KeyboardInterrupt:
+        return _stopped_code(1)
+
+
+def _main(argv: list[str]) -> int:
     entrypoint, args = argv[0], argv[1:]
     problem = entrypoint_problem(entrypoint)
     if problem:

@@ -26,7 +26,16 @@ from appliance_operator import desired
 from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import JobView, PodView, job_view, pod_view
-from appliance_operator.reconcile import ENV_RESOLVED, EnvKnowledge, Event, Inputs, Plan, plan
+from appliance_operator.reconcile import (
+    ENV_RESOLVED,
+    REPLICA_FAILURE,
+    VALID,
+    EnvKnowledge,
+    Event,
+    Inputs,
+    Plan,
+    plan,
+)
 from cerebras_appliance.api import API_VERSION, KIND, Condition, ExecuteJobStatus, InvalidJobError
 from cerebras_appliance.status import now_rfc3339
 
@@ -49,12 +58,16 @@ class JobMemory:
     uid: str
     secret_ready: bool = False
     env_condition: Condition | None = None
+    replica_condition: Condition | None = None  # ReplicaFailure, once a create went wrong
     created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)  # pod uid -> when
-    written: tuple[str, ExecuteJobStatus] | None = None  # (job version planned on, status)
+    released: dict[str, float] = field(default_factory=dict)  # pod uid -> finalizer removed
+    #: (job version planned on, status written, job version our write produced)
+    written: tuple[str, ExecuteJobStatus, str] | None = None
     last_write: datetime | None = None
     retries: int = 0
     last_warning: str = ""
+    invalid: str = ""  # the parse error last reported for this job
 
 
 def status_patch(status: ExecuteJobStatus) -> dict[str, Any]:
@@ -82,8 +95,14 @@ def merge_observed(pods: Sequence[PodView], memory: JobMemory, now: float) -> li
     for uid, since in list(memory.deleted.items()):
         if uid not in present_uids or now - since > EXPECTATION_TTL:
             del memory.deleted[uid]
+    for uid, since in list(memory.released.items()):
+        if uid not in present_uids or now - since > EXPECTATION_TTL:
+            del memory.released[uid]
     merged = [
         dataclasses.replace(p, terminating=True) if p.uid in memory.deleted else p for p in pods
+    ]
+    merged = [
+        dataclasses.replace(p, tracked=False) if p.uid in memory.released else p for p in merged
     ]
     merged.extend(view for view, _ in memory.created.values())
     return merged
@@ -141,12 +160,17 @@ class Controller:
         started = time.perf_counter()
         try:
             if body is None:
-                self.forget(key)  # deleted: its pods and Secret go by ownerReference
+                # Deleted: its pods and Secret go by ownerReference, once the pods are free
+                # of the tracking finalizer.
+                self.forget(key)
+                for pod in pods:
+                    if pod.tracked:
+                        self._release(key[0], pod, None)
                 return None
             try:
                 job = job_view(body)
             except InvalidJobError as exc:
-                logger.error("[%s/%s] cannot reconcile: %s", key[0], key[1], exc)
+                self._report_invalid(key, body, str(exc))
                 return None
             memory = self._memory_for(key, job.uid)
             try:
@@ -178,7 +202,16 @@ class Controller:
             now=self.clock(),
             last_status_write=memory.last_write,
             previous=previous,
+            replica_failure=memory.replica_condition,
         )
+
+    @staticmethod
+    def _version(job: JobView, memory: JobMemory) -> str:
+        """The job version a status write applies to: the one our last write produced while
+        the watch has not shown it, else the cached one."""
+        if memory.written is not None and memory.written[0] == job.resource_version:
+            return memory.written[2]
+        return job.resource_version
 
     def _reconcile(self, job: JobView, pods: Sequence[PodView], memory: JobMemory) -> float | None:
         steps = plan(self._inputs(job, pods, memory))
@@ -191,15 +224,27 @@ class Controller:
                 steps = dataclasses.replace(steps, ensure_secret=False, create=())
         created, create_failed = self._create_pods(job, steps, memory)
         problem = problem or create_failed
+        failing = memory.replica_condition
+        if created and not create_failed and failing is not None and failing.status == "True":
+            memory.replica_condition = Condition(
+                type=REPLICA_FAILURE, status="False", reason="PodsCreated", message=""
+            )
         self._delete_pods(job, steps.delete, memory)
         done: list[str] = []
         if created:
             done.append(f"created {len(created)} pod(s)")
         if steps.delete:
             done.append(f"deleted {len(steps.delete)} pod(s)")
+        if steps.status is not None and not self._write_status(
+            job, steps.status, memory, steps.status_precondition
+        ):
+            return None  # the job is gone
+        # Only now (the counts are stored): the counted and disrupted pods are released.
+        for pod in steps.release:
+            self._release(job.namespace, pod, memory)
+        if steps.release:
+            done.append(f"released {len(steps.release)} pod(s)")
         if steps.status is not None:
-            if not self._write_status(job, steps.status, memory):
-                return None  # the job is gone
             done.append(
                 f"status {steps.status.phase} "
                 f"({steps.status.ready_replicas}/{steps.status.replicas} ready)"
@@ -235,6 +280,15 @@ class Controller:
     def _ensure_secret(self, job: JobView, memory: JobMemory) -> bool | None:
         """Write ``<job>-env`` (resolving secretKeyRefs); True when it is in place."""
         name = desired.env_secret_name(job.name)
+        resolved = job.status.condition(ENV_RESOLVED) if job.status is not None else None
+        if resolved is not None and resolved.status == "True":
+            # Written before (by us, or by the operator before a restart): the snapshot is
+            # the one in <job>-env, even if a Secret it referenced is gone since.
+            existing = self.api.read_secret(job.namespace, name)
+            if existing is not None and job.uid in _owner_uids(existing):
+                memory.secret_ready = True
+                memory.env_condition = resolved
+                return True
 
         def read(secret: str) -> Mapping[str, str] | None:
             found = self.api.read_secret(job.namespace, secret)
@@ -261,9 +315,8 @@ class Controller:
             if existing is None:
                 return None  # gone meanwhile: create it next time
             meta = existing.get("metadata") or {}
-            owners = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
             labels = meta.get("labels") or {}
-            if job.uid not in owners:
+            if job.uid not in _owner_uids(existing):
                 if (
                     labels.get(desired.MANAGED_BY_LABEL) == desired.MANAGED_BY
                     and labels.get(desired.JOB_NAME_LABEL) == job.name
@@ -299,7 +352,12 @@ class Controller:
             bodies = [desired.worker_pod(job.job, job.uid, w) for w in now]
             results = list(self._pool.map(lambda b: self._create_pod(job.namespace, b), bodies))
             failures = [r for r in results if isinstance(r, ApiError)]
-            for result in results:
+            for body, result in zip(bodies, results, strict=True):
+                if isinstance(result, dict) and not result:
+                    taken = self._name_taken(job, str(body["metadata"]["name"]))
+                    if taken:
+                        self._replica_failure(job, memory, "PodNameTaken", taken)
+                        return created, True
                 if isinstance(result, dict):
                     view = pod_view(result)
                     if view is not None:
@@ -310,7 +368,9 @@ class Controller:
                 if namespace_terminating(first):
                     return created, True  # the job goes with its namespace
                 if first.code in (400, 403, 404, 422):  # the request is wrong: tell the user
-                    self._warn(job, memory, "FailedCreate", f"creating worker pods: {first}")
+                    self._replica_failure(
+                        job, memory, "FailedCreate", f"creating worker pods: {first}"
+                    )
                     return created, True
                 raise first
             batch = min(batch * 2, MAX_CREATE_BATCH)
@@ -321,8 +381,37 @@ class Controller:
             return self.api.create_pod(namespace, body)
         except ApiError as exc:
             if exc.code == 409:
-                return {}  # it exists (an earlier attempt of ours): the watch will show it
+                return {}  # a pod of that name exists: _name_taken says whose
             return exc
+
+    def _name_taken(self, job: JobView, name: str) -> str:
+        """Why an existing pod named like a worker (create answered 409) is in the way, or ""
+        when it is this job's own worker that the watch has not shown yet."""
+        pod = self.api.read_pod(job.namespace, name)
+        if pod is None:
+            return ""  # gone meanwhile: the next reconcile creates it
+        meta = pod.get("metadata") or {}
+        owners = {
+            ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")
+        }
+        labels = meta.get("labels") or {}
+        if job.uid not in owners:
+            return (
+                f"pod {name} already exists and does not belong to this job; delete or rename "
+                "it (the operator needs that name for a worker)"
+            )
+        if labels.get(desired.MANAGED_BY_LABEL) != desired.MANAGED_BY:
+            return (
+                f"worker pod {name} lost its label {desired.MANAGED_SELECTOR}, so the operator "
+                "cannot see it; restore the label or delete the pod"
+            )
+        return ""
+
+    def _replica_failure(self, job: JobView, memory: JobMemory, reason: str, message: str) -> None:
+        memory.replica_condition = Condition(
+            type=REPLICA_FAILURE, status="True", reason=reason, message=message
+        )
+        self._warn(job, memory, reason, message)  # the retry's status write carries it
 
     def _delete_pods(self, job: JobView, pods: Iterable[PodView], memory: JobMemory) -> None:
         for pod in pods:
@@ -333,16 +422,79 @@ class Controller:
                     raise
             memory.deleted[pod.uid] = time.monotonic()
 
-    def _write_status(self, job: JobView, status: ExecuteJobStatus, memory: JobMemory) -> bool:
+    def _write_status(
+        self, job: JobView, status: ExecuteJobStatus, memory: JobMemory, precondition: bool
+    ) -> bool:
+        version = self._version(job, memory) if precondition else None
         try:
-            self.api.patch_job_status(job.namespace, job.name, status_patch(status))
+            answer = self.api.patch_job_status(
+                job.namespace, job.name, status_patch(status), resource_version=version
+            )
         except ApiError as exc:
             if exc.code == 404:
                 return False
-            raise
-        memory.written = (job.resource_version, status)
+            raise  # 409: the cache was stale; the retry plans on the newer version
+        new_version = str((answer.get("metadata") or {}).get("resourceVersion") or "")
+        memory.written = (job.resource_version, status, new_version)
         memory.last_write = self.clock()
         return True
+
+    def _release(self, namespace: str, pod: PodView, memory: JobMemory | None) -> None:
+        """Remove the tracking finalizer: the pod's outcome is counted (or never will be)."""
+        try:
+            self.api.remove_finalizer(namespace, pod.name, pod.uid, desired.TRACKING_FINALIZER)
+        except ApiError as exc:
+            if exc.code not in (404, 409, 422):  # gone, or a newer pod of that name
+                raise
+        if memory is not None:
+            memory.released[pod.uid] = time.monotonic()
+
+    def _report_invalid(self, key: JobKey, body: Mapping[str, Any], message: str) -> None:
+        """A job the models cannot parse (a newer CRD, a hand edit): one Warning Event and a
+        ``Valid=False`` condition, instead of silence."""
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        memory = self._memory_for(key, uid)
+        logger.error("[%s/%s] cannot reconcile: %s", key[0], key[1], message)
+        if memory.invalid == message:
+            return
+        text = (
+            f"the operator cannot read this ExecuteJob: {message}. Fix the field (or upgrade "
+            "the operator if the CRD is newer than it)"
+        )[:EVENT_MESSAGE_LIMIT]
+        stamp = now_rfc3339(self.clock())
+        conditions = [
+            c
+            for c in ((body.get("status") or {}).get("conditions") or [])
+            if isinstance(c, dict) and c.get("type") != VALID
+        ]
+        conditions.append(
+            {
+                "type": VALID,
+                "status": "False",
+                "reason": "InvalidSpec",
+                "message": text,
+                "lastTransitionTime": stamp,
+                "observedGeneration": meta.get("generation"),
+            }
+        )
+        try:
+            self.api.patch_job_status(key[0], key[1], {"conditions": conditions})
+        except ApiError as exc:
+            if exc.code != 404:
+                raise
+        view = JobView(
+            namespace=key[0],
+            name=key[1],
+            uid=uid,
+            resource_version=str(meta.get("resourceVersion") or ""),
+            generation=meta.get("generation"),
+            created=self.clock(),
+            deleting=False,
+            job=None,  # type: ignore[arg-type]  # only its metadata is used for the Event
+        )
+        self._post_event(view, Event("Warning", "InvalidSpec", text))
+        memory.invalid = message
 
     def _delete_job(self, job: JobView) -> None:
         try:
@@ -384,6 +536,11 @@ class Controller:
             logger.warning(
                 "[%s/%s] could not post event %s: %s", job.namespace, job.name, event.reason, exc
             )
+
+
+def _owner_uids(obj: Mapping[str, Any]) -> set[str]:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return {str(ref.get("uid")) for ref in refs}
 
 
 def _names(names: Sequence[str]) -> str:

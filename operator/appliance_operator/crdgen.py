@@ -95,7 +95,12 @@ HAND_KEPT: dict[str, dict[str, Any]] = {
             {
                 "rule": "!self.contains('=')",
                 "message": "spec.env[].name must not contain '=' (it separates name and value)",
-            }
+            },
+            {
+                "rule": f"!self.startsWith('{api.RESERVED_ENV_PREFIX}')",
+                "message": f"spec.env[].name must not start with '{api.RESERVED_ENV_PREFIX}': "
+                "those names are reserved for the worker's own plumbing; rename the variable",
+            },
         ]
     },
     "status.conditions": {
@@ -114,8 +119,21 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Workers whose entrypoint has applied the env.",
     },
     {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+    {
+        "name": "Workers",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="WorkersReady")].reason',
+        "description": "Why the workers are (not) ready: EnvApplied, WaitingForWorkers, or a "
+        "stuck worker's reason (ImagePullBackOff, Unschedulable, ...).",
+    },
     {"name": "Succeeded", "type": "integer", "jsonPath": ".status.succeeded", "priority": 1},
     {"name": "Failed", "type": "integer", "jsonPath": ".status.failed", "priority": 1},
+    {
+        "name": "Message",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="WorkersReady")].message',
+        "priority": 1,
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

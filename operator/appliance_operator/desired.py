@@ -28,6 +28,12 @@ JOB_NAME_LABEL = "appliance.dev/job-name"
 WORKER_INDEX_LABEL = "appliance.dev/worker-index"
 ATTEMPT_LABEL = "appliance.dev/attempt"
 ENV_HASH_ANNOTATION = "appliance.dev/env-hash"
+#: On every worker pod until the operator has counted its outcome (as the Job controller's
+#: batch.kubernetes.io/job-tracking): a pod that finishes and is deleted at once (pod GC, a
+#: person, node deletion) is still counted exactly once.
+TRACKING_FINALIZER = "appliance.dev/worker-tracking"
+#: The startup probe's budget: how long a worker may take to apply the env (1 s periods).
+STARTUP_PROBE_SECONDS = 24 * 3600
 #: Server-side label selector of everything the operator creates.
 MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 
@@ -46,8 +52,7 @@ def env_secret_name(job_name: str) -> str:
 
 
 def pod_name(job_name: str, index: int, attempt: int = 0) -> str:
-    base = worker_name(job_name, index)
-    return base if attempt == 0 else f"{base}-{attempt}"
+    return worker_name(job_name, index, attempt)
 
 
 def owner_reference(job: ExecuteJob, uid: str) -> dict[str, Any]:
@@ -203,10 +208,13 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId) -> dict[str, Any]:
             *tpl.volume_mounts,
         ],
         # Ready = the entrypoint applied the env (it writes the marker just before user code).
-        "readinessProbe": {
+        # A startup probe, not a readiness probe: the env is applied once and stays applied,
+        # so the kubelet execs it every second only until it first succeeds, never for the
+        # worker's whole life; without a readiness probe the pod is then Ready.
+        "startupProbe": {
             "exec": {"command": ["cat", READY_FILE]},
             "periodSeconds": 1,
-            "failureThreshold": 1,
+            "failureThreshold": STARTUP_PROBE_SECONDS,
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -254,6 +262,7 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId) -> dict[str, Any]:
             "labels": labels,
             "annotations": annotations,
             "ownerReferences": [owner_reference(job, uid)],
+            "finalizers": [TRACKING_FINALIZER],
         },
         "spec": pod_spec,
     }

@@ -24,6 +24,7 @@ import contextlib
 import copy
 import logging
 import os
+import random
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ from cerebras_appliance.api import GROUP, PLURAL, VERSION
 logger = logging.getLogger("appliance_operator")
 
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
+#: Every this many resync periods the indexes are checked against the API server (with the
+#: default 60 s period: every 5 minutes, the watches' own renewal interval).
+DRIFT_EVERY = 5
 
 
 @dataclass
@@ -90,6 +94,9 @@ class _Runtime:
     jobs: Any  # kopf.Index[JobKey, dict]
     executor: ThreadPoolExecutor
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: uids of objects that no longer exist but that kopf's indexes still hold (a watch
+    #: re-listed after 410 Gone delivers no DELETED for what vanished meanwhile)
+    tombstones: set[str] = field(default_factory=set)
     metrics_server: Any = None
 
 
@@ -145,8 +152,7 @@ _JOB_META = (
     "creationTimestamp",
     "deletionTimestamp",
     "labels",
-    "annotations",
-)
+)  # not annotations: kubectl's last-applied-configuration would be a second copy of the env
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -191,11 +197,12 @@ async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) 
 
 def _snapshot(rt: _Runtime, key: JobKey) -> tuple[dict[str, Any] | None, list[PodView]]:
     """The job and its pods, copied out of the indexes (on the event loop)."""
-    bodies = list(rt.jobs.get(key, ()))
+    gone = rt.tombstones
+    bodies = [b for b in rt.jobs.get(key, ()) if b["metadata"].get("uid") not in gone]
     # Two objects under one name only while a deleted job's DELETED event is in flight.
     live = [b for b in bodies if not b["metadata"].get("deletionTimestamp")] or bodies
     body = max(live, key=lambda b: b["metadata"].get("creationTimestamp", ""), default=None)
-    return body, list(rt.pods.get(key, ()))
+    return body, [p for p in rt.pods.get(key, ()) if p.uid not in gone]
 
 
 async def _worker(rt: _Runtime) -> None:
@@ -227,12 +234,69 @@ async def _worker(rt: _Runtime) -> None:
             rt.queue.done(key)
 
 
+def _settled(rt: _Runtime, key: JobKey) -> bool:
+    """A finished job without a TTL and without pods to release: nothing about it can change
+    by time alone, so the resync skips it (its pods' events still reconcile it)."""
+    bodies = list(rt.jobs.get(key, ()))
+    if len(bodies) != 1:
+        return False
+    body = bodies[0]
+    phase = (body.get("status") or {}).get("phase")
+    if (
+        phase not in ("Succeeded", "Failed")
+        or (body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
+    ):
+        return False
+    return not any(p.tracked or p.active for p in rt.pods.get(key, ()))
+
+
 async def _resync(rt: _Runtime) -> None:
-    """Safety net: every job is reconciled at least every ``resync_seconds``."""
+    """Safety net: every job that can still change is reconciled about every
+    ``resync_seconds``, spread over the period (no burst); every ``DRIFT_EVERY`` periods the
+    indexes are checked against the API server."""
+    period = rt.config.resync_seconds
+    rounds = 0
     while True:
-        await asyncio.sleep(rt.config.resync_seconds)
+        await asyncio.sleep(period)
+        rounds += 1
+        if rounds % DRIFT_EVERY == 0:
+            try:
+                await _check_drift(rt)
+            except ApiError as exc:
+                logger.warning("drift check failed (%s); next period", exc)
         for key in list(rt.jobs):
-            rt.queue.add(key)
+            if not _settled(rt, key):
+                rt.queue.add_after(key, random.uniform(0, period))
+
+
+async def _check_drift(rt: _Runtime) -> None:
+    """Find objects the indexes hold that are gone from the API server, tombstone them and
+    reconcile their jobs. Only objects indexed *before* the list started are judged, so one
+    created meanwhile is never mistaken for a ghost."""
+    before: dict[str, tuple[dict[str, JobKey], dict[str, JobKey]]] = {}
+    for key in list(rt.jobs):
+        pods, jobs = before.setdefault(key[0], ({}, {}))
+        for body in rt.jobs.get(key, ()):
+            jobs[str(body["metadata"].get("uid"))] = key
+    for key in list(rt.pods):
+        pods, jobs = before.setdefault(key[0], ({}, {}))
+        for view in rt.pods.get(key, ()):
+            pods[view.uid] = key
+    loop = asyncio.get_running_loop()
+    api = rt.controller.api
+    for namespace, (pods, jobs) in before.items():
+        listed_pods = await loop.run_in_executor(rt.executor, api.list_uids, namespace, "pods")
+        listed_jobs = await loop.run_in_executor(
+            rt.executor, api.list_uids, namespace, "executejobs"
+        )
+        for uids, listed in ((pods, listed_pods), (jobs, listed_jobs)):
+            for uid, key in uids.items():
+                if uid not in listed and uid not in rt.tombstones:
+                    logger.warning(
+                        "[%s/%s] %s is gone but was still cached: forgetting it", *key, uid
+                    )
+                    rt.tombstones.add(uid)
+                    rt.queue.add(key)
 
 
 def _api_client() -> Any:

@@ -11,8 +11,10 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import urllib3
 from kubernetes import client
 
+from appliance_operator.desired import MANAGED_SELECTOR
 from appliance_operator.metrics import Metrics
 from cerebras_appliance.api import GROUP, PLURAL, VERSION
 
@@ -61,7 +63,9 @@ class KubeApi:
             error = _api_error(exc)
             self.metrics.api_errors.labels(verb, resource, str(error.code)).inc()
             raise error from None
-        except OSError as exc:  # connection refused/reset, timeouts (urllib3 errors are OSError)
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
+            # No answer: connection refused or reset, timeouts, MaxRetryError, ProtocolError
+            # (urllib3's errors are not all OSErrors). The controller backs off and retries.
             self.metrics.api_errors.labels(verb, resource, "0").inc()
             raise ApiError(0, type(exc).__name__, str(exc)) from None
         data = response.data
@@ -74,6 +78,34 @@ class KubeApi:
             "create", "pods", self.core.create_namespaced_pod, namespace, body
         )
         return result
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The pod, or None when it does not exist."""
+        try:
+            result: dict[str, Any] = self._call(
+                "get", "pods", self.core.read_namespaced_pod, name, namespace
+            )
+        except ApiError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        return result
+
+    def remove_finalizer(self, namespace: str, name: str, uid: str, finalizer: str) -> None:
+        """Remove one finalizer from the pod with this uid (strategic merge: idempotent,
+        other finalizers untouched)."""
+        body = {"metadata": {"uid": uid, "$deleteFromPrimitiveList/finalizers": [finalizer]}}
+        self._call(
+            "patch",
+            "pods",
+            lambda **kw: self.core.patch_namespaced_pod(
+                name,
+                namespace,
+                body,
+                _content_type="application/strategic-merge-patch+json",
+                **kw,
+            ),
+        )
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """Delete the pod with this uid (not a newer pod with the same name)."""
@@ -115,9 +147,17 @@ class KubeApi:
     # -- jobs --------------------------------------------------------------------------
 
     def patch_job_status(
-        self, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
-        """JSON merge patch of the status subresource; returns the updated job."""
+        """JSON merge patch of the status subresource; returns the updated job. With
+        ``resource_version`` the patch applies only to that version (409 otherwise)."""
+        body: dict[str, Any] = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         result: dict[str, Any] = self._call(
             "patch",
             "executejobs/status",
@@ -127,7 +167,7 @@ class KubeApi:
             namespace,
             PLURAL,
             name,
-            {"status": dict(status)},
+            body,
         )
         return result
 
@@ -141,6 +181,28 @@ class KubeApi:
                 GROUP, VERSION, namespace, PLURAL, name, body=options, **kw
             ),
         )
+
+    # -- drift ---------------------------------------------------------------------------
+
+    def list_uids(self, namespace: str, resource: str) -> set[str]:
+        """uids of the worker pods (``resource="pods"``) or ExecuteJobs that exist now in
+        ``namespace``: metadata only (PartialObjectMetadataList), never values or specs."""
+        headers = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
+        if resource == "pods":
+
+            def fn(**kw: Any) -> Any:
+                return self.core.list_namespaced_pod(
+                    namespace, label_selector=MANAGED_SELECTOR, _headers=headers, **kw
+                )
+        else:
+
+            def fn(**kw: Any) -> Any:
+                return self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, _headers=headers, **kw
+                )
+
+        data = self._call("list", resource, fn)
+        return {str((item.get("metadata") or {}).get("uid")) for item in data.get("items") or []}
 
     # -- events ------------------------------------------------------------------------
 

@@ -19,10 +19,28 @@ from appliance_operator.desired import (
     JOB_NAME_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    TRACKING_FINALIZER,
     WORKER_INDEX_LABEL,
 )
 from cerebras_appliance.api import ExecuteJob, ExecuteJobStatus, parse_job
-from cerebras_appliance.status import WorkerPhase, WorkerState
+from cerebras_appliance.lifecycle import Attempt
+from cerebras_appliance.status import WorkerPhase
+
+#: Container waiting reasons that mean "this will not start by itself soon" (the kubelet's
+#: names); ContainerCreating and PodInitializing are ordinary progress and not listed.
+STUCK_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+    }
+)
+MESSAGE_LIMIT = 300
 
 _PHASES: dict[str, WorkerPhase] = {
     "Pending": "Pending",
@@ -48,6 +66,10 @@ class PodView:
     reason: str = ""
     terminating: bool = False
     finished_at: str = ""  # RFC 3339, when it terminated ("" while it has not)
+    tracked: bool = False  # carries the tracking finalizer: its outcome is not counted yet
+    disrupted: bool = False  # DisruptionTarget condition, or evicted by the kubelet
+    waiting: str = ""  # why it cannot start (ImagePullBackOff, Unschedulable, ...)
+    waiting_message: str = ""
 
     @property
     def active(self) -> bool:
@@ -86,14 +108,29 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
     exit_code: int | None = None
     reason = str(status.get("reason") or "")  # pod-level: Evicted, DeadlineExceeded, ...
     finished_at = ""
+    waiting, waiting_message = "", ""
+    conditions = {str(c.get("type")): c for c in status.get("conditions") or []}
+    disruption = conditions.get("DisruptionTarget")
+    disrupted = (disruption is not None and disruption.get("status") == "True") or (
+        reason == "Evicted"
+    )
+    scheduled = conditions.get("PodScheduled")
+    if scheduled is not None and scheduled.get("status") == "False":
+        waiting = str(scheduled.get("reason") or "Unschedulable")
+        waiting_message = str(scheduled.get("message") or "")
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") != CONTAINER_NAME:
             continue
-        terminated = (cs.get("state") or {}).get("terminated")
+        state = cs.get("state") or {}
+        terminated = state.get("terminated")
         if terminated:
             exit_code = _int(terminated.get("exitCode"))
             reason = str(terminated.get("reason") or reason)
             finished_at = str(terminated.get("finishedAt") or "")
+        stuck = state.get("waiting") or {}
+        if stuck.get("reason") in STUCK_REASONS:
+            waiting = str(stuck["reason"])
+            waiting_message = str(stuck.get("message") or "")
     return PodView(
         name=str(meta.get("name")),
         uid=str(meta.get("uid") or ""),
@@ -107,21 +144,30 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         reason=reason,
         terminating=meta.get("deletionTimestamp") is not None,
         finished_at=finished_at,
+        tracked=TRACKING_FINALIZER in (meta.get("finalizers") or ()),
+        disrupted=disrupted,
+        waiting=waiting if phase == "Pending" else "",
+        waiting_message=waiting_message[:MESSAGE_LIMIT] if phase == "Pending" else "",
     )
 
 
-def worker_state(pod: PodView) -> WorkerState:
-    """A pod as compute_status sees it; a pod being deleted counts as neither running nor
-    ready (it is going away)."""
-    phase: WorkerPhase = pod.phase
-    if pod.terminating and phase == "Running":
-        phase = "Pending"
-    return WorkerState(
+def attempt_of(pod: PodView, counted: frozenset[str] = frozenset()) -> Attempt:
+    """A pod as :func:`cerebras_appliance.lifecycle.decide` sees it: counted when it no longer
+    carries the tracking finalizer, or when its uid is in ``status.countedPods``."""
+    return Attempt(
+        index=pod.index,
+        attempt=pod.attempt,
         name=pod.name,
-        phase=phase,
-        ready=pod.ready and phase == "Running",
+        phase=pod.phase,
+        ready=pod.ready,
         exit_code=pod.exit_code,
         reason=pod.reason,
+        stopping=pod.terminating,
+        disrupted=pod.disrupted,
+        counted=not pod.tracked or pod.uid in counted,
+        waiting=pod.waiting,
+        waiting_message=pod.waiting_message,
+        finished_at=pod.finished_at,
     )
 
 

@@ -5,16 +5,18 @@ the operator knows about the env Secret, the clock) and returns the actions that
 cluster toward the desired state. It is called again after every event, so every action is
 idempotent, and a decision made on a stale view is at worst repeated (create answers 409).
 
-Failure counting and replacement (restart-safe, no bookkeeping outside the cluster):
+The lifecycle rules (what is a failure, replacement, stopping) are
+:func:`cerebras_appliance.lifecycle.decide`, shared with the local backend. What is
+Kubernetes-specific is here: counting exactly once with the tracking finalizer.
 
-* Worker ``i`` first runs as pod ``<job>-worker-<i>`` (attempt 0). When the latest attempt of
-  a worker fails and the job's failures do not exceed ``backoffLimit``, attempt ``a + 1``
-  runs as ``<job>-worker-<i>-<a+1>``.
-* Failed pods are kept while the job runs: the failures are the job's own Failed pods, so a
-  restarted operator counts exactly what the previous one counted, and the next attempt's
-  name follows from the pods that exist (create-if-absent makes a repeated decision harmless).
-* A worker pod deleted from outside (not failed) is recreated under the same name once it is
-  gone; it does not count as a failure.
+* Every worker pod is created with the finalizer ``appliance.dev/worker-tracking``. A pod
+  that carries it and has ended is not counted yet; one without it is (or never will be).
+* Counting is two writes: the status with the new totals (``succeeded``/``failed``,
+  ``completedIndexes``) and the pod's uid in ``status.countedPods`` (written with the job's
+  resourceVersion as a precondition, so a stale cache cannot count twice); then, only after
+  that write, the finalizer is removed; a later status write drops the uid. A pod in
+  ``countedPods`` is never counted again, whatever happens between the steps.
+* A disrupted pod (stopped, deleted, evicted) needs no count: its finalizer is removed at once.
 """
 
 from __future__ import annotations
@@ -25,19 +27,17 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from appliance_operator.desired import WorkerId, pod_name
-from appliance_operator.observe import JobView, PodView, parse_time, worker_state
+from appliance_operator.observe import JobView, PodView, attempt_of, parse_time
 from cerebras_appliance.api import Condition, ExecuteJobStatus
-from cerebras_appliance.status import (
-    FAILED,
-    WORKERS_READY,
-    Observation,
-    WorkerState,
-    compute_status,
-    now_rfc3339,
-)
+from cerebras_appliance.lifecycle import decide
+from cerebras_appliance.status import FAILED, WORKERS_READY, describe_failure, now_rfc3339
 
 #: The operator's own condition: was the env snapshot resolved and written to ``<job>-env``?
 ENV_RESOLVED = "EnvResolved"
+#: As a ReplicaSet's: True while worker pods cannot be created (refused, name taken).
+REPLICA_FAILURE = "ReplicaFailure"
+#: False when the stored job cannot be read by the operator's models.
+VALID = "Valid"
 
 #: Status changes that only move counters (e.g. 3 -> 5 ready workers) are written at most
 #: this often per job; phase and condition changes are written at once.
@@ -59,6 +59,10 @@ class Plan:
     create: tuple[WorkerId, ...] = ()
     delete: tuple[PodView, ...] = ()
     status: ExecuteJobStatus | None = None  # the status to write (None: unchanged/deferred)
+    #: the status write records counted pods: only on the job version planned on
+    status_precondition: bool = False
+    #: pods whose tracking finalizer goes, after the status write (if any) succeeded
+    release: tuple[PodView, ...] = ()
     events: tuple[Event, ...] = ()
     delete_job: bool = False  # ttlSecondsAfterFinished has passed
     requeue_after: float | None = None  # seconds until a time-based transition is due
@@ -81,23 +85,7 @@ class Inputs:
     now: datetime = field(default_factory=lambda: datetime.now().astimezone())
     last_status_write: datetime | None = None  # when this operator last wrote the status
     previous: ExecuteJobStatus | None = None  # the status as last written, if newer than job's
-
-
-def _latest_per_index(pods: Sequence[PodView], replicas: int) -> dict[int, PodView]:
-    latest: dict[int, PodView] = {}
-    for pod in pods:
-        if pod.index >= replicas:
-            continue
-        current = latest.get(pod.index)
-        if current is None or pod.attempt > current.attempt:
-            latest[pod.index] = pod
-    return latest
-
-
-def _failures(pods: Sequence[PodView]) -> list[WorkerState]:
-    failed = [p for p in pods if p.phase == "Failed"]
-    failed.sort(key=lambda p: (p.finished_at, p.index, p.attempt))
-    return [worker_state(p) for p in failed]
+    replica_failure: Condition | None = None  # ReplicaFailure to record, if any
 
 
 def _upsert_condition(
@@ -129,6 +117,10 @@ def significant_change(old: ExecuteJobStatus | None, new: ExecuteJobStatus) -> b
             s.start_time,
             s.completion_time,
             s.observed_generation,
+            s.succeeded,
+            s.failed,
+            s.completed_indexes,
+            tuple(s.counted_pods),
             sorted((c.type, c.status, c.reason) for c in s.conditions),
         )
 
@@ -158,73 +150,79 @@ def _phase_event(old: ExecuteJobStatus | None, new: ExecuteJobStatus) -> Event |
 def plan(inputs: Inputs) -> Plan:
     """The actions that bring one job's pods, Secret and status to the desired state."""
     job, now = inputs.job, inputs.now
+    mine = [p for p in inputs.pods if p.owner_uid == job.uid]
     if job.deleting:
-        return Plan()  # the garbage collector removes what the job owns
+        # The garbage collector removes what the job owns, once the finalizers are gone.
+        return Plan(release=tuple(p for p in mine if p.tracked))
     spec = job.job.spec
     previous = inputs.previous if inputs.previous is not None else job.status
-    mine = [p for p in inputs.pods if p.owner_uid == job.uid]
-    # A name taken by a pod of an earlier job with the same name: wait until it is gone.
-    taken = {p.name for p in inputs.pods}
-
-    requeue: list[float] = []
-    deadline_exceeded = False
-    if spec.active_deadline_seconds is not None and not spec.suspend:
-        due = job.created + timedelta(seconds=spec.active_deadline_seconds)
-        if now >= due:
-            deadline_exceeded = True
-        else:
-            requeue.append((due - now).total_seconds())
-
-    latest = _latest_per_index(mine, spec.replicas)
-    failures = _failures(mine)
-    observation = Observation(
-        workers=[worker_state(latest[i]) for i in sorted(latest)],
-        failures=failures,
-        deadline_exceeded=deadline_exceeded,
+    counted_before = frozenset(previous.counted_pods) if previous is not None else frozenset()
+    decision = decide(
+        spec,
+        [attempt_of(p, counted_before) for p in mine],
+        previous,
+        env_hash=job.job.env_hash,
+        now=now,
         generation=job.generation,
     )
+    by_name = {p.name: p for p in mine}
+    newly = [by_name[a.name] for a in decision.counted]
+    still_tracked = {p.uid for p in mine if p.tracked}
+    counted_pods = [u for u in previous.counted_pods if u in still_tracked] if previous else []
+    counted_pods += [p.uid for p in newly if p.uid not in counted_pods]
+    status = decision.status.model_copy(update={"counted_pods": counted_pods})
     stamp = now_rfc3339(now)
-    status = compute_status(spec, observation, previous, env_hash=job.job.env_hash, now=now)
     env_condition = inputs.env.condition
     if env_condition is None and previous is not None:
         env_condition = previous.condition(ENV_RESOLVED)
-    if env_condition is not None and not status.finished:
+    if env_condition is not None:
         status = _upsert_condition(status, env_condition, previous, stamp)
+    replica = inputs.replica_failure
+    if replica is None and previous is not None:
+        replica = previous.condition(REPLICA_FAILURE)
+    if replica is not None and not (previous is not None and previous.finished):
+        status = _upsert_condition(status, replica, previous, stamp)
 
+    requeue: list[float] = []
+    if decision.requeue_after is not None:
+        requeue.append(decision.requeue_after)
+    # A name held by another pod (an earlier job of the same name, still terminating) is
+    # skipped: the next attempt number is free.
+    taken = {p.name for p in inputs.pods}
     create: list[WorkerId] = []
-    delete: list[PodView] = []
+    for index, first in decision.create:
+        number = first
+        while pod_name(job.name, index, number) in taken:
+            number += 1
+        create.append(WorkerId(index, number))
+    delete = [by_name[a.name] for a in decision.stop]
+    disrupted = {a.name for a in decision.disrupted}
+    release = [p for p in mine if p.tracked and (p.uid in counted_pods or p.name in disrupted)]
+
     delete_job = False
-    if status.finished or spec.suspend:
-        # A finished job releases its workers; a suspended one keeps only its failed pods
-        # (they hold the failure count).
-        delete = [p for p in mine if p.active]
-        if status.finished and spec.ttl_seconds_after_finished is not None:
-            finished = parse_time(status.completion_time) if status.completion_time else now
-            due = finished + timedelta(seconds=spec.ttl_seconds_after_finished)
-            if now >= due:
-                delete_job = True
-            else:
-                requeue.append((due - now).total_seconds())
-    else:
-        delete = [p for p in mine if p.index >= spec.replicas and p.active]  # scaled down
-        for index in range(spec.replicas):
-            current = latest.get(index)
-            if current is None:
-                want = WorkerId(index, 0)
-            elif current.phase == "Failed":
-                want = WorkerId(index, current.attempt + 1)  # within backoffLimit (not failed)
-            elif current.terminating and current.phase != "Succeeded":
-                want = WorkerId(index, current.attempt)  # deleted from outside: recreate
-            else:
-                continue
-            if pod_name(job.name, want.index, want.attempt) not in taken:
-                create.append(want)
+    if status.finished and spec.ttl_seconds_after_finished is not None:
+        finished = parse_time(status.completion_time) if status.completion_time else now
+        due = finished + timedelta(seconds=spec.ttl_seconds_after_finished)
+        if now >= due:
+            delete_job = True
+        else:
+            requeue.append((due - now).total_seconds())
 
     ensure_secret = bool(create) and not inputs.env.secret_ready
     if ensure_secret:
         create = []  # pods only once their Secret exists
 
     events: list[Event] = []
+    for pod in newly:
+        if pod.phase == "Failed":
+            events.append(
+                Event(
+                    "Warning",
+                    "WorkerFailed",
+                    f"{describe_failure(attempt_of(pod).state())}; "
+                    f"{status.failed} failure(s), backoffLimit is {spec.backoff_limit}",
+                )
+            )
     write: ExecuteJobStatus | None = None
     if status != previous:
         if significant_change(previous, status):
@@ -244,6 +242,8 @@ def plan(inputs: Inputs) -> Plan:
         create=tuple(create),
         delete=tuple(delete),
         status=write,
+        status_precondition=write is not None and bool(newly),
+        release=tuple(release),
         events=tuple(events),
         delete_job=delete_job,
         requeue_after=min(requeue) if requeue else None,

@@ -430,7 +430,7 @@ def test_rbac_is_least_privilege(helm: Helm) -> None:
         "appliance.dev/executejobs": {"get", "list", "watch", "delete"},
         "appliance.dev/executejobs/status": {"get", "patch"},
         "appliance.dev/executejobs/finalizers": {"update"},
-        "/pods": {"get", "list", "watch", "create", "delete"},
+        "/pods": {"get", "list", "watch", "create", "patch", "delete"},
         "/secrets": {"get", "create", "delete"},
         "/events": {"create"},
         "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},

@@ -34,6 +34,8 @@ class FakeApi:
         self.statuses: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self.deleted: list[str] = []
+        self.released: list[str] = []
+        self.job_version = 10  # the job's resourceVersion (job_body() says "10")
         self.fail_pod_create: ApiError | None = None
         self.fail_secret_create: ApiError | None = None
         self._uids = itertools.count(1)
@@ -73,10 +75,34 @@ class FakeApi:
         self.calls.append(("delete", "secrets"))
         self.secrets.pop(name, None)
 
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+    def patch_job_status(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """As the API server: a resourceVersion precondition must match (409 otherwise)."""
         self.calls.append(("patch", "executejobs/status"))
+        if resource_version is not None and resource_version != str(self.job_version):
+            raise ApiError(409, "Conflict", "the object has been modified")
         self.statuses.append(status)
-        return {}
+        self.job_version += 1
+        return {"metadata": {"resourceVersion": str(self.job_version)}}
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", "pods"))
+        return self.pods.get(name)
+
+    def remove_finalizer(self, namespace: str, name: str, uid: str, finalizer: str) -> None:
+        """Strategic merge $deleteFromPrimitiveList: idempotent; 404 when the pod is gone."""
+        self.calls.append(("patch", "pods"))
+        pod = self.pods.get(name)
+        if pod is None or pod["metadata"]["uid"] != uid:
+            raise ApiError(404, "NotFound", f'pods "{name}" not found')
+        finalizers = [f for f in pod["metadata"].get("finalizers", []) if f != finalizer]
+        pod["metadata"]["finalizers"] = finalizers
+        self.released.append(name)
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         self.calls.append(("delete", "executejobs"))

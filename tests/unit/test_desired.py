@@ -82,7 +82,7 @@ def test_worker_pod_shape() -> None:
     assert env[envfile.ENV_FILE_VAR] == "/var/run/appliance/env/env.json"
     assert env[envfile.READY_FILE_VAR] == "/var/run/appliance/state/ready"
     assert env["APPLIANCE_WORKER_NAME"] == "demo-worker-1"
-    assert container["readinessProbe"]["exec"]["command"] == ["cat", env[envfile.READY_FILE_VAR]]
+    assert container["startupProbe"]["exec"]["command"] == ["cat", env[envfile.READY_FILE_VAR]]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/var/run/appliance/env"]["readOnly"] is True
     assert "/var/run/appliance/state" in mounts

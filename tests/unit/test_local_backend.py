@@ -145,7 +145,7 @@ def test_delete_stops_workers_and_removes_the_env_file(tmp_path: Path) -> None:
     env_file = job._env_file
     assert envfile.read(env_file).env == (("TOKEN", "s3cret"),)
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
-    procs = [s.proc for s in job._slots]
+    procs = [w.proc for w in job._workers]
     job.delete()
     assert all(p is None or p.poll() is not None for p in procs)
     assert not env_file.exists()

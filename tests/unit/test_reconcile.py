@@ -1,4 +1,4 @@
-"""plan(): the reconcile decision for one job, and pods -> PodView -> WorkerState (pure)."""
+"""plan(): the reconcile decision for one job, and pods -> PodView -> Attempt (pure)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from appliance_operator.desired import WorkerId
-from appliance_operator.observe import PodView, job_view, pod_view, worker_state
+from appliance_operator.observe import PodView, attempt_of, job_view, pod_view
 from appliance_operator.reconcile import (
     ENV_RESOLVED,
     PROGRESS_WRITE_INTERVAL,
@@ -51,6 +51,8 @@ def pod(
     owner: str = UID,
     terminating: bool = False,
     finished_at: str = "",
+    tracked: bool = True,
+    disrupted: bool = False,
 ) -> PodView:
     name = f"demo-worker-{index}" + (f"-{attempt}" if attempt else "")
     return PodView(
@@ -66,6 +68,8 @@ def pod(
         reason="Error" if exit_code else "",
         terminating=terminating,
         finished_at=finished_at,
+        tracked=tracked,
+        disrupted=disrupted,
     )
 
 
@@ -116,10 +120,10 @@ def test_existing_pods_are_not_created_again() -> None:
     assert step.create == (WorkerId(1, 0),)
 
 
-def test_a_pod_of_an_earlier_job_with_the_same_name_blocks_its_name() -> None:
+def test_a_pod_of_an_earlier_job_with_the_same_name_is_skipped() -> None:
     stale = pod(0, "Running", owner="uid-old-job", terminating=True)
     step = run([stale])
-    assert step.create == (WorkerId(1, 0),)  # worker 0 waits until the old pod is gone
+    assert step.create == (WorkerId(0, 1), WorkerId(1, 0))  # the next free name, no wait
     assert step.delete == ()  # and it is not ours to delete
     assert step.status is not None and step.status.phase == "Pending"  # not counted
 
@@ -179,8 +183,16 @@ def test_failed_worker_fails_the_job_with_its_exit_code() -> None:
     assert "worker demo-worker-1 failed (exit code 3)" in failed.message
     assert step.create == ()
     assert [p.name for p in step.delete] == ["demo-worker-0"]  # released
-    (event,) = step.events
-    assert event.type == "Warning" and "exit code 3" in event.message
+    assert [(e.type, e.reason) for e in step.events] == [
+        ("Warning", "WorkerFailed"),
+        ("Warning", "Failed"),
+    ]
+    assert all("exit code 3" in e.message for e in step.events)
+    # Counted exactly once: its uid is recorded with the count, written on the version
+    # planned on, and the finalizer goes only after that write.
+    assert step.status.counted_pods == ["uid-demo-worker-1-uid-job-1"]
+    assert step.status_precondition
+    assert [p.name for p in step.release] == ["demo-worker-1"]
 
 
 def test_finished_job_stays_finished_and_releases_leftovers() -> None:
@@ -230,11 +242,60 @@ def test_second_failure_beyond_backoff_limit_fails_the_job() -> None:
     assert "2 worker failure(s), backoffLimit is 1" in failed.message
 
 
-def test_pod_deleted_from_outside_is_recreated_once_gone() -> None:
+def test_pod_deleted_from_outside_is_replaced_at_once_and_not_a_failure() -> None:
     step = run([pod(0), pod(1, terminating=True)])
-    assert step.create == ()  # its name is still taken
-    step = run([pod(0)])
-    assert step.create == (WorkerId(1, 0),)
+    assert step.create == (WorkerId(1, 1),)  # a new name: no wait for the old one
+    assert [p.name for p in step.release] == ["demo-worker-1"]  # settled: disrupted
+    assert step.status is not None and step.status.failed == 0
+    # It ends Failed with 143 (SIGTERM) after its finalizer went: nothing is counted.
+    gone = pod(1, "Failed", exit_code=143, terminating=True, tracked=False)
+    later = run([pod(0), gone, pod(1, attempt=1)], status=step.status)
+    assert later.create == () and (later.status is None or later.status.failed == 0)
+
+
+def test_disruptions_are_never_failures() -> None:
+    cases = [
+        pod(1, "Failed", exit_code=143, terminating=True),  # deleted: SIGTERM
+        pod(1, "Failed", exit_code=137, terminating=True),  # deleted: grace period ran out
+        pod(1, "Failed", disrupted=True),  # evicted, preempted, drained (DisruptionTarget)
+    ]
+    for case in cases:
+        step = run([pod(0), case])
+        assert step.status is not None and step.status.failed == 0, case
+        assert step.create == (WorkerId(1, 1),), case
+        assert [p.name for p in step.release] == ["demo-worker-1"]
+        assert not step.status_precondition
+
+
+def test_oom_kill_is_a_failure_even_while_deleted() -> None:
+    oom = dataclasses.replace(pod(1, "Failed", exit_code=137, terminating=True), reason="OOMKilled")
+    step = run([pod(0), oom], backoffLimit=1)
+    assert step.status is not None and step.status.failed == 1
+
+
+def test_counts_survive_finished_pods_disappearing() -> None:
+    """Once counted (finalizer gone), a pod deleted by pod GC or a person changes nothing:
+    the succeeded index is not run again, the failure still counts."""
+    first = run([pod(0, "Succeeded", exit_code=0), pod(1, "Failed", exit_code=3)], backoffLimit=1)
+    assert first.status is not None
+    assert (first.status.succeeded, first.status.failed) == (1, 1)
+    assert first.status.completed_indexes == "0"
+    # Both pods deleted after their finalizers went; worker 1's replacement runs.
+    later = run([pod(1, attempt=1)], status=first.status, backoffLimit=1)
+    assert later.create == ()  # worker 0 is done: never run again
+    status = later.status or first.status
+    assert (status.succeeded, status.failed) == (1, 1)
+    assert status.counted_pods == []  # the uids whose finalizers went are dropped
+
+
+def test_a_counted_pod_whose_finalizer_removal_was_lost_is_not_counted_again() -> None:
+    failed = pod(1, "Failed", exit_code=3)
+    first = run([pod(0), failed], backoffLimit=5)
+    assert first.status is not None and first.status.failed == 1
+    # The operator died before removing the finalizer: the pod is still tracked.
+    again = run([pod(0), failed, pod(1, attempt=1)], status=first.status, backoffLimit=5)
+    assert again.status is None or again.status.failed == 1
+    assert [p.name for p in again.release] == ["demo-worker-1"]  # removal retried
 
 
 # -- lifecycle ------------------------------------------------------------------------------
@@ -246,16 +307,31 @@ def test_suspend_deletes_active_pods_but_keeps_failed_ones() -> None:
     assert sorted(p.name for p in step.delete) == ["demo-worker-0", "demo-worker-1-1"]
     assert step.create == ()
     assert step.status is not None and step.status.phase == "Suspended"
-    # Resumed: the workers come back, the failure still counts.
-    resumed = run([pod(1, "Failed", exit_code=3)], backoffLimit=2)
-    assert resumed.create == (WorkerId(0, 0), WorkerId(1, 1))
+    assert step.status.failed == 1
+    # The stopped pods end with 143: not failures.
+    stopped = [
+        pod(0, "Failed", exit_code=143, terminating=True),
+        pod(1, "Failed", exit_code=3, tracked=False),
+        pod(1, "Failed", attempt=1, exit_code=143, terminating=True),
+    ]
+    after = run(stopped, status=step.status, backoffLimit=2, suspend=True)
+    assert after.status is None or after.status.failed == 1
+    assert after.create == ()
+    # Resumed: the workers come back with new names, the failure still counts.
+    resumed = run(stopped, status=step.status, backoffLimit=2)
+    assert resumed.create == (WorkerId(0, 1), WorkerId(1, 2))
     assert resumed.status is not None and resumed.status.failed == 1
 
 
 def test_active_deadline() -> None:
-    step = run([pod(0), pod(1)], activeDeadlineSeconds=30, now=T0 + timedelta(seconds=10))
+    started = ExecuteJobStatus(phase="Running", start_time="2026-03-01T12:00:00Z", replicas=2)
+    step = run(
+        [pod(0), pod(1)], status=started, activeDeadlineSeconds=30, now=T0 + timedelta(seconds=10)
+    )
     assert step.requeue_after == 20
-    step = run([pod(0), pod(1)], activeDeadlineSeconds=30, now=T0 + timedelta(seconds=30))
+    step = run(
+        [pod(0), pod(1)], status=started, activeDeadlineSeconds=30, now=T0 + timedelta(seconds=30)
+    )
     assert step.status is not None and step.status.phase == "Failed"
     failed = step.status.condition("Failed")
     assert failed is not None and failed.reason == "DeadlineExceeded"
@@ -280,8 +356,8 @@ def test_scale_down_deletes_extra_workers() -> None:
 def test_deleting_job_is_left_to_the_garbage_collector() -> None:
     body = job_body()
     body["metadata"]["deletionTimestamp"] = "2026-03-01T12:01:00Z"
-    step = plan(Inputs(job=job_view(body), pods=[pod(0)], now=T0))
-    assert step == type(step)()
+    step = plan(Inputs(job=job_view(body), pods=[pod(0), pod(1, tracked=False)], now=T0))
+    assert step == type(step)(release=(pod(0),))  # only its pods' finalizers go
 
 
 def test_env_problem_is_a_condition_and_keeps_the_job_pending() -> None:
@@ -329,7 +405,7 @@ def test_pod_view_of_a_running_ready_pod() -> None:
     assert view is not None
     assert (view.index, view.attempt, view.owner_uid) == (1, 2, UID)
     assert view.phase == "Running" and view.ready and view.active
-    state = worker_state(view)
+    state = attempt_of(view).state()
     assert state.phase == "Running" and state.ready
 
 
@@ -343,12 +419,13 @@ def test_pod_view_of_a_failed_pod() -> None:
     assert view is not None
     assert view.exit_code == 3 and view.reason == "Error" and not view.active
     assert view.finished_at == "2026-03-01T12:00:09Z"
-    assert worker_state(view).exit_code == 3
+    assert attempt_of(view).exit_code == 3
 
 
 def test_pod_view_of_an_evicted_pod_and_of_foreign_pods() -> None:
     view = pod_view(pod_dict("Failed", reason="Evicted"))
     assert view is not None and view.reason == "Evicted" and view.exit_code is None
+    assert view.disrupted
     unmanaged = pod_dict("Running")
     unmanaged["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "someone-else"
     assert pod_view(unmanaged) is None
@@ -362,5 +439,32 @@ def test_terminating_running_pod_is_not_counted_as_running() -> None:
     body["metadata"]["deletionTimestamp"] = "2026-03-01T12:00:00Z"
     view = pod_view(body)
     assert view is not None and view.terminating and not view.active
-    assert worker_state(view).phase == "Pending" and not worker_state(view).ready
+    assert attempt_of(view).stopping and not attempt_of(view).active
     assert dataclasses.replace(view, terminating=False).active
+
+
+def test_pod_view_of_stuck_and_disrupted_pods() -> None:
+    waiting = {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling "x"'}}
+    view = pod_view(pod_dict("Pending", containerStatuses=[{"name": "worker", "state": waiting}]))
+    assert view is not None and view.waiting == "ImagePullBackOff"
+    assert "pulling" in view.waiting_message
+    creating = {"waiting": {"reason": "ContainerCreating"}}
+    view = pod_view(pod_dict("Pending", containerStatuses=[{"name": "worker", "state": creating}]))
+    assert view is not None and view.waiting == ""  # ordinary progress
+    unschedulable = pod_dict(
+        "Pending",
+        conditions=[
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/2"}
+        ],
+    )
+    view = pod_view(unschedulable)
+    assert view is not None and (view.waiting, view.waiting_message) == ("Unschedulable", "0/2")
+    drained = pod_dict(
+        "Failed", conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "x"}]
+    )
+    view = pod_view(drained)
+    assert view is not None and view.disrupted
+    tracked = pod_dict("Running")
+    tracked["metadata"]["finalizers"] = ["appliance.dev/worker-tracking"]
+    view = pod_view(tracked)
+    assert view is not None and view.tracked

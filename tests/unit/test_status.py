@@ -30,7 +30,7 @@ def test_pending_then_running_then_ready() -> None:
 
 
 def test_all_succeeded() -> None:
-    done = status_of([WorkerState("w0", "Succeeded", exit_code=0)] * 2)
+    done = status_of([], succeeded=2)
     assert done.phase == "Succeeded" and done.succeeded == 2
     assert done.completion_time is not None
     cond = done.condition("Succeeded")
@@ -39,7 +39,7 @@ def test_all_succeeded() -> None:
 
 def test_failure_beyond_backoff_limit_names_worker_and_exit_code() -> None:
     failed = WorkerState("job-worker-1", "Failed", exit_code=3, reason="Error")
-    st = status_of([WorkerState("w0", "Running"), failed], failures=[failed])
+    st = status_of([WorkerState("w0", "Running")], failed=1, failures=[failed])
     assert st.phase == "Failed" and st.failed == 1
     cond = st.condition("Failed")
     assert cond is not None and cond.reason == "BackoffLimitExceeded"
@@ -49,7 +49,7 @@ def test_failure_beyond_backoff_limit_names_worker_and_exit_code() -> None:
 def test_failure_within_backoff_limit_keeps_running() -> None:
     spec = SPEC.model_copy(update={"backoff_limit": 1})
     failed = WorkerState("w1", "Failed", exit_code=1)
-    st = status_of([WorkerState("w0", "Running")], spec, failures=[failed])
+    st = status_of([WorkerState("w0", "Running")], spec, failed=1, failures=[failed])
     assert st.phase == "Running" and st.failed == 1
 
 
@@ -63,7 +63,7 @@ def test_deadline_and_suspend() -> None:
 
 
 def test_terminal_phase_is_sticky_and_transition_times_are_kept() -> None:
-    first = status_of([WorkerState("w0", "Succeeded")] * 2)
+    first = status_of([], succeeded=2)
     later = compute_status(
         SPEC, Observation(workers=[]), first, env_hash="h", now=T0 + timedelta(hours=1)
     )
@@ -87,3 +87,27 @@ def test_condition_transition_time_changes_only_on_status_change() -> None:
     succ_a, succ_b = a.condition("Succeeded"), b.condition("Succeeded")
     assert succ_a is not None and succ_b is not None
     assert succ_a.last_transition_time == succ_b.last_transition_time
+
+
+def test_a_stuck_worker_names_itself_and_its_reason() -> None:
+    stuck = WorkerState(
+        "job-worker-1", "Pending", waiting="ImagePullBackOff", waiting_message='pulling "x"'
+    )
+    st = status_of([WorkerState("w0", "Running", ready=True), stuck])
+    cond = st.condition("WorkersReady")
+    assert cond is not None and cond.status == "False" and cond.reason == "ImagePullBackOff"
+    assert "job-worker-1" in cond.message and 'pulling "x"' in cond.message
+    assert "1/2 workers applied the env" in cond.message
+
+
+def test_start_time_is_cleared_by_a_suspend() -> None:
+    running = status_of([WorkerState("w0", "Running")])
+    assert running.start_time is not None
+    suspended = compute_status(
+        SPEC.model_copy(update={"suspend": True}),
+        Observation(workers=[]),
+        running,
+        env_hash="h",
+        now=T0,
+    )
+    assert suspended.phase == "Suspended" and suspended.start_time is None

@@ -91,7 +91,7 @@ a Role per namespace in namespace scope): exactly the calls of operator/applianc
 # the operator creates and deletes them.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "create", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # get: values of secretKeyRefs, and the per-job env Secret; create/delete: that Secret
 # (immutable, so never patched). Never list/watch: that would be every Secret's value.
 - apiGroups: [""]
