@@ -15,6 +15,10 @@ Prints, one line each (``E2E`` prefix, so tests find them among the worker's own
 
 ``--wait-release`` first waits (up to 5 minutes) for ``/tmp/e2e-release`` to exist, so a test
 can observe the worker Running and Ready before letting it finish.
+
+``--hold`` runs ``sleep 600`` as a child and waits for it, printing ``E2E holding`` first: the
+worker runs until it is stopped. Its ``finally`` prints ``E2E cleanup`` (the user code's own
+clean-up on SIGTERM). ``--fail-index=I`` makes the worker with index I exit 3 at once.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ def main(*args: str) -> int:
     for arg in args:
         if arg.startswith("--exit="):
             exit_code = int(arg.split("=", 1)[1])
+        if arg == f"--fail-index={os.environ.get('APPLIANCE_WORKER_INDEX')}":
+            print("E2E failing on purpose", flush=True)
+            return 3
     for name in names:
         print(f"E2E env {name}={os.environ.get(name, '<unset>')}")
     sys.stdout.flush()
@@ -53,5 +60,11 @@ def main(*args: str) -> int:
                 return 99
             time.sleep(0.1)
         print("E2E released", flush=True)
+    if "--hold" in args:
+        try:
+            print("E2E holding", flush=True)
+            subprocess.run(["sleep", "600"], check=False)
+        finally:
+            print("E2E cleanup", flush=True)
     print("E2E done", flush=True)
     return exit_code

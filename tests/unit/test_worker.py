@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +193,157 @@ def test_needs_reexec_only_for_changed_startup_variables() -> None:
     env = (("PYTHONPATH", "/x"), ("OMP_NUM_THREADS", "4"), ("PLAIN", "1"))
     assert needs_reexec(env, {}) == ["PYTHONPATH", "OMP_NUM_THREADS"]
     assert needs_reexec(env, {"PYTHONPATH": "/x", "OMP_NUM_THREADS": "4"}) == []
+
+
+# -- stopping: SIGTERM / SIGINT, and PID 1 -----------------------------------------------------
+
+HOLDER = """
+import os, pathlib, subprocess, sys, time
+out = pathlib.Path(sys.argv[1])
+try:
+    child = subprocess.Popen(["sleep", "600"])
+    out.joinpath("started").write_text(str(child.pid))
+    child.wait()
+finally:
+    out.joinpath("cleanup").write_text("ran")
+"""
+
+
+def start_worker(
+    tmp_path: Path, entrypoint: str, *args: str, prefix: tuple[str, ...] = ()
+) -> subprocess.Popen[str]:
+    env_file = tmp_path / "env.json"
+    envfile.write(env_file, [("DATA", "x")], HASH)
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    base[envfile.ENV_FILE_VAR] = str(env_file)
+    return subprocess.Popen(
+        [*prefix, sys.executable, "-m", "cerebras_appliance.worker", entrypoint, *args],
+        env=base,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Until ``path`` exists (the worker got that far), or fail with the worker's output."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out = proc.communicate()[0]
+            pytest.fail(f"{path.name} never appeared; worker output:\n{out}")
+        select.select([], [], [], 0.02)  # poll interval, bounded by the deadline
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_stop_signal_reaches_user_code_which_cleans_up_and_exits_128_plus_n(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    write(tmp_path / "holder.py", HOLDER)
+    proc = start_worker(tmp_path, "holder.py", str(tmp_path))
+    wait_for(tmp_path / "started", proc)
+    started = time.monotonic()
+    os.killpg(proc.pid, signum)  # as the local backend stops a worker: its whole group
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == code, out
+    assert time.monotonic() - started < 5
+    assert (tmp_path / "cleanup").read_text() == "ran"
+    assert f"stopped by {signal.Signals(signum).name}" in out
+    assert "Traceback" not in out
+
+
+def test_stopped_worker_exits_143_even_if_user_code_swallows_the_exit(tmp_path: Path) -> None:
+    write(
+        tmp_path / "stubborn.py",
+        """
+        import pathlib, sys, time
+        try:
+            pathlib.Path(sys.argv[1], "started").write_text("1")
+            time.sleep(600)
+        except SystemExit:
+            pass  # returns normally: the work was still not done
+        """,
+    )
+    proc = start_worker(tmp_path, "stubborn.py", str(tmp_path))
+    wait_for(tmp_path / "started", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+
+
+def test_user_installed_sigterm_handler_keeps_working(tmp_path: Path) -> None:
+    write(
+        tmp_path / "own.py",
+        """
+        import pathlib, signal, sys, time
+        out = pathlib.Path(sys.argv[1])
+        def handler(signum, frame):
+            out.joinpath("handled").write_text(str(signum))
+            sys.exit(7)
+        signal.signal(signal.SIGTERM, handler)
+        out.joinpath("started").write_text("1")
+        time.sleep(600)
+        """,
+    )
+    proc = start_worker(tmp_path, "own.py", str(tmp_path))
+    wait_for(tmp_path / "started", proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 7
+    assert (tmp_path / "handled").read_text() == str(int(signal.SIGTERM))
+
+
+needs_pid_namespace = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None,
+    reason="a new PID namespace needs root and util-linux's unshare",
+)
+
+
+@needs_pid_namespace
+def test_as_pid_1_the_worker_forwards_sigterm_to_its_group_and_reaps_orphans(
+    tmp_path: Path,
+) -> None:
+    """As a pod's PID 1 (a fresh PID namespace here): the kernel drops signals PID 1 does not
+    handle, orphans are reparented to it, and it must exit with the worker's code."""
+    write(
+        tmp_path / "pid1.py",
+        """
+        import os, pathlib, subprocess, sys
+        out = pathlib.Path(sys.argv[1])
+        # An orphan: its parent (sh) exits at once, so PID 1 must reap it when it exits.
+        subprocess.run(["sh", "-c", "sleep 0.2 & exit 0"], check=True)
+        try:
+            child = subprocess.Popen(["sleep", "600"])
+            out.joinpath("started").write_text(f"{os.getpid()} {os.getppid()}")
+            child.wait()
+        finally:
+            out.joinpath("cleanup").write_text(str(child.wait(timeout=5)))
+            zombies = [
+                p for p in os.listdir("/proc") if p.isdigit()
+                and open(f"/proc/{p}/stat").read().split(")")[1].split()[0] == "Z"
+            ]
+            out.joinpath("zombies").write_text(",".join(zombies))
+        """,
+    )
+    proc = start_worker(
+        tmp_path,
+        "pid1.py",
+        str(tmp_path),
+        prefix=("unshare", "--pid", "--fork", "--mount-proc", "--kill-child"),
+    )
+    wait_for(tmp_path / "started", proc)
+    worker_pid, parent_pid = (tmp_path / "started").read_text().split()
+    assert parent_pid == "1" and worker_pid != "1", "the worker runs under a PID 1 init"
+    started = time.monotonic()
+    # unshare --fork runs PID 1 as its child: signal that process as the kubelet would.
+    pid1 = int(subprocess.check_output(["pgrep", "-P", str(proc.pid)], text=True).split()[0])
+    os.kill(pid1, signal.SIGTERM)
+    out = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 143, out
+    assert time.monotonic() - started < 5, "stopped promptly, not after a grace period"
+    # The forwarded SIGTERM reached the worker's group: its `sleep 600` child died of it.
+    assert (tmp_path / "cleanup").read_text() == str(-signal.SIGTERM)
+    assert (tmp_path / "zombies").read_text() == "", "orphans were reaped"
