@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build (once, cached) the binaries of the local cluster from the Go module proxy:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, helm, kwok.
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, helm, kwok,
+# and kubeadm + kube-proxy for the kind node image (hack/kind/node-image.sh).
 #
 # Usage: hack/cluster/build.sh               build what is missing, print the bin dir
 #        hack/cluster/build.sh --print-bindir print the bin dir (built or not) and exit
@@ -66,7 +67,7 @@ step() { log "$* (t+$((SECONDS - t0))s)"; }
 
 # --- Kubernetes -------------------------------------------------------------------------
 K8S_CMDS=()
-for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
+for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kubeadm kube-proxy; do
   missing "$c" && K8S_CMDS+=("$c")
 done
 if ((${#K8S_CMDS[@]})); then
@@ -128,8 +129,12 @@ step "checking the binaries run"
   die "kubectl does not report $KUBE_VERSION: $("$BIN_DIR/kubectl" version --client 2>&1)"
 "$BIN_DIR/kube-apiserver" --version | grep -qx "Kubernetes $KUBE_VERSION" ||
   die "kube-apiserver does not report $KUBE_VERSION: $("$BIN_DIR/kube-apiserver" --version 2>&1)"
+"$BIN_DIR/kubeadm" version -o short | grep -qx "$KUBE_VERSION" ||
+  die "kubeadm does not report $KUBE_VERSION: $("$BIN_DIR/kubeadm" version 2>&1)"
 "$BIN_DIR/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" ||
-  die "etcd does not report $ETCD_VERSION: $("$BIN_DIR/etcd" --version 2>&1)"
+  die "etcd does not report $ETCD_VERSION: $("$BIN_DIR/kubeadm" version -o short | grep -qx "$KUBE_VERSION" ||
+  die "kubeadm does not report $KUBE_VERSION: $("$BIN_DIR/kubeadm" version 2>&1)"
+"$BIN_DIR/etcd" --version 2>&1)"
 "$BIN_DIR/helm" version --short | grep -q "^$HELM_VERSION" ||
   die "helm does not report $HELM_VERSION: $("$BIN_DIR/helm" version --short 2>&1)"
 "$BIN_DIR/kwok" --version >/dev/null 2>&1 || die "kwok does not run: $("$BIN_DIR/kwok" --version 2>&1)"

@@ -27,7 +27,7 @@ BIN_DIR=$CACHE_ROOT/bin/$(cluster_key)
 
 # Binaries a complete bin dir holds (build.sh writes .complete once all exist).
 # shellcheck disable=SC2034 # used by build.sh
-CLUSTER_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl helm kwok)
+CLUSTER_BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kubeadm kube-proxy helm kwok)
 
 bindir_complete() { [[ -f $BIN_DIR/.complete ]]; }
 

@@ -1,18 +1,22 @@
-"""Fixtures for the end-to-end tests: a real node (kubelet + containerd + runc) that runs pods.
+"""Fixtures for the end-to-end tests: a kind cluster, the one users run, with real pods.
 
-The package-scoped ``cluster`` fixture runs ``NODE=1 hack/cluster/up.sh``: the control plane of
-the integration tests plus ``hack/node/up.sh`` (images built with ``images/build.sh``, cached,
-and imported into the node's containerd). What it started, it stops when the e2e tests are done
-(before other test packages run): the whole cluster if it was not up, else only the node if
-the node was not up. It reuses the integration fixtures (``tests/integration/conftest.py``):
-the ``Cluster`` handle, ``wait_until`` and ``namespace``.
+The package-scoped ``cluster`` fixture runs ``hack/kind/up.sh --name appliance-e2e --workers 2
+--images``: Docker (the user's, or the project's own dockerd, ``hack/kind/dockerd.sh``), kind,
+a control plane and two worker nodes (kube-proxy, CoreDNS, a pod network), and the worker and
+operator images built from ``images/*.Dockerfile`` and loaded with ``kind load``. Where no
+registry is reachable the node image is assembled locally (``hack/kind/node-image.sh``, cached).
+A healthy cluster of that name is reused as it is (a fast development loop: ``make kind-e2e-up``
+keeps one running); a cluster the fixture created is deleted when the e2e tests are done, with
+the project's dockerd if the fixture started it.
 
 ``operator`` runs ``python -m appliance_operator`` on this host against the cluster's
 kubeconfig (the CRD applied first), for the whole package.
 
-Needs root (``hack/node/up.sh`` installs the Debian packages it needs, see
-``hack/node/install-deps.sh``); otherwise the tests are skipped, except under ``CI=true``, where
-that is an error.
+It reuses the integration fixtures (``tests/integration/conftest.py``): the ``Cluster`` handle
+(``kubectl``, ``helm``), ``wait_until`` and ``namespace``.
+
+Needs Docker, or root to start the project's own dockerd; otherwise the tests are skipped,
+except under ``CI=true``, where that is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,10 +39,14 @@ from appliance_operator.testing import OperatorProcess as Operator
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
-NODE_SCRIPTS = REPO_ROOT / "hack" / "node"
+KIND_SCRIPTS = REPO_ROOT / "hack" / "kind"
+KIND_STATE = Path(os.environ.get("APPLIANCE_KIND_STATE") or REPO_ROOT / ".kind")
 LOADER_FILE = HERE / "appliance_e2e_loader.py"
-UP_TIMEOUT_S = 3600  # cold: Go builds of the cluster binaries and a debootstrap
+KIND_CLUSTER = os.environ.get("APPLIANCE_E2E_KIND_CLUSTER", "appliance-e2e")
+KIND_WORKERS = int(os.environ.get("APPLIANCE_E2E_KIND_WORKERS", "2"))
+UP_TIMEOUT_S = 3600  # cold: Go builds, debootstrap, the node image, docker builds
 OPERATOR_START_TIMEOUT_S = 60
+NODE_READY_TIMEOUT_S = 180
 
 
 def _load_integration_conftest() -> ModuleType:
@@ -53,10 +61,9 @@ def _load_integration_conftest() -> ModuleType:
 
 
 _it = _load_integration_conftest()
-STATE_DIR: Path = _it.STATE_DIR
-NODE_DIR = STATE_DIR / "node"
 wait_until = _it.wait_until
 WaitUntil = _it.WaitUntil
+CommandError = _it.CommandError
 # Same fixtures as the integration tests; here `namespace` uses the e2e `cluster` below.
 wait_until_fixture = _it.wait_until_fixture
 namespace = _it.namespace
@@ -69,107 +76,175 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @dataclass
-class NodeCluster(_it.Cluster):  # type: ignore[name-defined,misc]
-    """The integration ``Cluster`` plus the real node and the images it has."""
+class KindCluster(_it.Cluster):  # type: ignore[name-defined,misc]
+    """The integration ``Cluster`` handle (``kubeconfig``, ``bindir`` with the pinned kubectl
+    and helm, ``api_client``, ``kubectl(*args, timeout=...)``, ``helm(...)``) on a kind cluster.
 
-    node_name: str = ""
+    - ``name``: the kind cluster's name; ``docker_host``: the Docker daemon its nodes run in
+      (``""``: the default one)
+    - ``node_names``: the worker nodes (those that run worker pods; the control plane is
+      tainted). ``node_name`` is the first of them.
+    - ``worker_image`` / ``operator_image``: built from ``images/*.Dockerfile``, loaded into
+      every node (``kind load``): use ``imagePullPolicy: Never`` or ``IfNotPresent``.
+    - ``pod_logs(namespace, pod)``: a pod's log.
+    - ``stop_kubelet(node)`` / ``start_kubelet(node)``: ``systemctl stop|start kubelet`` in the
+      node: its pods keep running, the node goes NotReady after the node monitor's grace period
+      (kube-controller-manager's default, 50 s) and its pods are evicted per their tolerations.
+      ``start_kubelet`` returns once the node is Ready again.
+    - ``stop_node(node)`` / ``start_node(node)``: ``docker stop|start`` of the node's container:
+      the machine is gone (its pods with it); ``start_node`` returns once it is Ready again.
+    - ``docker(*args)``: run ``docker`` against that daemon.
+    """
+
+    name: str = ""
+    docker_host: str = ""
+    node_names: list[str] = field(default_factory=list)
     worker_image: str = ""
     operator_image: str = ""
-    node_started_here: bool = False
-    #: Where a pod with ``hostNetwork: true`` reaches the API server (the ``kubernetes``
-    #: Service's 10.0.0.1 is not routed here: no kube-proxy, isolated pod network). An
-    #: in-cluster client needs KUBERNETES_SERVICE_HOST/PORT set to these (docs/node.md).
-    apiserver_host: str = "127.0.0.1"
-    apiserver_port: int = 0
+
+    @property
+    def node_name(self) -> str:
+        return self.node_names[0]
 
     def pod_logs(self, namespace: str, pod: str) -> str:
         return str(self.kubectl("-n", namespace, "logs", pod, timeout=30).stdout)
 
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ)
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
+        cmd = ["docker", *args]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env
+        )
+        if check and proc.returncode != 0:
+            raise CommandError(proc.returncode, cmd, proc.stdout, proc.stderr)
+        return proc
 
-def _read_env(path: Path) -> dict[str, str]:
+    def _wait_ready(self, node: str) -> None:
+        self.kubectl(
+            "wait", "--for=condition=Ready", f"node/{node}",
+            f"--timeout={NODE_READY_TIMEOUT_S}s", timeout=NODE_READY_TIMEOUT_S + 30,
+        )  # fmt: skip
+
+    def stop_kubelet(self, node: str) -> None:
+        self.docker("exec", node, "systemctl", "stop", "kubelet")
+
+    def start_kubelet(self, node: str) -> None:
+        self.docker("exec", node, "systemctl", "start", "kubelet")
+        self._wait_ready(node)
+
+    def stop_node(self, node: str) -> None:
+        self.docker("stop", node, timeout=180)
+
+    def start_node(self, node: str) -> None:
+        self.docker("start", node)
+        # The API server must first see the node's kubelet again: NotReady -> Ready.
+        wait_until(
+            lambda: (
+                self.docker(
+                    "exec", node, "systemctl", "is-active", "kubelet", check=False
+                ).stdout.strip()
+                == "active"
+            ),
+            timeout=NODE_READY_TIMEOUT_S,
+            what=f"the kubelet of {node} to run again",
+        )
+        self._wait_ready(node)
+
+
+def _parse_env(text: str) -> dict[str, str]:
     out = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key] = value
+    for line in text.splitlines():
+        m = re.match(r"^([A-Z_]+)=(.*)$", line)
+        if m:
+            out[m.group(1)] = m.group(2)
     return out
 
 
-def _node_up(bindir: str) -> bool:
-    """True when a node started by hack/node/up.sh is running and Ready."""
-    env_file = NODE_DIR / "env"
-    if not (env_file.exists() and _it.KUBECONFIG.exists()):
-        return False
-    name = _read_env(env_file).get("NODE_NAME", "")
+def _docker_env() -> tuple[bool, str]:
+    """(whether a Docker daemon answers, the DOCKER_HOST of hack/kind/dockerd.sh's choice)."""
     proc = subprocess.run(
-        [
-            os.path.join(bindir, "kubectl"),
-            "--kubeconfig",
-            str(_it.KUBECONFIG),
-            "get",
-            "node",
-            name,
-            "-o",
-            "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-        ],
+        ["bash", str(KIND_SCRIPTS / "dockerd.sh"), "env"],
         capture_output=True,
         text=True,
-        timeout=15,
+        timeout=60,
         check=False,
     )
-    return proc.returncode == 0 and proc.stdout.strip() == "True"
+    return proc.returncode == 0, _parse_env(proc.stdout).get("DOCKER_HOST", "")
+
+
+def _own_dockerd_runs() -> bool:
+    status = ["bash", str(KIND_SCRIPTS / "dockerd.sh"), "status"]
+    return subprocess.run(status, timeout=60, check=False).returncode == 0
 
 
 @pytest.fixture(scope="package")
-def cluster() -> Iterator[NodeCluster]:
-    if os.geteuid() != 0:
-        _it._unavailable("the e2e node needs root (containerd, runc, mounts)")
-    for tool in ("bash", "openssl", "curl", "setsid", "flock", "unshare"):
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster]:
+    for tool in ("bash", "docker", "tar", "flock"):
         if shutil.which(tool) is None:
             _it._unavailable(f"`{tool}` is not on PATH")
+    docker_answers, _ = _docker_env()
+    if not docker_answers and os.geteuid() != 0:
+        _it._unavailable("no Docker daemon answers, and starting the project's own needs root")
+    if (
+        _it._script("build.sh", "--check").returncode != 0
+        and _it._script("build.sh", "--find-go").returncode != 0
+    ):
+        _it._unavailable("the cluster binaries are not built and no Go toolchain was found")
     bindir = subprocess.run(
         ["bash", str(_it.CLUSTER_SCRIPTS / "build.sh"), "--print-bindir"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    if (
-        _it._script("build.sh", "--check").returncode != 0
-        and _it._script("build.sh", "--find-go").returncode != 0
-    ):
-        _it._unavailable("the cluster binaries are not built and no Go toolchain was found")
 
-    cluster_was_up = _it._already_up(bindir)
-    node_was_up = cluster_was_up and _node_up(bindir)
-    up = _it._script("up.sh", NODE="1")
+    own_docker_was_up = _own_dockerd_runs()
+    up = subprocess.run(
+        [
+            "bash", str(KIND_SCRIPTS / "up.sh"), "--name", KIND_CLUSTER,
+            "--workers", str(KIND_WORKERS), "--images",
+            # Not the user's ~/.kube/config: the tests' own copy.
+            "--kubeconfig", str(KIND_STATE / f"{KIND_CLUSTER}.kubeconfig"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=UP_TIMEOUT_S,
+        check=False,
+    )  # fmt: skip
     if up.returncode != 0:
-        pytest.fail(f"NODE=1 hack/cluster/up.sh failed (exit {up.returncode}); see its output")
-    env = _read_env(NODE_DIR / "env")
+        pytest.fail(f"hack/kind/up.sh failed (exit {up.returncode}); see its output")
+    env = _parse_env(up.stdout)
+    created = env.get("CREATED") == "1"
 
     from kubernetes import config as k8s_config
 
-    api_client = k8s_config.new_client_from_config(config_file=str(_it.KUBECONFIG))
+    api_client = k8s_config.new_client_from_config(config_file=env["KUBECONFIG"])
     try:
-        yield NodeCluster(
-            kubeconfig=str(_it.KUBECONFIG),
+        yield KindCluster(
+            kubeconfig=env["KUBECONFIG"],
             bindir=bindir,
-            started_here=not cluster_was_up,
+            started_here=created,
             api_client=api_client,
-            node_name=env["NODE_NAME"],
+            helm_home=str(tmp_path_factory.mktemp("helm")),
+            name=KIND_CLUSTER,
+            docker_host=env.get("DOCKER_HOST", ""),
+            node_names=[n for n in env.get("NODES", "").split(",") if n],
             worker_image=env["WORKER_IMAGE"],
             operator_image=env["OPERATOR_IMAGE"],
-            node_started_here=not node_was_up,
-            apiserver_port=int(_read_env(STATE_DIR / "env")["APISERVER_PORT"]),
         )
     finally:
         api_client.close()
-        if not cluster_was_up:
-            _it._script("down.sh")
-        elif not node_was_up:
-            subprocess.run(["bash", str(NODE_SCRIPTS / "down.sh")], timeout=300, check=False)
+        if created:
+            down = ["bash", str(KIND_SCRIPTS / "down.sh"), "--name", KIND_CLUSTER]
+            if own_docker_was_up:
+                down.append("--keep-docker")
+            subprocess.run(down, timeout=600, check=False)
 
 
-def apply_crds(cluster: NodeCluster) -> None:
+def apply_crds(cluster: KindCluster) -> None:
     cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds" / "executejobs.yaml"))
     cluster.kubectl(
         "wait",
@@ -185,7 +260,7 @@ CHART_TEST_NAMESPACES = "it-test-chart-*"
 
 
 @pytest.fixture(scope="package")
-def operator(cluster: NodeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(cluster: KindCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """``python -m appliance_operator`` on this host, watching every namespace but those of
     the chart test (whose operator runs in a pod and must be the only one there)."""
     if importlib.util.find_spec("appliance_operator.__main__") is None:
@@ -242,7 +317,7 @@ class Loader:
 
 
 @pytest.fixture
-def loader(cluster: NodeCluster, namespace: str) -> Loader:
+def loader(cluster: KindCluster, namespace: str) -> Loader:
     from kubernetes import client
 
     client.CoreV1Api(cluster.api_client).create_namespaced_config_map(
@@ -260,3 +335,7 @@ def loader(cluster: NodeCluster, namespace: str) -> Loader:
             "volumeMounts": [{"name": "e2e-loader", "mountPath": "/e2e", "readOnly": True}],
         }
     )
+
+
+#: The old name of the cluster handle (tests import it for type annotations).
+NodeCluster = KindCluster

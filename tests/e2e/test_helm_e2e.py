@@ -1,29 +1,25 @@
-"""The chart on a real node: the operator runs as the chart's Deployment (the restricted
-security context with a read-only root filesystem, the liveness probe on kopf's endpoint, the
-chart's namespace-scoped RBAC) and runs examples/executejob.yaml to the end.
+"""The chart, installed with its defaults, on kind: the operator runs as the chart's Deployment
+(the restricted security context with a read-only root filesystem, the liveness probe on kopf's
+endpoint) from the image `kind load` put on the nodes, reaches the API server through the
+`kubernetes` Service like any in-cluster client, and runs examples/executejob.yaml, applied
+with kubectl as it is, to the end.
 
-It does not use the package's host ``operator`` fixture: the chart's operator watches only
-the test's namespace (the host operator excludes it, see ``CHART_TEST_NAMESPACES`` in
-conftest.py), and the job's Events must name the chart's pod as their reporting instance.
-
-The local node has no kube-proxy, so pods cannot reach the API server through the
-`kubernetes` Service: the chart's `hostNetwork` value and `extraEnv` KUBERNETES_SERVICE_HOST/
-PORT point the operator's in-cluster config at the API server on the node's loopback, as a
-user of such a bare cluster would do.
+Two values differ from the defaults, because the package's host ``operator`` fixture runs at
+the same time: ``rbac.scope=namespace`` (the chart's operator watches only the test's namespace;
+the host operator excludes it, see ``CHART_TEST_NAMESPACES`` in conftest.py) and
+``rbac.aggregateToDefaultRoles=false`` (no cluster-wide objects shared between releases).
+The job's Events must name the chart's pod as their reporting instance.
 """
 
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-
-from appliance_operator.testing import free_port
 
 if TYPE_CHECKING:
     from conftest import NodeCluster, WaitUntil
@@ -46,29 +42,19 @@ def _json(cluster: NodeCluster, *args: str) -> Any:
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
 
 
-API_UNREACHABLE = ("Network is unreachable", "Cannot connect to host", "Connection refused")
-
-
 def test_chart_runs_the_operator_and_a_job(
     cluster: NodeCluster, namespace: str, wait_until: WaitUntil
 ) -> None:
-    repository, tag = cluster.operator_image.rsplit(":", 1)
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    # The images the cluster has are the chart's and the example's defaults.
+    default_image = f"{values['image']['repository']}:{chart['appVersion']}"
+    assert cluster.operator_image == default_image, (cluster.operator_image, default_image)
     release = f"ao-e2e-{uuid.uuid4().hex[:6]}"
-    health_port, metrics_port = free_port(), free_port()
     cluster.helm(
         "install", release, str(CHART), "--namespace", namespace,
         "--set", "rbac.scope=namespace",
         "--set", "rbac.aggregateToDefaultRoles=false",
-        "--set", f"image.repository={repository}",
-        "--set", f"image.tag={tag}",
-        "--set", "image.pullPolicy=Never",  # imported into the node's containerd
-        "--set", "hostNetwork=true",
-        "--set", f"healthPort={health_port}",
-        "--set", f"metrics.port={metrics_port}",
-        "--set", "extraEnv[0].name=KUBERNETES_SERVICE_HOST",
-        "--set-string", f"extraEnv[0].value={cluster.apiserver_host}",
-        "--set", "extraEnv[1].name=KUBERNETES_SERVICE_PORT",
-        "--set-string", f"extraEnv[1].value={cluster.apiserver_port}",
     )  # fmt: skip
     try:
         selector = f"app.kubernetes.io/instance={release}"
@@ -84,34 +70,27 @@ def test_chart_runs_the_operator_and_a_job(
 
         pod = wait_until(running_pod, timeout=120, what="the operator pod to be Ready")
         pod_name = pod["metadata"]["name"]
+        assert not pod["spec"].get("hostNetwork"), "the chart's default is the pod network"
 
         def operator_log() -> str:
             return str(cluster.kubectl("logs", "-n", namespace, pod_name, timeout=60).stdout)
 
-        def skip_if_unreachable() -> None:
-            log = operator_log()
-            if any(m in log for m in API_UNREACHABLE):
-                pytest.skip(
-                    "pods on this node cannot reach the API server (no route to the "
-                    f"`kubernetes` Service): the operator cannot run in a pod here. Log:\n{log}"
-                )
+        # In-cluster config: KUBERNETES_SERVICE_HOST is the `kubernetes` Service's ClusterIP.
+        wait_until(
+            lambda: "Initial authentication has finished" in operator_log(),
+            timeout=60,
+            what="the operator pod to reach the API server through the kubernetes Service",
+        )
 
-        def connected() -> bool:
-            skip_if_unreachable()
-            return "Initial authentication has finished" in operator_log()
-
-        wait_until(connected, timeout=60, what="the operator pod to reach the API server")
-
-        # The example job, with the worker image the node has.
-        text = (REPO_ROOT / "examples" / "executejob.yaml").read_text()
-        docs = [d for d in yaml.safe_load_all(text) if d]
+        # The example job, as it is: its image is the one `kind load` put on the nodes.
+        example = REPO_ROOT / "examples" / "executejob.yaml"
+        docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
         job = next(d for d in docs if d["kind"] == "ExecuteJob")
-        job["spec"]["image"] = cluster.worker_image
-        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(docs))
+        assert job["spec"]["image"] == cluster.worker_image, (job["spec"]["image"], cluster)
+        cluster.kubectl("apply", "-n", namespace, "-f", str(example))
         name = job["metadata"]["name"]
 
         def phase() -> str | None:
-            skip_if_unreachable()
             status = _json(cluster, "get", "ej", name, "-n", namespace).get("status") or {}
             p = status.get("phase")
             if p == "Failed":
@@ -132,11 +111,15 @@ def test_chart_runs_the_operator_and_a_job(
         instances = {e.get("reportingInstance") for e in events}
         assert pod_name in instances, f"the job's Events come from {instances}, not {pod_name}"
 
-        # kopf's liveness endpoint (what the chart's probe asks) answers on the node.
-        with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=10) as r:
-            assert r.status == 200
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
-            assert b"appliance_operator_reconcile_seconds" in r.read()
+        # kopf's liveness endpoint (what the chart's probe asks) and the metrics Service, through
+        # the API server's proxy (API server -> pod network -> the operator pod).
+        pods = f"/api/v1/namespaces/{namespace}/pods"
+        cluster.kubectl("get", "--raw", f"{pods}/{pod_name}:{values['healthPort']}/proxy/healthz")
+        service = f"{release}-appliance-operator-metrics:{values['metrics']['port']}"
+        metrics = cluster.kubectl(
+            "get", "--raw", f"/api/v1/namespaces/{namespace}/services/{service}/proxy/metrics"
+        ).stdout
+        assert "appliance_operator_reconcile_seconds" in metrics
         pod = _json(cluster, "get", "pod", pod_name, "-n", namespace)
         (state,) = pod["status"]["containerStatuses"]
         assert state["ready"] and state["restartCount"] == 0, state
