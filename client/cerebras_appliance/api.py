@@ -354,6 +354,21 @@ def env_hash(env: Iterable[EnvVar]) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
+def _utf8_problem(text: str) -> str:
+    """Why ``text`` cannot be encoded as UTF-8, or ``""``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        if "\udc80" <= char <= "\udcff":
+            return (
+                f"position {exc.start} holds the undecodable byte 0x{ord(char) - 0xDC00:02x}, "
+                "kept by surrogateescape"
+            )
+        return f"position {exc.start} holds the lone surrogate {char!r}"
+    return ""
+
+
 def env_from_snapshot(
     snapshot: Iterable[tuple[str, str]],
     *,
@@ -362,11 +377,23 @@ def env_from_snapshot(
     """Turn ``(name, value)`` pairs into ``spec.env`` items, in order.
 
     Names in ``secret_refs`` become ``valueFrom.secretKeyRef`` items (their value is not
-    placed in the object).
+    placed in the object). Raises :class:`InvalidJobError` naming each variable whose name or
+    value is not valid UTF-8 (e.g. a byte the shell passed that ``os.environ`` keeps as a
+    surrogate escape): such a value could not be sent, inline or in a Secret.
     """
     refs = secret_refs or {}
+    pairs = list(snapshot)
+    unsendable = [
+        f"env {name!r}: the {part} is not valid UTF-8 ({problem}); only UTF-8 text can be sent "
+        "to the workers"
+        for name, value in pairs
+        for part, problem in (("name", _utf8_problem(name)), ("value", _utf8_problem(value)))
+        if problem
+    ]
+    if unsendable:
+        raise InvalidJobError(unsendable)
     items: list[EnvVar] = []
-    for name, value in snapshot:
+    for name, value in pairs:
         if name in refs:
             items.append(EnvVar(name=name, value_from=EnvVarSource(secret_key_ref=refs[name])))
         else:

@@ -1,39 +1,67 @@
-"""``appliance_environ``: a drop-in replacement for :data:`os.environ` that remembers what it set.
+"""``appliance_environ``: :data:`os.environ`, plus a record of what was set through it.
 
-Every variable set through :data:`appliance_environ` is written to the process environment
-(exactly as ``os.environ[k] = v`` would) *and* tracked. When an execute job is created, the
-tracked variables that are currently set are snapshotted and sent to the job's input workers.
-Variables set through plain :data:`os.environ` are visible here but are not tracked, so they
-are never sent.
+:data:`appliance_environ` *is* the process environment: it shares the storage and the codecs
+of :data:`os.environ`, and every operation that ``os.environ`` has (reads, iteration, ``len``,
+views, ``copy``, ``==``, ``|``, ``|=``, ``update``, ``setdefault``, ``pop``, ``popitem``,
+``clear``, ``repr``, its ``TypeError``/``ValueError``/``OSError`` checks, use as ``env=`` of
+:mod:`subprocess`) gives the same result and leaves the same environment as on ``os.environ``.
 
-Reads (``[]``, ``get``, ``in``) go to the process environment, as in the original system.
-Iteration, ``len``, ``keys``/``items``/``values``, ``copy`` and ``repr`` cover the tracked
-variables that are currently set.
+On top of that it *tracks* the names set through it. Tracking decides only what is **sent**:
+:meth:`ApplianceEnviron.tracked` (what ``submit()`` snapshots) returns the tracked variables
+that are set now, in the order first set. Variables set through plain ``os.environ`` are
+visible here but not tracked, so they are never sent.
 
-Implementation note: the class derives from :class:`os._Environ` and shares its storage with
-:data:`os.environ`, so a read costs exactly what a read of ``os.environ`` costs (the
-benchmark in ``bench/bench_environ.py`` checks it) and every check ``os.environ`` makes on
-names and values (``TypeError`` for non-``str``, ``ValueError`` for ``=`` or NUL) is made here
-by the very same code. An empty name is a ``ValueError`` too (``os.environ`` lets it surface
-as ``OSError`` from ``putenv``).
+Tracking rules:
+
+* ``[k] = v``, ``update`` (mapping, iterable of pairs, keywords) and ``|=`` track each name
+  they set (a failing item stops them where ``os.environ`` stops, and is not tracked).
+* ``setdefault(k, v)`` tracks ``k`` whether or not it was already set (the caller asked for
+  ``k`` to reach the workers); as on ``os.environ`` it writes only when ``k`` is absent.
+* Removing a name through this object (``del``, ``pop``, ``popitem``, ``clear``) untracks it,
+  even when the variable was already absent. ``clear()`` and ``popitem()`` act on the whole
+  environment, exactly as ``os.environ``'s do; ``clear()`` leaves nothing tracked.
+* A tracked variable deleted through ``os.environ`` stays tracked: it is not sent while it is
+  absent, and is sent again once set again (by either object).
+
+Processes: after :func:`os.fork` the child has the parent's tracked set and a fresh lock
+(:func:`os.register_at_fork`; a fork waits for a compound operation in progress in another
+thread, so the child never sees half of one). A new interpreter (``multiprocessing`` *spawn*
+and *forkserver* children, any ``exec``'d Python) inherits the environment, tracked variables
+included as ordinary variables, but starts with nothing tracked: tracking is state of one
+interpreter, and carrying it across ``exec`` would need a variable of its own in everyone's
+environment.
+
+Thread safety: sets take no lock (see ``docs/design.md``): a set writes the variable *then*
+tracks it, and every removal untracks *then* unsets, under a lock that also serialises the
+compound operations. No interleaving leaves a variable set through this object untracked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import ItemsView, Iterator, KeysView, ValuesView
+import weakref
 from typing import Any
 
 __all__ = ["ApplianceEnviron", "appliance_environ"]
 
+_MISSING: Any = object()
+
+# os._Environ's own methods, called directly: the checks, the putenv/unsetenv calls and the
+# exceptions are os.environ's, by construction.
+_environ_setitem = os._Environ.__setitem__
+_environ_delitem = os._Environ.__delitem__
+
+#: Every instance (by id: a Mapping is unhashable), so that the fork handlers reach the locks.
+_instances: weakref.WeakValueDictionary[int, ApplianceEnviron] = weakref.WeakValueDictionary()
+
 
 class ApplianceEnviron(os._Environ[str]):
-    """A view of :data:`os.environ` that tracks the variables set through it."""
+    """:data:`os.environ`, sharing its storage, that tracks the names set through it."""
 
     def __init__(self, environ: os._Environ[str] | None = None) -> None:
         base = os.environ if environ is None else environ
-        # Share the storage and the codecs of os.environ: both objects see the same variables.
         super().__init__(
             base._data,  # type: ignore[attr-defined]
             base.encodekey,
@@ -43,126 +71,126 @@ class ApplianceEnviron(os._Environ[str]):
         )
         # Insertion-ordered set of tracked names (dict keys keep insertion order).
         self._tracked: dict[str, None] = {}
-        # Serialises the compound operations (pop, popitem, clear, setdefault, delete).
+        # Serialises removals and the compound operations; sets run without it.
         self._lock = threading.RLock()
+        _instances[id(self)] = self
 
-    # -- writes: change os.environ, then the tracked set -----------------------------------
+    # -- writes -----------------------------------------------------------------------------
 
     def __setitem__(self, key: str, value: str) -> None:
-        if key == "":
-            # os.environ lets putenv() fail with OSError(EINVAL) here; a ValueError says what.
-            raise ValueError("illegal environment variable name: the name is empty")
-        # Raises TypeError/ValueError before anything changes; then nothing is tracked.
-        os._Environ.__setitem__(self, key, value)
-        # No lock here (a lock would cost more than the write itself): setting the variable
-        # *before* tracking it, while deletes untrack *before* unsetting (under the lock), means
-        # no interleaving of threads can leave a set variable untracked.
+        # os.environ's code: TypeError/ValueError/OSError before anything changes, and then
+        # nothing is tracked either. Set *then* track (see the module docstring).
+        _environ_setitem(self, key, value)
         self._tracked[key] = None
 
     def __delitem__(self, key: str) -> None:
+        self.encodekey(key)  # os.environ's TypeError for a bad key, before anything changes
         with self._lock:
-            self._tracked.pop(key, None)
-            os._Environ.__delitem__(self, key)
-
-    _MISSING: Any = object()
+            self._tracked.pop(key, None)  # untrack *then* unset
+            _environ_delitem(self, key)
 
     def pop(self, key: str, default: Any = _MISSING) -> Any:
-        # Read-then-delete under the lock, so a concurrent delete cannot slip in between.
         with self._lock:
-            if default is self._MISSING:
-                return super().pop(key)
-            return super().pop(key, default)
-
-    def setdefault(self, key: str, value: str) -> str:
-        with self._lock:
-            return super().setdefault(key, value)
-
-    def clear(self) -> None:
-        """Remove the tracked variables from the process environment (and only those)."""
-        with self._lock:
-            for key in list(self._tracked):
+            try:
+                value = self[key]
+            except KeyError:
                 self._tracked.pop(key, None)
-                if self.encodekey(key) in self._data:  # type: ignore[attr-defined]
-                    os._Environ.__delitem__(self, key)
+                if default is _MISSING:
+                    raise
+                return default
+            del self[key]
+            return value
 
     def popitem(self) -> tuple[str, str]:
+        """Remove and return the first variable of the environment, as ``os.environ`` does."""
+        with self._lock:
+            return super().popitem()
+
+    def clear(self) -> None:
+        """Remove every variable, as ``os.environ.clear()`` does; nothing stays tracked."""
         with self._lock:
             for key in list(self._tracked):
-                try:
-                    value = self[key]
-                except KeyError:
-                    # Deleted through os.environ meanwhile: nothing to pop, forget it.
-                    self._tracked.pop(key, None)
-                    continue
-                del self[key]
-                return key, value
-            raise KeyError("popitem(): no tracked variable is set")
+                self._tracked.pop(key, None)  # untrack *then* unset, as every removal
+                # KeyError: deleted through os.environ earlier, only the name was left
+                with contextlib.suppress(KeyError):
+                    _environ_delitem(self, key)
+            super().clear()  # os.environ's: popitem() until empty
 
-    # -- tracked view: iteration, len, copy, repr ------------------------------------------
+    def setdefault(self, key: str, value: str) -> str:
+        """As ``os.environ.setdefault``; ``key`` is tracked whether or not it was set."""
+        with self._lock:
+            if key not in self:  # os.environ's TypeError for a bad key
+                self[key] = value
+            else:
+                self._tracked[key] = None
+            return self[key]
 
-    def snapshot(self) -> list[tuple[str, str]]:
-        """The tracked variables that are set now, as ``(name, value)`` in the order first set."""
+    # -- what is sent -----------------------------------------------------------------------
+
+    def tracked(self) -> dict[str, str]:
+        """A new dict of the tracked variables that are set now, in the order first set."""
         data = self._data  # type: ignore[attr-defined]
         encode = self.encodekey
         decode = self.decodevalue
         with self._lock:
-            items = []
+            result = {}
             for key in list(self._tracked):  # list(dict) is atomic; sets run unlocked
                 raw = data.get(encode(key))
                 if raw is not None:
-                    items.append((key, decode(raw)))
-            return items
+                    result[key] = decode(raw)
+            return result
+
+    def is_tracked(self, key: str) -> bool:
+        """Whether ``key`` is tracked: sent whenever it is set."""
+        return key in self._tracked
 
     def tracked_names(self) -> list[str]:
-        """Every tracked name, set or not (a tracked name deleted through os.environ stays)."""
+        """Every tracked name, set or not (a name deleted through os.environ stays tracked)."""
         with self._lock:
             return list(self._tracked)
 
-    def is_tracked(self, key: str) -> bool:
-        return key in self._tracked
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([key for key, _ in self.snapshot()])
-
-    def __len__(self) -> int:
-        return len(self.snapshot())
-
-    def keys(self) -> KeysView[str]:
-        return KeysView(self)
-
-    def items(self) -> ItemsView[str, str]:
-        return _ItemsView(self)
-
-    def values(self) -> ValuesView[str]:
-        return _ValuesView(self)
-
-    def copy(self) -> dict[str, str]:
-        return dict(self.snapshot())
-
-    def __repr__(self) -> str:
-        formatted = ", ".join(f"{k!r}: {v!r}" for k, v in self.snapshot())
-        return f"appliance_environ({{{formatted}}})"
+    def snapshot(self) -> list[tuple[str, str]]:
+        """``list(tracked().items())``: the ``(name, value)`` pairs ``build_job`` takes."""
+        return list(self.tracked().items())
 
     def __reduce__(self) -> str:
-        # Pickling (e.g. into a multiprocessing child) refers to the module-level singleton.
+        # os.environ cannot be pickled at all; the singleton pickles by reference (e.g. as an
+        # argument to a multiprocessing child, which gets its own appliance_environ).
+        if self is not appliance_environ:
+            raise TypeError("only the appliance_environ singleton can be pickled")
         return "appliance_environ"
 
 
-class _ItemsView(ItemsView[str, str]):
-    """Items of the tracked variables, read atomically (safe against concurrent deletes)."""
-
-    _mapping: ApplianceEnviron
-
-    def __iter__(self) -> Iterator[tuple[str, str]]:
-        return iter(self._mapping.snapshot())
+#: The locks _before_fork acquired, released again in the parent after the fork.
+_held: list[threading.RLock] = []
 
 
-class _ValuesView(ValuesView[str]):
-    _mapping: ApplianceEnviron
+def _before_fork() -> None:
+    # A compound operation running in another thread finishes before the fork, so the
+    # child's tracked set is never half of one.
+    for instance in list(_instances.values()):
+        lock = instance._lock
+        lock.acquire()
+        _held.append(lock)
 
-    def __iter__(self) -> Iterator[str]:
-        return iter([value for _, value in self._mapping.snapshot()])
 
+def _after_fork_in_parent() -> None:
+    while _held:
+        _held.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    # The child's copies of the locks are held (by this thread, in _before_fork): replace them.
+    _held.clear()
+    for instance in list(_instances.values()):
+        instance._lock = threading.RLock()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 
 #: The process-wide instance. ``cerebras_appliance.environ`` is the same object.
 appliance_environ = ApplianceEnviron()

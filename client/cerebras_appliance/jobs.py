@@ -146,7 +146,7 @@ def submit(
     ``namespace`` for the operator.
     """
     source = appliance_environ if environ is None else environ
-    snapshot = source.snapshot()
+    snapshot = list(source.tracked().items())  # build_job refuses values that are not UTF-8
     job = build_job(
         entrypoint,
         replicas,
