@@ -38,8 +38,18 @@ start() { # start NAME ARGS...: run $BIN_DIR/NAME in its own session, log and pi
   local name=$1
   shift
   setsid "$BIN_DIR/$name" "$@" >"$STATE_DIR/logs/$name.log" 2>&1 </dev/null &
-  echo $! >"$STATE_DIR/pids/$name.pid"
-  step "started $name (pid $!, log $STATE_DIR/logs/$name.log)"
+  local pid=$! deadline=$((SECONDS + 10))
+  echo "$pid" >"$STATE_DIR/pids/$name.pid"
+  # Until the forked shell has exec'd setsid and setsid the binary, /proc/PID/exe is not ours and
+  # pid_alive says "not running": a health check right away would report "exited while
+  # starting" with an empty log (a flake seen when the machine was busy, e.g. right after
+  # cluster-down). Wait for the exec (or the process's end, which wait_healthy reports).
+  while [[ $(readlink "/proc/$pid/exe" 2>/dev/null) != "$BIN_DIR/$name"* ]]; do
+    kill -0 "$pid" 2>/dev/null || break
+    ((SECONDS < deadline)) || break
+    sleep 0.02
+  done
+  step "started $name (pid $pid, log $STATE_DIR/logs/$name.log)"
 }
 
 fail() { # fail NAME MESSAGE: show the component's last log lines, stop everything, exit 1
