@@ -114,7 +114,7 @@ def compute_status(
     ready = sum(1 for w in running if w.ready)
     failures = list(observed.failures)
     failed = observed.failed
-    stuck = [w for w in workers if w.phase == "Pending" and w.waiting]
+    stuck = sorted((w for w in workers if w.phase == "Pending" and w.waiting), key=lambda w: w.name)
 
     phase: Phase
     fail_reason, fail_message = "", ""
@@ -161,9 +161,10 @@ def compute_status(
         first = stuck[0]
         ready_reason = first.waiting
         detail = f": {first.waiting_message}" if first.waiting_message else ""
-        others = f" (and {len(stuck) - 1} more)" if len(stuck) > 1 else ""
+        # Only the first (by name) is named, so the message does not move while the scheduler
+        # works through many pods: one status write, not one per pod it marks unschedulable.
         ready_message = (
-            f"worker {first.name} is not running: {first.waiting}{detail}{others}; "
+            f"worker {first.name} is not running: {first.waiting}{detail}; "
             f"{ready}/{spec.replicas} workers applied the env"
         )[:1024]
     else:

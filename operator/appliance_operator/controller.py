@@ -401,6 +401,11 @@ class Controller:
                 "it (the operator needs that name for a worker)"
             )
         if labels.get(desired.MANAGED_BY_LABEL) != desired.MANAGED_BY:
+            # Invisible to the operator's watch, so its outcome cannot be tracked: release its
+            # finalizer now, or deleting it (or its namespace) would hang.
+            uid = str(meta.get("uid") or "")
+            if desired.TRACKING_FINALIZER in (meta.get("finalizers") or ()):
+                self._release(job.namespace, _unseen(name, uid, job.name), None)
             return (
                 f"worker pod {name} lost its label {desired.MANAGED_SELECTOR}, so the operator "
                 "cannot see it; restore the label or delete the pod"
@@ -536,6 +541,20 @@ class Controller:
             logger.warning(
                 "[%s/%s] could not post event %s: %s", job.namespace, job.name, event.reason, exc
             )
+
+
+def _unseen(name: str, uid: str, job_name: str) -> PodView:
+    """A minimal view of a pod the watch does not show (enough to release it)."""
+    return PodView(
+        name=name,
+        uid=uid,
+        job_name=job_name,
+        owner_uid=None,
+        index=0,
+        attempt=0,
+        phase="Pending",
+        tracked=True,
+    )
 
 
 def _owner_uids(obj: Mapping[str, Any]) -> set[str]:

@@ -404,6 +404,7 @@ def test_operator_rbac_cluster_scope(
             ("patch", EJ, "--subresource=status"),
             ("create", "pods"),
             ("delete", "pods"),
+            ("patch", "pods"),  # the tracking finalizer's removal
             ("list", "pods"),
             ("watch", "pods"),
             ("get", "secrets"),  # secretKeyRef values
@@ -423,7 +424,6 @@ def test_operator_rbac_cluster_scope(
             ("patch", EJ),  # kopf event/index handlers write nothing to the job itself
             ("update", EJ, "--subresource=status"),
             ("update", "pods"),
-            ("patch", "pods"),
             ("create", "pods", "--subresource=exec"),
             ("get", "configmaps"),
             ("create", "serviceaccounts"),
