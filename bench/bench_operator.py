@@ -46,6 +46,7 @@ from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import job_view
 from appliance_operator.testing import OperatorProcess, free_port, http_get
+from cerebras_appliance import envfile
 from cerebras_appliance.api import GROUP, PLURAL, VERSION
 from cerebras_appliance.status import Observation, compute_status
 
@@ -284,9 +285,11 @@ class Baseline:
         )
         view = job_view(json.loads(created.data))
         pairs = [(e.name, e.value or "") for e in view.job.spec.env]
-        self.kube.create_secret(self.namespace, desired.env_secret(view.job, view.uid, pairs))
+        key, env_hash = envfile.seal(pairs)
+        secret = desired.env_secret(view.job, view.uid, pairs, key, env_hash)
+        self.kube.create_secret(self.namespace, secret)
         workers = [desired.WorkerId(i) for i in range(view.job.spec.replicas)]
-        bodies = [desired.worker_pod(view.job, view.uid, w) for w in workers]
+        bodies = [desired.worker_pod(view.job, view.uid, w, env_hash) for w in workers]
         if self.parallel:  # the operator's slow start: batches of 1, 2, 4, ...
             batch = 1
             while bodies:
@@ -296,9 +299,7 @@ class Baseline:
         else:
             for body in bodies:
                 self.kube.create_pod(self.namespace, body)
-        status = compute_status(
-            view.job.spec, Observation(workers=[]), None, env_hash=view.job.env_hash
-        )
+        status = compute_status(view.job.spec, Observation(workers=[]), None, env_hash=env_hash)
         self.kube.patch_job_status(self.namespace, view.name, status_patch(status))
 
 

@@ -4,9 +4,9 @@
     python examples/submit_example.py -n ml --image my-loader:1 --entrypoint my_pkg.loader:main
     python examples/submit_example.py --print-manifest     # the ExecuteJob, without a cluster
 
-What is set through ``appliance_environ`` reaches the workers (``API_TOKEN`` is marked
-sensitive: it travels in a Secret, not in the ExecuteJob); what is set through ``os.environ``
-does not. Needs a cluster running the operator (docs/install.md) and a kubeconfig.
+What is set through ``appliance_environ`` reaches the workers (every value travels in a Secret
+the job owns, not in the ExecuteJob); what is set through ``os.environ`` does not. Needs a
+cluster running the operator (docs/install.md) and a kubeconfig.
 
 By default the workers run examples/show_env.py, which this script ships in a ConfigMap
 mounted into them, so any worker image with the cerebras_appliance package works. With
@@ -99,15 +99,16 @@ def main(argv: list[str] | None = None) -> int:
         "args": [] if args.entrypoint else PRINTED,
         "namespace": args.namespace,
         "image": args.image,
-        "sensitive": ["API_TOKEN"],  # a Secret the client writes; the job references it
         "template": None if args.entrypoint else script_template(),
     }
 
     if args.print_manifest:
-        # Without a cluster there is no Secret to write: every value goes inline.
-        options["sensitive"] = ()
-        print("(API_TOKEN is inline here; submit() puts it in a Secret)", file=sys.stderr)
-        job = app.build_job(entrypoint, args.replicas, appliance_environ.snapshot(), **options)
+        # Without a cluster there is no Secret to write: every value goes inline, where
+        # everyone who can read the job reads it (submit() puts them in a Secret instead).
+        print("(values are inline here; submit() puts them in a Secret)", file=sys.stderr)
+        job = app.build_job(
+            entrypoint, args.replicas, appliance_environ.snapshot(), inline=True, **options
+        )
         print(json.dumps(job.to_manifest(), indent=2))
         return 0
 

@@ -7,8 +7,6 @@ sending it, with the same field path and a hint on how to fix it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal
@@ -52,6 +50,10 @@ MAX_JOB_NAME_LENGTH = 52
 #: Names the worker entrypoint and the operator set themselves (APPLIANCE_ENV_FILE, ...):
 #: refused in spec.env, so a snapshot cannot break its own delivery.
 RESERVED_ENV_PREFIX = "APPLIANCE_"
+
+#: On a job whose values Secret the Python client has not finished writing: the operator
+#: resolves nothing and starts no worker while it is there (value: that Secret's name).
+AWAITING_VALUES_ANNOTATION = "appliance.dev/awaiting-values"
 
 JOB_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[^=\x00]+$"
@@ -131,12 +133,14 @@ class EnvVar(_Model):
         ),
     ]
     value: str | None = Field(
-        default=None, description="The value, inline. Exactly one of value/valueFrom."
+        default=None,
+        description="The value, inline: readable by everyone who can read the job. Exactly "
+        "one of value/valueFrom.",
     )
     value_from: EnvVarSource | None = Field(
         default=None,
-        description="A reference to a Secret key holding the value (for sensitive values). "
-        "Exactly one of value/valueFrom.",
+        description="A reference to a Secret key holding the value (the Python client sends "
+        "every value this way). Exactly one of value/valueFrom.",
     )
 
     @field_validator("name")
@@ -331,27 +335,12 @@ class ExecuteJob(_Model):
             spec["template"] = template
         return manifest
 
-    @property
-    def env_hash(self) -> str:
-        return env_hash(self.spec.env)
-
 
 def worker_name(job_name: str, index: int, attempt: int = 0) -> str:
     """Attempt ``attempt`` of worker ``index``: the same name on every backend
     (``<job>-worker-<i>`` first, ``<job>-worker-<i>-<a>`` for a replacement)."""
     base = f"{job_name}-worker-{index}"
     return base if attempt == 0 else f"{base}-{attempt}"
-
-
-def env_hash(env: Iterable[EnvVar]) -> str:
-    """A stable hash of a snapshot: same names, order and values (or references) → same hash."""
-    canonical = json.dumps(
-        [item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in env],
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
-    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _utf8_problem(text: str) -> str:

@@ -4,6 +4,12 @@ The same file is written by the local backend (a 0600 file in the job's director
 operator (a key of the job's own Secret, mounted read-only). The worker finds it through
 ``APPLIANCE_ENV_FILE``; it confirms it applied the env by writing the snapshot's hash to the
 file named by ``APPLIANCE_READY_FILE``.
+
+The hash is published (pod annotation, ``status.envHash``, the marker), so it must not let
+anyone test guesses of a value: it is an HMAC-SHA256 of the resolved names and values under a
+random 256-bit key made for that one snapshot and kept only in the file itself (``envKey``),
+i.e. only where the values already are. Without the key the hash says nothing about the
+values; with the file, anyone can check it (:func:`verify`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ STARTUP_PREFIXES: tuple[str, ...] = (
 )
 
 _NAME = re.compile(r"^[^=\x00]+$")
+#: Prefix of every snapshot hash this version writes.
+HASH_PREFIX = "hmac-sha256:"
+KEY_BYTES = 32
 
 
 class EnvFileError(RuntimeError):
@@ -50,6 +59,8 @@ class Snapshot(NamedTuple):
 
     env: tuple[tuple[str, str], ...]
     env_hash: str
+    #: The snapshot's HMAC key ("" in a file of an older version, which had none).
+    env_key: str = ""
 
 
 def is_startup_variable(name: str) -> bool:
@@ -60,22 +71,64 @@ def startup_variables(names: Iterable[str]) -> list[str]:
     return [name for name in names if is_startup_variable(name)]
 
 
-def dumps(env: Sequence[tuple[str, str]], env_hash: str) -> str:
-    """Serialise a resolved snapshot (values included): the env file's content."""
-    document = {
+def new_key() -> str:
+    """A fresh random HMAC key for one snapshot (URL-safe base64 of 32 bytes)."""
+    import base64  # lazy: none of this is on the worker's start path
+
+    return base64.urlsafe_b64encode(os.urandom(KEY_BYTES)).decode("ascii")
+
+
+def snapshot_hash(env: Sequence[tuple[str, str]], key: str) -> str:
+    """``hmac-sha256:<hex>`` of the names, order and values under ``key``.
+
+    Publishable: without ``key`` (stored only with the values) it cannot be used to test a
+    guess of a value. The message is the canonical JSON list of ``[name, value]`` pairs.
+    """
+    import base64
+    import hashlib
+    import hmac
+
+    message = json.dumps(
+        [[name, value] for name, value in env], ensure_ascii=False, separators=(",", ":")
+    ).encode("utf-8")
+    digest = hmac.new(base64.urlsafe_b64decode(key), message, hashlib.sha256).hexdigest()
+    return HASH_PREFIX + digest
+
+
+def seal(env: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """A new key and the hash of ``env`` under it: ``(key, hash)``."""
+    key = new_key()
+    return key, snapshot_hash(env, key)
+
+
+def verify(snapshot: Snapshot) -> bool:
+    """Whether the snapshot's hash is its values' HMAC under its own key."""
+    import hmac
+
+    if not snapshot.env_key:
+        return False
+    expected = snapshot_hash(snapshot.env, snapshot.env_key)
+    return hmac.compare_digest(expected, snapshot.env_hash)
+
+
+def dumps(env: Sequence[tuple[str, str]], env_hash: str, env_key: str = "") -> str:
+    """Serialise a resolved snapshot (values and key included): the env file's content."""
+    document: dict[str, object] = {
         "apiVersion": SNAPSHOT_API_VERSION,
         "kind": SNAPSHOT_KIND,
         "envHash": env_hash,
-        "env": [{"name": name, "value": value} for name, value in env],
     }
+    if env_key:
+        document["envKey"] = env_key
+    document["env"] = [{"name": name, "value": value} for name, value in env]
     return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
 
-def write(path: Path, env: Sequence[tuple[str, str]], env_hash: str) -> None:
-    """Write the file readable by its owner only (it may hold secrets)."""
+def write(path: Path, env: Sequence[tuple[str, str]], env_hash: str, env_key: str = "") -> None:
+    """Write the file readable by its owner only (it holds values and the key)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(dumps(env, env_hash))
+        handle.write(dumps(env, env_hash, env_key))
 
 
 def parse(text: str, source: str) -> Snapshot:
@@ -93,6 +146,9 @@ def parse(text: str, source: str) -> Snapshot:
     env_hash = document.get("envHash")
     if not isinstance(env_hash, str):
         raise fail("'envHash' is missing or not a string")
+    env_key = document.get("envKey", "")
+    if not isinstance(env_key, str):
+        raise fail("'envKey' is not a string")
     items = document.get("env")
     if not isinstance(items, list):
         raise fail("'env' is missing or not a list")
@@ -106,7 +162,7 @@ def parse(text: str, source: str) -> Snapshot:
         if not isinstance(value, str) or "\x00" in value:
             raise fail(f"env[{index}].value of {name!r} is missing, not a string or has NUL")
         env.append((name, value))
-    return Snapshot(env=tuple(env), env_hash=env_hash)
+    return Snapshot(env=tuple(env), env_hash=env_hash, env_key=env_key)
 
 
 def read(path: str | os.PathLike[str]) -> Snapshot:

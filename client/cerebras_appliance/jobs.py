@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol
 from pydantic import ValidationError
 
 from cerebras_appliance.api import (
+    AWAITING_VALUES_ANNOTATION,
     EnvVar,
     ExecuteJob,
     ExecuteJobSpec,
@@ -48,9 +49,13 @@ def generate_name(prefix: str = "ej") -> str:
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
-def sensitive_secret_name(job_name: str) -> str:
-    """The Secret the client writes for values marked sensitive."""
-    return f"{job_name}-sensitive"
+def values_secret_name(job_name: str) -> str:
+    """A new name for the Secret holding a job's values: ``<job>-values-<8 hex>``.
+
+    Random, so a Secret of an earlier job of the same name (garbage collection pending) is
+    never in the way and never needs replacing.
+    """
+    return f"{job_name}-values-{secrets.token_hex(4)}"
 
 
 def build_job(
@@ -68,11 +73,18 @@ def build_job(
     active_deadline_seconds: int | None = None,
     ttl_seconds_after_finished: int | None = None,
     labels: Mapping[str, str] | None = None,
+    inline: bool = False,
 ) -> ExecuteJob:
     """A validated ExecuteJob for a snapshot. Raises InvalidJobError naming each bad field.
 
-    Names listed in ``sensitive`` are sent as ``secretKeyRef`` items pointing at
-    :func:`sensitive_secret_name` (key = variable name), not inline.
+    Every value is a ``secretKeyRef`` into one Secret, :func:`values_secret_name` (key:
+    :func:`secret_key_for` of the variable name), never inline: the job carries names and
+    references only, and the annotation :data:`AWAITING_VALUES_ANNOTATION` naming that
+    Secret, which ``submit()`` writes and then removes. ``inline=True`` (for a manifest to
+    apply by hand, without the client) puts the values inline instead, where everyone who
+    may read the job reads them, except the names in ``sensitive``. ``sensitive`` must name
+    tracked variables that are set; without ``inline`` it changes nothing (every value is
+    already in the Secret).
     """
     job_name = name or generate_name()
     unknown = sorted(set(sensitive) - {n for n, _ in snapshot})
@@ -84,10 +96,9 @@ def build_job(
                 for n in unknown
             ]
         )
-    refs = {
-        n: SecretKeySelector(name=sensitive_secret_name(job_name), key=secret_key_for(n))
-        for n in sensitive
-    }
+    by_reference = set(sensitive) if inline else {n for n, _ in snapshot}
+    secret_name = values_secret_name(job_name)
+    refs = {n: SecretKeySelector(name=secret_name, key=secret_key_for(n)) for n in by_reference}
     try:
         env: list[EnvVar] = env_from_snapshot(snapshot, secret_refs=refs)
         spec = ExecuteJobSpec.model_validate(
@@ -106,17 +117,28 @@ def build_job(
     except ValidationError as exc:
         raise InvalidJobError(format_validation_error(exc, prefix="spec")) from None
     try:
-        metadata = ObjectMeta(name=job_name, namespace=namespace, labels=dict(labels or {}))
+        metadata = ObjectMeta(
+            name=job_name,
+            namespace=namespace,
+            labels=dict(labels or {}),
+            annotations={AWAITING_VALUES_ANNOTATION: secret_name} if refs else {},
+        )
     except ValidationError as exc:
         raise InvalidJobError(format_validation_error(exc, prefix="metadata")) from None
     return ExecuteJob(metadata=metadata, spec=spec)
 
 
 def secret_key_for(name: str) -> str:
-    """Secret keys allow [-._a-zA-Z0-9]; variable names may hold more, so escape the rest."""
-    return "".join(
-        c if c.isascii() and (c.isalnum() or c in "-._") else f"_x{ord(c):x}_" for c in name
-    )
+    """The Secret key of a variable. Keys allow ``[-._a-zA-Z0-9]``; anything else becomes
+    ``_x<hex>_``, and so does a ``_`` followed by ``x`` (so the mapping is one-to-one: no
+    two names share a key). ``API_TOKEN`` stays ``API_TOKEN``."""
+    out = []
+    for i, c in enumerate(name):
+        plain = c.isascii() and (c.isalnum() or c in "-.")
+        if c == "_":
+            plain = name[i + 1 : i + 2] != "x"
+        out.append(c if plain else f"_x{ord(c):x}_")
+    return "".join(out)
 
 
 def submit(
@@ -143,7 +165,9 @@ def submit(
 
     ``backend="local"`` runs the workers as subprocesses here (``workdir`` is their working
     directory, default the current one); ``backend="kubernetes"`` creates an ExecuteJob in
-    ``namespace`` for the operator.
+    ``namespace`` for the operator, with every value in a Secret the job owns (never inline:
+    see :func:`build_job`). ``sensitive`` is accepted for compatibility: it must name tracked
+    variables that are set, and changes nothing (every value is treated as sensitive).
     """
     source = appliance_environ if environ is None else environ
     snapshot = list(source.tracked().items())  # build_job refuses values that are not UTF-8
@@ -168,5 +192,5 @@ def submit(
     if backend == "kubernetes":
         from cerebras_appliance.kube import KubernetesJob
 
-        return KubernetesJob.create(job, snapshot, sensitive=sensitive)
+        return KubernetesJob.create(job, snapshot)
     raise ValueError(f"backend: {backend!r} is not one of 'local', 'kubernetes'")

@@ -1,15 +1,14 @@
 """The Kubernetes backend: create an ExecuteJob for the operator and follow it.
 
 Credentials come from ``$KUBECONFIG`` (or ``~/.kube/config``), or the pod's service account
-when running in a cluster. Values marked sensitive never enter the ExecuteJob: they go to a
-Secret ``<job>-sensitive`` (written first, so the operator finds it), which the job then owns
-(it is deleted with the job).
+when running in a cluster. No value enters the ExecuteJob: every value goes to a Secret
+``<job>-values-<random>`` owned by the job from its creation (deleted with the job); the job
+holds names and ``secretKeyRef``s only. See :meth:`KubernetesJob.create` for the order.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import time
@@ -17,10 +16,12 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import urllib3
 from kubernetes import client, config, watch
 
 from cerebras_appliance.api import (
     API_VERSION,
+    AWAITING_VALUES_ANNOTATION,
     GROUP,
     KIND,
     PLURAL,
@@ -29,7 +30,6 @@ from cerebras_appliance.api import (
     ExecuteJobStatus,
     InvalidJobError,
 )
-from cerebras_appliance.jobs import secret_key_for, sensitive_secret_name
 
 JOB_NAME_LABEL = "appliance.dev/job-name"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -80,6 +80,27 @@ def _message(exc: client.ApiException) -> str:
     return f"{exc.status} {exc.reason}"
 
 
+#: What the client library raises when the API server cannot be reached (no ApiException).
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
+
+
+def _refusal(exc: client.ApiException, grant: str) -> str:
+    """The API server's reason, with the fix for the usual ones."""
+    text = _message(exc)
+    if exc.status == 403:
+        return (
+            f"{text} (the client needs '{grant}' in the namespace: bind the user or the "
+            "pod's service account to the 'edit' role there)"
+        )
+    if exc.status == 401:
+        return f"{text} (the credentials were refused: check $KUBECONFIG or the token)"
+    return text
+
+
+def _unreachable(exc: BaseException) -> str:
+    return f"the API server could not be reached ({exc.__class__.__name__}: {exc})"
+
+
 def _raw(response: Any) -> dict[str, Any]:
     data = response.data
     result: dict[str, Any] = json.loads(data) if data else {}
@@ -114,11 +135,26 @@ class KubernetesJob:
         sensitive: Collection[str] = (),
         api_client: client.ApiClient | None = None,
     ) -> KubernetesJob:
-        """Create the job (and the Secret of its sensitive values) and return its handle.
+        """Create the job and the Secret of its values; return its handle.
+
+        The order is what makes an interruption harmless (``docs/security.md``):
+
+        1. the job, carrying :data:`AWAITING_VALUES_ANNOTATION`: the operator resolves
+           nothing and starts no worker while it is there;
+        2. the values Secret, with an ownerReference to the job's uid *in the create
+           request*: it never exists without an owner, and holds every key or none;
+        3. the release: the annotation is removed, and the operator starts the workers.
+
+        An error or an exception (Ctrl-C included) after step 1 deletes the job, and with it
+        (garbage collection) the Secret. A SIGKILL after step 1 leaves a job that waits,
+        saying so in its ``EnvResolved`` condition; the Secret, if written, is the job's and
+        goes with it. ``sensitive`` is accepted for compatibility and changes nothing.
 
         Raises InvalidJobError when the API server refuses the job (the message names the
-        field), KubernetesError for anything else (e.g. a job of that name exists).
+        field), KubernetesError for anything else (e.g. a job of that name exists), naming
+        the object and the fix.
         """
+        del sensitive  # every value goes to the Secret
         name = job.metadata.name
         if not name:
             raise InvalidJobError(["metadata.name: a Kubernetes job needs a name"])
@@ -127,109 +163,126 @@ class KubernetesJob:
             update={"metadata": job.metadata.model_copy(update={"namespace": namespace})}
         )
         handle = cls(name, namespace, job.to_manifest(), api_client)
-        secret_uid = handle._write_sensitive(snapshot, sensitive) if sensitive else None
+        secret = job.metadata.annotations.get(AWAITING_VALUES_ANNOTATION)
+        created = handle._create_job()
+        if secret is None:
+            return handle  # built with inline values: nothing to write
+        uid = str(created["metadata"]["uid"])
         try:
-            created = _raw(
-                handle._custom.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, handle.manifest, _preload_content=False
+            handle._write_values(job, secret, snapshot, uid)
+            handle._release(secret)
+        except BaseException as exc:
+            handle._abandon(uid, exc)
+            raise
+        return handle
+
+    def _create_job(self) -> dict[str, Any]:
+        what = f"creating ExecuteJob {self.namespace}/{self.name}"
+        try:
+            return _raw(
+                self._custom.create_namespaced_custom_object(
+                    GROUP, VERSION, self.namespace, PLURAL, self.manifest, _preload_content=False
                 )
             )
         except client.ApiException as exc:
-            if secret_uid is not None:
-                handle._delete_secret(secret_uid)
             if exc.status == 409:
                 raise KubernetesError(
-                    f"ExecuteJob {namespace}/{handle.name} already exists; choose another name "
-                    "(or delete it first)"
+                    f"ExecuteJob {self.namespace}/{self.name} already exists; choose another "
+                    "name (or delete it first)"
                 ) from None
             if exc.status == 422:
                 raise InvalidJobError([_message(exc)]) from None
-            raise KubernetesError(
-                f"creating ExecuteJob {namespace}/{handle.name}: {_message(exc)}"
-            ) from None
-        if secret_uid is not None:
-            handle._adopt_secret(str(created["metadata"]["uid"]))
-        return handle
+            raise KubernetesError(f"{what}: {_refusal(exc, 'create executejobs')}") from None
+        except _CONNECTION_ERRORS as exc:
+            raise KubernetesError(f"{what}: {_unreachable(exc)}") from None
 
-    def _write_sensitive(
-        self, snapshot: Sequence[tuple[str, str]], sensitive: Collection[str]
-    ) -> str:
-        """Create ``<job>-sensitive`` (key: escaped variable name); return its uid."""
+    def _write_values(
+        self, job: ExecuteJob, secret: str, snapshot: Sequence[tuple[str, str]], job_uid: str
+    ) -> None:
+        """Create the values Secret (immutable, owned by the job from its first instant)."""
         values = dict(snapshot)
-        name = sensitive_secret_name(self.name)
-        data = {
-            secret_key_for(var): base64.b64encode(values[var].encode("utf-8")).decode("ascii")
-            for var in sensitive
-        }
-
-        def body(resource_version: str | None = None) -> client.V1Secret:
-            return client.V1Secret(
-                metadata=client.V1ObjectMeta(
-                    name=name,
-                    namespace=self.namespace,
-                    labels={MANAGED_BY_LABEL: CLIENT, JOB_NAME_LABEL: self.name},
-                    resource_version=resource_version,
-                ),
-                type="Opaque",
-                data=data,
-            )
-
+        data: dict[str, bytes | str] = {}
+        for item in job.spec.env:
+            ref = item.value_from.secret_key_ref if item.value_from is not None else None
+            if ref is not None and ref.name == secret:
+                data[ref.key] = base64.b64encode(values[item.name].encode("utf-8")).decode()
+        owner = client.V1OwnerReference(
+            api_version=API_VERSION,
+            kind=KIND,
+            name=self.name,
+            uid=job_uid,
+            block_owner_deletion=False,
+        )
+        body = client.V1Secret(
+            metadata=client.V1ObjectMeta(
+                name=secret,
+                namespace=self.namespace,
+                labels={MANAGED_BY_LABEL: CLIENT, JOB_NAME_LABEL: self.name},
+                owner_references=[owner],
+            ),
+            type="Opaque",
+            immutable=True,
+            data=data,
+        )
+        what = f"creating Secret {self.namespace}/{secret} (the values of job {self.name})"
         try:
-            return str(
-                _raw(
-                    self._core.create_namespaced_secret(
-                        self.namespace, body(), _preload_content=False
-                    )
-                )["metadata"]["uid"]
+            self._core.create_namespaced_secret(self.namespace, body, _preload_content=False)
+        except client.ApiException as exc:
+            if exc.status == 409:
+                raise KubernetesError(
+                    f"{what}: a Secret of that name exists already (the name is random: someone "
+                    "else made it); submit again. The job was deleted"
+                ) from None
+            raise KubernetesError(
+                f"{what}: {_refusal(exc, 'create secrets')}. The job was deleted"
+            ) from None
+        except _CONNECTION_ERRORS as exc:
+            raise KubernetesError(f"{what}: {_unreachable(exc)}. The job was deleted") from None
+
+    def _release(self, secret: str) -> None:
+        """Remove the annotation: the operator may now resolve the values and start workers."""
+        what = f"releasing ExecuteJob {self.namespace}/{self.name} (values in Secret {secret})"
+        patch = {"metadata": {"annotations": {AWAITING_VALUES_ANNOTATION: None}}}
+        try:
+            self._custom.patch_namespaced_custom_object(
+                GROUP, VERSION, self.namespace, PLURAL, self.name, patch, _preload_content=False
             )
         except client.ApiException as exc:
-            if exc.status != 409:
-                raise KubernetesError(
-                    f"creating Secret {self.namespace}/{name}: {_message(exc)}"
-                ) from None
-        # It exists: left by a deleted job of the same name (garbage collection pending), or
-        # someone else's. Replace only the former, and only if no such job exists now.
-        existing = _raw(
-            self._core.read_namespaced_secret(name, self.namespace, _preload_content=False)
-        )
-        labels = existing.get("metadata", {}).get("labels") or {}
-        if labels.get(MANAGED_BY_LABEL) != CLIENT or self._exists():
             raise KubernetesError(
-                f"Secret {self.namespace}/{name} already exists (it holds a job's sensitive "
-                "values); choose another job name or delete that Secret"
-            )
-        version = str(existing["metadata"]["resourceVersion"])
-        replaced = _raw(
-            self._core.replace_namespaced_secret(
-                name, self.namespace, body(version), _preload_content=False
-            )
-        )
-        return str(replaced["metadata"]["uid"])
+                f"{what}: {_refusal(exc, 'patch executejobs')}. The job was deleted"
+            ) from None
+        except _CONNECTION_ERRORS as exc:
+            raise KubernetesError(f"{what}: {_unreachable(exc)}. The job was deleted") from None
+        self.manifest["metadata"].get("annotations", {}).pop(AWAITING_VALUES_ANNOTATION, None)
 
-    def _adopt_secret(self, job_uid: str) -> None:
-        """Make the job own its sensitive Secret (garbage-collected with the job)."""
-        owner = {
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "name": self.name,
-            "uid": job_uid,
-            "blockOwnerDeletion": False,
-        }
-        self._core.patch_namespaced_secret(
-            sensitive_secret_name(self.name),
-            self.namespace,
-            {"metadata": {"ownerReferences": [owner]}},
-            _preload_content=False,
-        )
-
-    def _delete_secret(self, uid: str) -> None:
-        with contextlib.suppress(client.ApiException):  # best effort: no job was created
-            self._core.delete_namespaced_secret(
-                sensitive_secret_name(self.name),
+    def _abandon(self, job_uid: str, cause: BaseException) -> None:
+        """Delete the job created by a ``create`` that failed (its Secret goes with it). Best
+        effort: if even that fails, the error says how to delete it by hand."""
+        try:
+            self._custom.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
                 self.namespace,
-                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                PLURAL,
+                self.name,
+                body=client.V1DeleteOptions(
+                    propagation_policy="Background",
+                    preconditions=client.V1Preconditions(uid=job_uid),
+                ),
                 _preload_content=False,
             )
+        except client.ApiException as exc:
+            if exc.status not in (404, 409):  # 404: gone; 409: a newer job of that name
+                self._note_leftover(cause, f"{exc.status} {exc.reason}")
+        except _CONNECTION_ERRORS as exc:
+            self._note_leftover(cause, exc.__class__.__name__)
+
+    def _note_leftover(self, cause: BaseException, why: str) -> None:
+        cause.add_note(
+            f"deleting the unfinished ExecuteJob {self.namespace}/{self.name} failed too "
+            f"({why}); it waits for its values and starts nothing: "
+            f"kubectl delete executejob -n {self.namespace} {self.name}"
+        )
 
     def _exists(self) -> bool:
         return self._get() is not None

@@ -179,7 +179,7 @@ def decide(
     attempts: Sequence[Attempt],
     previous: ExecuteJobStatus | None,
     *,
-    env_hash: str,
+    env_hash: str | None,
     now: datetime,
     generation: int | None = None,
 ) -> Decision:

@@ -4,6 +4,12 @@ Each worker runs the very entrypoint a pod runs (``python -m cerebras_appliance.
 the same env snapshot file. Workers start from a minimal base environment (see
 :data:`BASE_ENV_KEYS`), never from the caller's, so a variable set only through ``os.environ``
 is invisible to them, exactly as on a cluster.
+
+Job directories (the env file, readiness markers, logs) live in a per-user 0700 directory on
+a memory-backed file system when there is one (``/dev/shm``), else in the temp directory:
+:func:`state_root`. Each records its owner (pid and process start time); a directory whose
+owner is gone (a caller killed with SIGKILL never runs its clean-up) is removed by the next
+local job started by that user, so its values do not stay behind.
 """
 
 from __future__ import annotations
@@ -48,6 +54,105 @@ WORKER_VARS = ("APPLIANCE_JOB_NAME", "APPLIANCE_WORKER_NAME", "APPLIANCE_WORKER_
 
 _TERMINATE_GRACE_SECONDS = 5.0
 _POLL_SECONDS = 0.02
+#: Memory-backed file systems tried first for job directories (values never reach a disk).
+MEMORY_DIRS: tuple[str, ...] = ("/dev/shm",)
+OWNER_FILE = "owner"
+#: A job directory without an owner file is being created: left alone this long.
+_UNOWNED_GRACE_SECONDS = 60.0
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot ("" when unknown): with the pid,
+    it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process now: not ours, but do not guess
+    return not start or _start_time(pid) in ("", start)
+
+
+def _private_dir(path: Path) -> bool:
+    """``path`` is a real directory of ours that nobody else may enter (creating it)."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return (
+        not path.is_symlink()
+        and path.is_dir()
+        and st.st_uid == os.getuid()
+        and st.st_mode & 0o077 == 0
+    )
+
+
+def state_root() -> Path | None:
+    """The per-user directory of local job directories: ``appliance-<uid>`` in the first of
+    :data:`MEMORY_DIRS` that is usable, else in the temp directory. None when neither is safe
+    (then each job gets a private temp directory, and nothing is swept)."""
+    bases = [Path(d) for d in MEMORY_DIRS if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)]
+    bases.append(Path(tempfile.gettempdir()))
+    for base in bases:
+        root = base / f"appliance-{os.getuid()}"
+        try:
+            if _private_dir(root):
+                return root
+        except OSError:
+            continue
+    return None
+
+
+def sweep_stale(root: Path, *, now: float | None = None) -> list[Path]:
+    """Remove the job directories in ``root`` whose owner process is gone; return them."""
+    removed: list[Path] = []
+    now = time.time() if now is None else now
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.is_dir(follow_symlinks=False):
+            continue
+        path = Path(entry.path)
+        try:
+            pid_text, _, start = (path / OWNER_FILE).read_text().partition(" ")
+            stale = not _alive(int(pid_text), start.strip())
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                stale = now - entry.stat(follow_symlinks=False).st_mtime > _UNOWNED_GRACE_SECONDS
+                if stale:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(path)
+            continue
+        except (OSError, ValueError):
+            stale = True  # an unreadable or garbled owner file: not a live job's
+        if stale:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _job_dir(name: str) -> Path:
+    """A new private directory for one job, owned by this process (stale ones swept)."""
+    root = state_root()
+    if root is None:
+        return Path(tempfile.mkdtemp(prefix=f"appliance-{name}-"))
+    sweep_stale(root)
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
+    (path / OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    return path
 
 
 def base_environment(source: Mapping[str, str]) -> dict[str, str]:
@@ -120,14 +225,14 @@ class LocalJob:
         self.name: str = job.metadata.name
         self.job = job
         self.manifest: dict[str, Any] = job.to_manifest()
-        self.env_hash = job.env_hash
+        self._env_key, self.env_hash = envfile.seal(env)
         self._python = python
         self._workdir = os.fspath(workdir) if workdir is not None else os.getcwd()
         self._base_env = base_environment(os.environ if caller_environ is None else caller_environ)
         self._lock = threading.RLock()
-        self._dir = Path(tempfile.mkdtemp(prefix=f"appliance-{self.name}-"))
+        self._dir = _job_dir(self.name)
         self._env_file = self._dir / "env.json"
-        envfile.write(self._env_file, list(env), self.env_hash)
+        envfile.write(self._env_file, list(env), self.env_hash, self._env_key)
         self._workers: list[_Worker] = []
         self._status: ExecuteJobStatus | None = None
         self._deleted = False

@@ -98,7 +98,7 @@ def compute_status(
     observed: Observation,
     previous: ExecuteJobStatus | None,
     *,
-    env_hash: str,
+    env_hash: str | None,
     now: datetime | None = None,
 ) -> ExecuteJobStatus:
     """The job's status. Terminal phases are sticky: a finished job stays finished."""

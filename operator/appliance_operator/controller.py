@@ -36,7 +36,15 @@ from appliance_operator.reconcile import (
     Plan,
     plan,
 )
-from cerebras_appliance.api import API_VERSION, KIND, Condition, ExecuteJobStatus, InvalidJobError
+from cerebras_appliance import envfile
+from cerebras_appliance.api import (
+    API_VERSION,
+    AWAITING_VALUES_ANNOTATION,
+    KIND,
+    Condition,
+    ExecuteJobStatus,
+    InvalidJobError,
+)
 from cerebras_appliance.status import now_rfc3339
 
 logger = logging.getLogger("appliance_operator")
@@ -57,6 +65,7 @@ EVENT_MESSAGE_LIMIT = 1024
 class JobMemory:
     uid: str
     secret_ready: bool = False
+    env_hash: str | None = None  # the keyed hash of <job>-env (its annotation)
     env_condition: Condition | None = None
     replica_condition: Condition | None = None  # ReplicaFailure, once a create went wrong
     created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
@@ -198,7 +207,11 @@ class Controller:
         return Inputs(
             job=job,
             pods=observed,
-            env=EnvKnowledge(secret_ready=memory.secret_ready, condition=memory.env_condition),
+            env=EnvKnowledge(
+                secret_ready=memory.secret_ready,
+                condition=memory.env_condition,
+                env_hash=memory.env_hash,
+            ),
             now=self.clock(),
             last_status_write=memory.last_write,
             previous=previous,
@@ -280,6 +293,21 @@ class Controller:
     def _ensure_secret(self, job: JobView, memory: JobMemory) -> bool | None:
         """Write ``<job>-env`` (resolving secretKeyRefs); True when it is in place."""
         name = desired.env_secret_name(job.name)
+        awaiting = job.job.metadata.annotations.get(AWAITING_VALUES_ANNOTATION)
+        if awaiting is not None:
+            # The client has created the job but not yet written (or not yet released) the
+            # Secret of its values: read nothing, start nothing, until it removes the mark.
+            memory.env_condition = Condition(
+                type=ENV_RESOLVED,
+                status="False",
+                reason="AwaitingValues",
+                message=(
+                    f"waiting for the client to write Secret {awaiting} and remove the "
+                    f"annotation {AWAITING_VALUES_ANNOTATION}; if the client was interrupted, "
+                    "delete this job (its Secret goes with it) and submit again"
+                ),
+            )
+            return False
         resolved = job.status.condition(ENV_RESOLVED) if job.status is not None else None
         if resolved is not None and resolved.status == "True":
             # Written before (by us, or by the operator before a restart): the snapshot is
@@ -287,6 +315,7 @@ class Controller:
             existing = self.api.read_secret(job.namespace, name)
             if existing is not None and job.uid in _owner_uids(existing):
                 memory.secret_ready = True
+                memory.env_hash = _hash_of(existing)
                 memory.env_condition = resolved
                 return True
 
@@ -302,7 +331,9 @@ class Controller:
             )
             self._warn(job, memory, exc.reason, str(exc))
             return False
-        body = desired.env_secret(job.job, job.uid, pairs)
+        env_key, sealed = envfile.seal(pairs)
+        body = desired.env_secret(job.job, job.uid, pairs, env_key, sealed)
+        env_hash: str | None = sealed
         try:
             self.api.create_secret(job.namespace, body)
         except ApiError as exc:
@@ -317,12 +348,23 @@ class Controller:
             meta = existing.get("metadata") or {}
             labels = meta.get("labels") or {}
             if job.uid not in _owner_uids(existing):
-                if (
+                ours = (
                     labels.get(desired.MANAGED_BY_LABEL) == desired.MANAGED_BY
                     and labels.get(desired.JOB_NAME_LABEL) == job.name
-                ):
-                    # Left by an earlier job of the same name (garbage collection pending).
-                    self.api.delete_secret(job.namespace, name, str(meta.get("uid")))
+                )
+                if ours and _owner_uids(existing):
+                    # Left by an earlier job of the same name: the garbage collector deletes
+                    # it (its owner is gone). Wait for that; the operator may not delete
+                    # Secrets (docs/security.md).
+                    memory.env_condition = Condition(
+                        type=ENV_RESOLVED,
+                        status="False",
+                        reason="WaitingForOldSecret",
+                        message=(
+                            f"Secret {name} of an earlier job of the same name is being "
+                            "garbage-collected; the job starts once it is gone"
+                        ),
+                    )
                     return None
                 message = (
                     f"Secret {name} already exists and does not belong to this job; delete or "
@@ -333,12 +375,14 @@ class Controller:
                 )
                 self._warn(job, memory, "SecretNameTaken", message)
                 return False
+            env_hash = _hash_of(existing)  # ours, written before: its key, its hash
         memory.secret_ready = True
+        memory.env_hash = env_hash
         memory.env_condition = Condition(
             type=ENV_RESOLVED,
             status="True",
             reason="SnapshotWritten",
-            message=f"{len(pairs)} variable(s) written to Secret {name} ({job.job.env_hash})",
+            message=f"{len(pairs)} variable(s) written to Secret {name} ({env_hash})",
         )
         return True
 
@@ -349,7 +393,7 @@ class Controller:
         batch = 1
         while todo:
             now, todo = todo[:batch], todo[batch:]
-            bodies = [desired.worker_pod(job.job, job.uid, w) for w in now]
+            bodies = [desired.worker_pod(job.job, job.uid, w, memory.env_hash or "") for w in now]
             results = list(self._pool.map(lambda b: self._create_pod(job.namespace, b), bodies))
             failures = [r for r in results if isinstance(r, ApiError)]
             for body, result in zip(bodies, results, strict=True):
@@ -555,6 +599,13 @@ def _unseen(name: str, uid: str, job_name: str) -> PodView:
         phase="Pending",
         tracked=True,
     )
+
+
+def _hash_of(secret: Mapping[str, Any]) -> str | None:
+    """The keyed hash an env Secret was written with (its annotation)."""
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    value = annotations.get(desired.ENV_HASH_ANNOTATION)
+    return str(value) if value else None
 
 
 def _owner_uids(obj: Mapping[str, Any]) -> set[str]:

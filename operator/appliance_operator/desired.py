@@ -142,10 +142,20 @@ def resolve_env(env: Sequence[EnvVar], read_secret: SecretReader) -> list[tuple[
 # -- desired objects ------------------------------------------------------------------------
 
 
-def env_secret(job: ExecuteJob, uid: str, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """The per-job Secret holding the resolved snapshot, owned by the job, immutable."""
+def env_secret(
+    job: ExecuteJob,
+    uid: str,
+    pairs: Sequence[tuple[str, str]],
+    env_key: str,
+    env_hash: str,
+) -> dict[str, Any]:
+    """The per-job Secret holding the resolved snapshot, owned by the job, immutable.
+
+    ``env_hash`` is :func:`envfile.snapshot_hash` of ``pairs`` under ``env_key`` (a new
+    random key, :func:`envfile.seal`): the key is stored here only, next to the values, so
+    the hash on the Secret, the pods and the status reveals nothing about them."""
     name = _job_name(job)
-    content = envfile.dumps(list(pairs), job.env_hash)
+    content = envfile.dumps(list(pairs), env_hash, env_key)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -153,7 +163,7 @@ def env_secret(job: ExecuteJob, uid: str, pairs: Sequence[tuple[str, str]]) -> d
             "name": env_secret_name(name),
             "namespace": job.metadata.namespace,
             "labels": job_labels(name),
-            "annotations": {ENV_HASH_ANNOTATION: job.env_hash},
+            "annotations": {ENV_HASH_ANNOTATION: env_hash},
             "ownerReferences": [owner_reference(job, uid)],
         },
         "type": "Opaque",
@@ -175,8 +185,9 @@ DEFAULT_CONTAINER_SECURITY_CONTEXT: Mapping[str, Any] = {
 }
 
 
-def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId) -> dict[str, Any]:
-    """Worker pod ``worker`` of ``job``, with the user's ``spec.template`` merged in."""
+def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str) -> dict[str, Any]:
+    """Worker pod ``worker`` of ``job``, with the user's ``spec.template`` merged in.
+    ``env_hash``: the env Secret's (keyed) hash, shown as the pod's annotation."""
     name = _job_name(job)
     spec = job.spec
     tpl = spec.template
@@ -187,7 +198,7 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId) -> dict[str, Any]:
         WORKER_INDEX_LABEL: str(worker.index),
         ATTEMPT_LABEL: str(worker.attempt),
     }
-    annotations = {**tpl.annotations, ENV_HASH_ANNOTATION: job.env_hash}
+    annotations = {**tpl.annotations, ENV_HASH_ANNOTATION: env_hash}
     plumbing = [
         {"name": envfile.ENV_FILE_VAR, "value": ENV_FILE},
         {"name": envfile.READY_FILE_VAR, "value": READY_FILE},

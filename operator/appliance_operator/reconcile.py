@@ -75,6 +75,7 @@ class EnvKnowledge:
 
     secret_ready: bool = False  # <job>-env exists and belongs to this job
     condition: Condition | None = None  # new EnvResolved condition to record, if any
+    env_hash: str | None = None  # the keyed hash of <job>-env, once known
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def plan(inputs: Inputs) -> Plan:
         spec,
         [attempt_of(p, counted_before) for p in mine],
         previous,
-        env_hash=job.job.env_hash,
+        env_hash=inputs.env.env_hash or (previous.env_hash if previous is not None else None),
         now=now,
         generation=job.generation,
     )

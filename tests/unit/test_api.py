@@ -12,7 +12,6 @@ from cerebras_appliance.api import (
     ExecuteJob,
     InvalidJobError,
     env_from_snapshot,
-    env_hash,
     parse_job,
 )
 from cerebras_appliance.jobs import build_job
@@ -113,20 +112,7 @@ def test_invalid_jobs_name_the_field(path: str, value: Any, message: str) -> Non
     assert any(line.startswith(message) for line in caught.value.errors), caught.value.errors
 
 
-def test_env_hash_is_stable_and_sensitive_to_names_values_and_order() -> None:
-    a = [EnvVar(name="A", value="1"), EnvVar(name="B", value="2")]
-    same = [EnvVar(name="A", value="1"), EnvVar(name="B", value="2")]
-    assert env_hash(a) == env_hash(same)
-    assert env_hash(a) != env_hash(list(reversed(a)))
-    assert env_hash(a) != env_hash([EnvVar(name="A", value="1"), EnvVar(name="B", value="3")])
-    assert env_hash([]) != env_hash(a)
-    # pinned: the hash is part of the API (workers confirm it); changing it is a breaking change
-    assert env_hash([EnvVar(name="foo", value="1")]) == (
-        "sha256:" + __import__("hashlib").sha256(b'[{"name":"foo","value":"1"}]').hexdigest()
-    )
-
-
-def test_snapshot_keeps_order_and_sensitive_values_stay_out_of_the_manifest() -> None:
+def test_every_value_goes_by_reference_to_one_values_secret() -> None:
     job = build_job(
         "loader.py",
         2,
@@ -134,13 +120,34 @@ def test_snapshot_keeps_order_and_sensitive_values_stay_out_of_the_manifest() ->
         name="j1",
         sensitive=["API_TOKEN"],
     )
-    env = job.to_manifest()["spec"]["env"]
+    manifest = job.to_manifest()
+    env = manifest["spec"]["env"]
     assert [item["name"] for item in env] == ["Z", "API_TOKEN", "A"]
-    assert env[1] == {
-        "name": "API_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "j1-sensitive", "key": "API_TOKEN"}},
-    }
-    assert "s3cret" not in repr(job.to_manifest())
+    secret = manifest["metadata"]["annotations"]["appliance.dev/awaiting-values"]
+    assert secret.startswith("j1-values-") and len(secret) == len("j1-values-") + 8
+    assert [item["valueFrom"]["secretKeyRef"] for item in env] == [
+        {"name": secret, "key": "Z"},
+        {"name": secret, "key": "API_TOKEN"},
+        {"name": secret, "key": "A"},
+    ]
+    assert all("value" not in item for item in env)
+    for value in ("s3cret", "1", "2"):
+        assert f"'{value}'" not in repr(manifest)
+    # A new job of the same name gets a new Secret name: never a leftover's.
+    again = build_job("loader.py", 1, [("Z", "1")], name="j1")
+    assert again.metadata.annotations["appliance.dev/awaiting-values"] != secret
+
+
+def test_inline_jobs_for_hand_written_manifests() -> None:
+    job = build_job(
+        "loader.py", 1, [("Z", "1"), ("API_TOKEN", "s3cret")], name="j2", inline=True,
+        sensitive=["API_TOKEN"],
+    )  # fmt: skip
+    env = job.to_manifest()["spec"]["env"]
+    assert env[0] == {"name": "Z", "value": "1"}
+    assert env[1]["valueFrom"]["secretKeyRef"]["key"] == "API_TOKEN"
+    plain = build_job("loader.py", 1, [("Z", "1")], name="j3", inline=True)
+    assert "annotations" not in plain.to_manifest()["metadata"]  # nothing to wait for
 
 
 def test_env_from_snapshot_plain() -> None:

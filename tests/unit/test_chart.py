@@ -431,12 +431,12 @@ def test_rbac_is_least_privilege(helm: Helm) -> None:
         "appliance.dev/executejobs/status": {"get", "patch"},
         "appliance.dev/executejobs/finalizers": {"update"},
         "/pods": {"get", "list", "watch", "create", "patch", "delete"},
-        "/secrets": {"get", "create", "delete"},
+        "/secrets": {"get", "create"},
         "/events": {"create"},
         "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
     }
     # Never list/watch secrets: that would hand every Secret of the cluster to the operator.
-    assert not granted["/secrets"] & {"list", "watch", "deletecollection"}
+    assert not granted["/secrets"] & {"list", "watch", "deletecollection", "delete"}
     # The namespace-scoped Role holds the same namespaced rules, and no cluster-scoped ones.
     ns_docs = helm.template("--set", "rbac.scope=namespace")
     ns_granted = rules_by_resource(one(ns_docs, "Role")["rules"])

@@ -71,10 +71,6 @@ class FakeApi:
         self.calls.append(("get", "secrets"))
         return self.secrets.get(name)
 
-    def delete_secret(self, namespace: str, name: str, uid: str) -> None:
-        self.calls.append(("delete", "secrets"))
-        self.secrets.pop(name, None)
-
     def patch_job_status(
         self,
         namespace: str,
@@ -263,7 +259,9 @@ def test_missing_user_secret_is_reported_once_and_retried_with_backoff() -> None
     assert sorted(api.pods) == ["demo-worker-0", "demo-worker-1"]
 
 
-def test_stale_env_secret_of_an_earlier_job_is_replaced(api: FakeApi) -> None:
+def test_stale_env_secret_of_an_earlier_job_is_left_to_the_garbage_collector(
+    api: FakeApi,
+) -> None:
     api.secrets["demo-env"] = {
         "metadata": {
             "name": "demo-env",
@@ -277,8 +275,11 @@ def test_stale_env_secret_of_an_earlier_job_is_replaced(api: FakeApi) -> None:
     }
     ctl = controller(api)
     delay = ctl.reconcile(KEY, job_body(), [])
-    assert ("delete", "secrets") in api.calls and api.pods == {}
+    assert ("delete", "secrets") not in api.calls and api.pods == {}  # no delete grant
     assert delay is not None and delay <= 1
+    cond = next(c for c in api.statuses[-1]["conditions"] if c["type"] == "EnvResolved")
+    assert cond["reason"] == "WaitingForOldSecret"
+    del api.secrets["demo-env"]  # the garbage collector's work
     ctl.reconcile(KEY, job_body(), [])
     assert api.secrets["demo-env"]["metadata"]["ownerReferences"][0]["uid"] == UID
     assert len(api.pods) == 2

@@ -15,6 +15,7 @@ from cerebras_appliance import envfile
 from cerebras_appliance.api import ExecuteJob, parse_job
 
 UID = "0b9a8c1e-0000-4000-8000-000000000001"
+HASH = "hmac-sha256:0000000000000000000000000000000000000000000000000000000000000000"
 SENTINEL = "sentinel-value-7f3a9c"
 SECRET_SENTINEL = "secret-sentinel-41d2e8"
 
@@ -46,7 +47,7 @@ def test_names() -> None:
 
 def test_worker_pod_shape() -> None:
     job = make_job()
-    pod = desired.worker_pod(job, UID, WorkerId(1))
+    pod = desired.worker_pod(job, UID, WorkerId(1), HASH)
     meta, spec = pod["metadata"], pod["spec"]
     assert meta["name"] == "demo-worker-1" and meta["namespace"] == "ml"
     assert meta["labels"] == {
@@ -55,7 +56,7 @@ def test_worker_pod_shape() -> None:
         "appliance.dev/worker-index": "1",
         "appliance.dev/attempt": "0",
     }
-    assert meta["annotations"] == {"appliance.dev/env-hash": job.env_hash}
+    assert meta["annotations"] == {"appliance.dev/env-hash": HASH}
     (owner,) = meta["ownerReferences"]
     assert owner == {
         "apiVersion": "appliance.dev/v1alpha1",
@@ -94,14 +95,14 @@ def test_worker_pod_shape() -> None:
 
 
 def test_replacement_pod_name_and_attempt_label() -> None:
-    pod = desired.worker_pod(make_job(), UID, WorkerId(0, 2))
+    pod = desired.worker_pod(make_job(), UID, WorkerId(0, 2), HASH)
     assert pod["metadata"]["name"] == "demo-worker-0-2"
     assert pod["metadata"]["labels"]["appliance.dev/attempt"] == "2"
     assert pod["metadata"]["labels"]["appliance.dev/worker-index"] == "0"
 
 
 def test_env_values_never_appear_in_a_pod() -> None:
-    pod = desired.worker_pod(make_job(), UID, WorkerId(0))
+    pod = desired.worker_pod(make_job(), UID, WorkerId(0), HASH)
     text = json.dumps(pod)
     assert SENTINEL not in text
     assert "DATA_ROOT" not in text and "API_TOKEN" not in text  # not even the names
@@ -126,7 +127,7 @@ def test_template_overrides_are_merged() -> None:
         "imagePullPolicy": "Always",
         "imagePullSecrets": [{"name": "pull"}],
     }
-    pod = desired.worker_pod(make_job(template=template), UID, WorkerId(0))
+    pod = desired.worker_pod(make_job(template=template), UID, WorkerId(0), HASH)
     meta, spec = pod["metadata"], pod["spec"]
     (container,) = spec["containers"]
     assert meta["labels"]["team"] == "ml"
@@ -151,7 +152,8 @@ def test_template_overrides_are_merged() -> None:
 def test_env_secret_holds_the_resolved_snapshot() -> None:
     job = make_job()
     pairs = [("DATA_ROOT", SENTINEL), ("API_TOKEN", SECRET_SENTINEL)]
-    secret = desired.env_secret(job, UID, pairs)
+    key, env_hash = envfile.seal(pairs)
+    secret = desired.env_secret(job, UID, pairs, key, env_hash)
     assert secret["metadata"]["name"] == "demo-env"
     assert secret["metadata"]["labels"]["appliance.dev/job-name"] == "demo"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == UID
@@ -159,7 +161,10 @@ def test_env_secret_holds_the_resolved_snapshot() -> None:
     content = base64.b64decode(secret["data"][envfile.SECRET_KEY]).decode()
     snapshot = envfile.parse(content, "env.json")
     assert snapshot.env == tuple(pairs)
-    assert snapshot.env_hash == job.env_hash
+    assert (
+        snapshot.env_hash == env_hash == secret["metadata"]["annotations"]["appliance.dev/env-hash"]
+    )
+    assert snapshot.env_key == key and envfile.verify(snapshot)
 
 
 class Reader:
@@ -210,12 +215,12 @@ def test_missing_key_and_bad_value() -> None:
 
 
 def test_worker_container_is_hardened_by_default() -> None:
-    (container,) = desired.worker_pod(make_job(), UID, WorkerId(0))["spec"]["containers"]
+    (container,) = desired.worker_pod(make_job(), UID, WorkerId(0), HASH)["spec"]["containers"]
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     container["securityContext"]["capabilities"]["drop"].append("X")  # a copy, not the default
-    (again,) = desired.worker_pod(make_job(), UID, WorkerId(1))["spec"]["containers"]
+    (again,) = desired.worker_pod(make_job(), UID, WorkerId(1), HASH)["spec"]["containers"]
     assert again["securityContext"]["capabilities"] == {"drop": ["ALL"]}

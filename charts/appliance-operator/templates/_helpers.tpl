@@ -92,11 +92,14 @@ a Role per namespace in namespace scope): exactly the calls of operator/applianc
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# get: values of secretKeyRefs, and the per-job env Secret; create/delete: that Secret
-# (immutable, so never patched). Never list/watch: that would be every Secret's value.
+# get: the Secrets that spec.env's secretKeyRefs name (the client's values Secret, or the
+# user's), and the per-job env Secret read back after a restart; create: that env Secret
+# (immutable, so never patched). No delete: a same-named Secret of an earlier job is left
+# to the garbage collector. Never list/watch: that would be every Secret's value.
+# docs/security.md says what each grant allows.
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["get", "create"]
 # Phase-transition Events (the operator's and kopf's warnings).
 - apiGroups: [""]
   resources: ["events"]
