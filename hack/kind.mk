@@ -1,21 +1,22 @@
-# Run the operator in a kind or minikube cluster, from the same chart and Dockerfiles as
-# everything else; included by the top-level Makefile (docs/install.md explains each step).
+# Run the operator in a kind (or minikube) cluster, from the same chart and Dockerfiles as
+# everything else; included by the top-level Makefile (docs/kind.md explains each step).
 #
-#   make kind-up        kind cluster + images (docker build, kind load) + helm install
-#   make kind-down      delete that kind cluster
-#   make minikube-up    minikube profile + images (minikube image build) + helm install
+#   make kind-up        kind cluster + images (docker build, kind load) + helm install (tested)
+#   make kind-down      delete that cluster (and the project's own dockerd if kind-up started it)
+#   make kind-e2e-up    the e2e tests' cluster, kept running between test runs (fast reruns)
+#   make kind-e2e-down  delete it
+#   make minikube-up    minikube profile + images (minikube image build) + helm install (untested)
 #   make minikube-down  delete that minikube profile
 #   make chart-install  (re)install the chart into KUBE_CONTEXT (CRD applied first)
 #   make chart-lint     helm lint --strict (the chart tests: make unit)
 #   make chart-crds     copy crds/executejobs.yaml into the chart after `make crds`
 #
 # Variables (override on the command line, e.g. `make kind-up KIND_CLUSTER=dev`):
-KIND ?= kind
 MINIKUBE ?= minikube
-DOCKER ?= docker
-HELM ?= helm
-KUBECTL ?= kubectl
 KIND_CLUSTER ?= appliance
+KIND_WORKERS ?= 1
+KIND_E2E_CLUSTER ?= appliance-e2e
+KIND_E2E_WORKERS ?= 2
 MINIKUBE_PROFILE ?= appliance
 IMAGE_TAG ?= 0.1.0
 OPERATOR_REPOSITORY ?= appliance-operator/operator
@@ -34,36 +35,44 @@ KIND_MK_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 KIND_MK_REPO := $(patsubst %/,%,$(dir $(KIND_MK_DIR)))
 CHART_DIR := $(KIND_MK_REPO)/charts/appliance-operator
 CRD_SOURCE := $(KIND_MK_REPO)/crds/executejobs.yaml
+# helm and kubectl: the ones on PATH, else the pinned ones hack/cluster/build.sh builds.
+KIND_MK_BIN = $(shell bash $(KIND_MK_REPO)/hack/cluster/build.sh --print-bindir)
+HELM ?= $(or $(shell command -v helm),$(KIND_MK_BIN)/helm)
+KUBECTL ?= $(or $(shell command -v kubectl),$(KIND_MK_BIN)/kubectl)
+export IMAGE_TAG OPERATOR_REPOSITORY WORKER_REPOSITORY
 
-.PHONY: kind-up kind-down minikube-up minikube-down chart-install chart-lint chart-crds \
-	docker-images
+.PHONY: kind-up kind-down kind-e2e-up kind-e2e-down minikube-up minikube-down chart-install \
+	chart-lint chart-crds docker-images
 
 # kind_mk_need TOOL,HINT: stop with a clear message when a tool is missing.
 kind_mk_need = @command -v $(1) >/dev/null 2>&1 || { echo "$(1) not found: $(2)" >&2; exit 1; }
 kind_mk_dockerfiles = @for f in $(WORKER_DOCKERFILE) $(OPERATOR_DOCKERFILE); do \
 	test -f $(KIND_MK_REPO)/$$f || { echo "$$f not found (set WORKER_DOCKERFILE / OPERATOR_DOCKERFILE)" >&2; exit 1; }; done
 
+# The images, from images/*.Dockerfile (a local Debian base where none can be pulled).
 docker-images:
-	$(call kind_mk_need,$(DOCKER),install Docker (or set DOCKER=podman))
-	$(kind_mk_dockerfiles)
-	$(DOCKER) build -f $(KIND_MK_REPO)/$(WORKER_DOCKERFILE) -t $(WORKER_IMAGE) $(KIND_MK_REPO)
-	$(DOCKER) build -f $(KIND_MK_REPO)/$(OPERATOR_DOCKERFILE) -t $(OPERATOR_IMAGE) $(KIND_MK_REPO)
+	bash $(KIND_MK_REPO)/hack/kind/images.sh $(IMAGE_TAG)
 
-kind-up: docker-images
-	$(call kind_mk_need,$(KIND),see https://kind.sigs.k8s.io/docs/user/quick-start/#installation)
-	$(call kind_mk_need,$(HELM),install helm v3 (or use the pinned one: bash hack/cluster/build.sh))
-	$(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)' || \
-		$(KIND) create cluster --name $(KIND_CLUSTER) --wait 180s
-	$(KIND) load docker-image --name $(KIND_CLUSTER) $(WORKER_IMAGE) $(OPERATOR_IMAGE)
+# Docker (yours, else the project's own dockerd), kind (built once from the Go module proxy),
+# the cluster (kind's node image, else one assembled locally), the images, kind load, helm.
+# Writes the cluster's context into your kubeconfig, as `kind create cluster` does.
+kind-up:
+	@command -v helm >/dev/null && command -v kubectl >/dev/null || bash $(KIND_MK_REPO)/hack/cluster/build.sh >/dev/null
+	bash $(KIND_MK_REPO)/hack/kind/up.sh --name $(KIND_CLUSTER) --workers $(KIND_WORKERS) --images
 	$(call chart_install,kind-$(KIND_CLUSTER))
 
 kind-down:
-	$(call kind_mk_need,$(KIND),see https://kind.sigs.k8s.io/docs/user/quick-start/#installation)
-	$(KIND) delete cluster --name $(KIND_CLUSTER)
+	bash $(KIND_MK_REPO)/hack/kind/down.sh --name $(KIND_CLUSTER)
+
+kind-e2e-up:
+	bash $(KIND_MK_REPO)/hack/kind/up.sh --name $(KIND_E2E_CLUSTER) --workers $(KIND_E2E_WORKERS) \
+		--images --kubeconfig $(KIND_MK_REPO)/.kind/$(KIND_E2E_CLUSTER).kubeconfig
+
+kind-e2e-down:
+	bash $(KIND_MK_REPO)/hack/kind/down.sh --name $(KIND_E2E_CLUSTER)
 
 minikube-up:
 	$(call kind_mk_need,$(MINIKUBE),see https://minikube.sigs.k8s.io/docs/start/)
-	$(call kind_mk_need,$(HELM),install helm v3 (or use the pinned one: bash hack/cluster/build.sh))
 	$(MINIKUBE) status -p $(MINIKUBE_PROFILE) >/dev/null 2>&1 || \
 		$(MINIKUBE) start -p $(MINIKUBE_PROFILE) --wait=all
 	$(kind_mk_dockerfiles)
@@ -80,17 +89,14 @@ minikube-down:
 
 # chart_install CONTEXT: the CRD first (server-side apply, idempotent: Helm installs a chart's
 # crds/ only on the first install and never upgrades them, so a changed CRD would otherwise
-# be ignored), then the release. The images were loaded into the nodes, never pulled:
-# pullPolicy IfNotPresent with a fixed tag finds them there.
+# be ignored), then the release with the chart's defaults. The images were loaded into the
+# nodes, never pulled: pullPolicy IfNotPresent with a fixed tag finds them there.
 define chart_install
-$(call kind_mk_need,$(HELM),install helm v3 (or use the pinned one: bash hack/cluster/build.sh))
-$(call kind_mk_need,$(KUBECTL),install kubectl (or use the pinned one: bash hack/cluster/build.sh))
 $(KUBECTL) $(if $(1),--context $(1)) apply --server-side \
 	--field-manager=appliance-operator-crds -f $(CHART_DIR)/crds/
 $(HELM) upgrade --install $(HELM_RELEASE) $(CHART_DIR) $(if $(1),--kube-context $(1)) \
 	--namespace $(HELM_NAMESPACE) --create-namespace \
 	--set image.repository=$(OPERATOR_REPOSITORY) --set image.tag=$(IMAGE_TAG) \
-	--set image.pullPolicy=IfNotPresent \
 	--wait --timeout 5m $(HELM_ARGS)
 @echo "operator ready; try: $(KUBECTL) $(if $(1),--context $(1) )apply -n default -f examples/executejob.yaml"
 endef
@@ -99,7 +105,6 @@ chart-install:
 	$(call chart_install,$(KUBE_CONTEXT))
 
 chart-lint:
-	$(call kind_mk_need,$(HELM),install helm v3 (or use the pinned one: bash hack/cluster/build.sh))
 	$(HELM) lint --strict $(CHART_DIR)
 
 chart-crds:

@@ -3,7 +3,8 @@
 #
 # Usage: hack/kind/dockerd.sh up     make sure a daemon answers; print DOCKER_HOST=... (may be empty)
 #        hack/kind/dockerd.sh env    print DOCKER_HOST=... for the daemon to use (starts nothing)
-#        hack/kind/dockerd.sh down   stop the project's own dockerd (if this project started it)
+#        hack/kind/dockerd.sh down [--if-idle]   stop the project's own dockerd (if it runs;
+#                                    --if-idle: only when no container runs in it)
 #        hack/kind/dockerd.sh status exit 0 when the project's own dockerd runs
 #
 # Which daemon: $DOCKER_HOST if set; else the project's own if it runs; else the default socket
@@ -124,7 +125,13 @@ case ${1:-} in
   env)
     host=$(choose) || die "no Docker daemon answers (hack/kind/dockerd.sh up starts one)"
     echo "DOCKER_HOST=$host" ;;
-  down) stop_own ;;
+  down)
+    if [[ ${2:-} == --if-idle ]] && own_pid >/dev/null &&
+      [[ -n $(DOCKER_HOST=$OWN_DOCKER_HOST docker ps -q 2>/dev/null) ]]; then
+      log "the project's dockerd keeps running: containers run in it"
+      exit 0
+    fi
+    stop_own ;;
   status) own_pid >/dev/null ;;
   *) die "usage: $0 up|env|down|status" ;;
 esac

@@ -51,6 +51,23 @@ ensure_base() {
       tail -n 30 "$root/debootstrap.log" >&2
       die "debootstrap $suite failed (log above)"
     fi
+    # What makes Debian's official image "slim", so the Dockerfiles' layers are the size they
+    # are there: no docs, man pages or translations from dpkg; apt keeps no .debs or caches.
+    mkdir -p "$root/fs/etc/dpkg/dpkg.cfg.d" "$root/fs/etc/apt/apt.conf.d"
+    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+      'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+      'path-exclude /usr/share/locale/*' 'path-include /usr/share/locale/locale.alias' \
+      'path-exclude /usr/share/groff/*' 'path-exclude /usr/share/lintian/*' \
+      >"$root/fs/etc/dpkg/dpkg.cfg.d/local-slim"
+    printf '%s\n' 'Dir::Cache::pkgcache ""; Dir::Cache::srcpkgcache "";' \
+      'DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };' \
+      'APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };' \
+      'Acquire::Languages "none";' \
+      >"$root/fs/etc/apt/apt.conf.d/local-slim"
+    find "$root/fs/usr/share/doc" -mindepth 2 ! -name copyright -delete 2>/dev/null || true
+    rm -rf "$root"/fs/usr/share/man/* "$root"/fs/usr/share/info/* "$root"/fs/usr/share/groff/* \
+      "$root"/fs/usr/share/lintian/*
+    find "$root/fs/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} + 2>/dev/null || true
     if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
       mkdir -p "$root/fs/usr/local/share/ca-certificates"
       cp /usr/local/share/ca-certificates/*.crt "$root/fs/usr/local/share/ca-certificates/"

@@ -9,7 +9,7 @@
 #               into this repository)                                   (cold ~2-3 min; cached)
 #   binaries    kubeadm, kubelet, kubectl (hack/cluster/build.sh), crictl (hack/kind/tools.sh)
 #   images      kube-apiserver, -controller-manager, -scheduler, kube-proxy, etcd, CoreDNS,
-#               pause: built here from the same binaries (hack/kind/oci.py) and preloaded into
+#               pause: built here from the same binaries (images/oci.py) and preloaded into
 #               the node's containerd under the names kubeadm asks for, so nothing is pulled
 #   CNI         kindnetd is not available: hack/kind/node-cni.sh in a DaemonSet (its image built
 #               here too) writes a ptp CNI config for the node's podCIDR and routes to the other
@@ -39,7 +39,7 @@ NODE_KEY=$(
     echo "$ROOTFS_KEY"
     grep -E '^[A-Z_]+=' "$KIND_DIR/versions.env" "$CLUSTER_DIR/versions.env"
     cluster_key
-    cat "$KIND_DIR/node-cni.sh" "$KIND_DIR/oci.py" "$KIND_DIR/pause/pause.c"
+    cat "$KIND_DIR/node-cni.sh" "$REPO_ROOT/images/oci.py" "$REPO_ROOT/images/pause/pause.c"
     cat "$0"
   } | sha256sum | cut -c1-16
 )
@@ -159,7 +159,7 @@ image() {
   printf '%s' "$config" >"$WORK/images/$n.json"
   local args=() layer
   for layer in "$@"; do args+=(--layer "$layer"); done
-  python3 "$KIND_DIR/oci.py" --name "$name" --config "$WORK/images/$n.json" "${args[@]}" \
+  python3 "$REPO_ROOT/images/oci.py" --name "$name" --config "$WORK/images/$n.json" "${args[@]}" \
     --output "$WORK/images/$n.tar"
 }
 
@@ -190,7 +190,7 @@ build_images() {
   image "$reg/coredns/coredns:$COREDNS_VERSION" '{"Entrypoint":["/coredns"],"ExposedPorts":{"53/tcp":{},"53/udp":{}}}' \
     "$l/base.tar" "$l/coredns.tar"
   mkdir -p "$l/pause"
-  gcc -static -Os -s -o "$l/pause/pause" "$KIND_DIR/pause/pause.c"
+  gcc -static -Os -s -o "$l/pause/pause" "$REPO_ROOT/images/pause/pause.c"
   layer_of "$l/pause" "$l/pause.tar"
   image "$reg/pause:$PAUSE_TAG" '{"Entrypoint":["/pause"],"User":"65535:65535"}' "$l/pause.tar"
   # kube-proxy: its binary, the iptables and nft userland of the node (with their libraries and

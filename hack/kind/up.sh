@@ -4,12 +4,14 @@
 # one), `kind create cluster`, and optionally the worker/operator images (images.sh) loaded with
 # `kind load docker-image`.
 #
-# Usage: hack/kind/up.sh [--name NAME] [--workers N] [--images] [--kubeconfig FILE]
+# Usage: hack/kind/up.sh [--name NAME] [--workers N] [--images] [--kubeconfig FILE] [--prepare]
 #   --name NAME        cluster name (default $KIND_CLUSTER, else "appliance")
 #   --workers N        worker nodes besides the control plane (default 1)
 #   --images           also build images/*.Dockerfile and kind-load them into the nodes
 #   --kubeconfig FILE  write the cluster's kubeconfig there (default: kind's, i.e. $KUBECONFIG or
 #                      ~/.kube/config; a copy is always kept in .kind/NAME.kubeconfig)
+#   --prepare          only make sure of what a cluster needs (Docker, kind, the node image, with
+#                      --images the images): the slow, cached steps, e.g. before tests with timeouts
 # Environment: KIND_NODE_IMAGE   a node image to use (default: kind's own if it can be pulled, else
 #                                "local": the one node-image.sh builds)
 #              KIND_CREATE_WAIT  how long `kind create cluster` waits for the nodes (default 300s)
@@ -26,11 +28,13 @@ NAME=${KIND_CLUSTER:-appliance}
 WORKERS=1
 IMAGES=
 KUBECONFIG_OUT=
+PREPARE=
 while (($#)); do
   case $1 in
     --name) NAME=${2:?--name needs a value}; shift 2 ;;
     --workers) WORKERS=${2:?--workers needs a value}; shift 2 ;;
     --images) IMAGES=1; shift ;;
+    --prepare) PREPARE=1; shift ;;
     --kubeconfig) KUBECONFIG_OUT=${2:?--kubeconfig needs a value}; shift 2 ;;
     *) die "unknown argument: $1 (see the header of $0)" ;;
   esac
@@ -44,8 +48,14 @@ eval "export $(bash "$KIND_DIR/dockerd.sh" up)"
 [[ -n $DOCKER_HOST ]] || unset DOCKER_HOST
 mkdir -p "$KIND_STATE"
 KUBECONFIG_COPY=$KIND_STATE/$NAME.kubeconfig
-BIN=$(bash "$CLUSTER_DIR/build.sh" | tail -n 1) # kubectl (and, for a local node image, kubeadm & co)
 bash "$KIND_DIR/tools.sh" --kind-only >/dev/null
+# kubectl: the pinned one when it is built (or can be: a local node image needs the build anyway),
+# else the one on PATH.
+if bash "$CLUSTER_DIR/build.sh" --check || ! command -v kubectl >/dev/null; then
+  KUBECTL=$(bash "$CLUSTER_DIR/build.sh" | tail -n 1)/kubectl
+else
+  KUBECTL=$(command -v kubectl)
+fi
 
 nodes_of() { "$KIND" get nodes --name "$NAME" 2>/dev/null | sort; }
 healthy() {
@@ -53,7 +63,7 @@ healthy() {
   "$KIND" get kubeconfig --name "$NAME" >"$KUBECONFIG_COPY.tmp" 2>/dev/null || return 1
   mv -f "$KUBECONFIG_COPY.tmp" "$KUBECONFIG_COPY"
   local ready
-  ready=$("$BIN/kubectl" --kubeconfig "$KUBECONFIG_COPY" get nodes --request-timeout=10s \
+  ready=$("$KUBECTL" --kubeconfig "$KUBECONFIG_COPY" get nodes --request-timeout=10s \
     -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' 2>/dev/null) || return 1
   [[ -n $ready && $(grep -vcx True <<<"$ready") == 0 ]] || return 1
   (($(grep -c . <<<"$ready") == WORKERS + 1)) || {
@@ -81,6 +91,13 @@ node_image() {
   echo "$image"
 }
 
+if [[ -n $PREPARE ]]; then
+  step "node image: $(node_image)"
+  [[ -z $IMAGES ]] || bash "$KIND_DIR/images.sh" >&2
+  step "prepared"
+  exit 0
+fi
+
 CREATED=0
 if healthy; then
   step "kind cluster $NAME is up and healthy; reusing it"
@@ -105,7 +122,7 @@ else
   CREATED=1
   "$KIND" get kubeconfig --name "$NAME" >"$KUBECONFIG_COPY"
   # kind waits for the control plane only; the workers (and their pod network) follow.
-  "$BIN/kubectl" --kubeconfig "$KUBECONFIG_COPY" wait --for=condition=Ready node --all \
+  "$KUBECTL" --kubeconfig "$KUBECONFIG_COPY" wait --for=condition=Ready node --all \
     --timeout="${KIND_CREATE_WAIT:-300s}" >&2 || true
   healthy || die "kind cluster $NAME was created but its nodes are not all Ready (kind export logs --name $NAME)"
   step "kind cluster $NAME up"
