@@ -1,0 +1,384 @@
+"""Issue 11, part 2: env values readable only by those who should read them.
+
+* the client sends every value in a Secret the job owns, in an order no interruption can
+  turn into an ownerless Secret, and no raw ApiException escapes;
+* the published env hash is keyed (HMAC, per-snapshot key kept with the values);
+* the operator starts nothing while the client is still writing the values;
+* local job directories of a caller killed with SIGKILL are removed by the next start.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+from kubernetes import client
+
+from appliance_operator import desired
+from appliance_operator.controller import Controller
+from appliance_operator.metrics import Metrics
+from cerebras_appliance import envfile, local
+from cerebras_appliance.api import AWAITING_VALUES_ANNOTATION
+from cerebras_appliance.jobs import build_job, secret_key_for
+from cerebras_appliance.kube import KubernetesError, KubernetesJob
+
+SNAPSHOT = [("DATA_ROOT", "/mnt/data"), ("SHORT", "7"), ("API_TOKEN", "t0ps3cret")]
+
+
+# -- the keyed hash ----------------------------------------------------------------------------
+
+
+def test_hash_is_keyed_and_reveals_nothing_without_the_key() -> None:
+    key, published = envfile.seal(SNAPSHOT)
+    assert published.startswith("hmac-sha256:") and len(published) == len("hmac-sha256:") + 64
+    assert envfile.snapshot_hash(SNAPSHOT, key) == published  # deterministic under its key
+    other_key, again = envfile.seal(SNAPSHOT)
+    assert other_key != key and again != published  # a new key per snapshot
+    # Any order, name or value change changes it.
+    assert envfile.snapshot_hash(list(reversed(SNAPSHOT)), key) != published
+    assert envfile.snapshot_hash([*SNAPSHOT[:1], ("SHORT", "8"), SNAPSHOT[2]], key) != published
+    # A guess of a short value cannot be tested against it: the old, unkeyed scheme could.
+    for guess in map(str, range(100)):
+        candidate = [*SNAPSHOT[:1], ("SHORT", guess), SNAPSHOT[2]]
+        unkeyed = hashlib.sha256(json.dumps(candidate, separators=(",", ":")).encode()).hexdigest()
+        assert unkeyed not in published
+
+
+def test_env_file_carries_its_key_and_verifies() -> None:
+    key, published = envfile.seal(SNAPSHOT)
+    snapshot = envfile.parse(envfile.dumps(SNAPSHOT, published, key), "env.json")
+    assert snapshot.env_key == key and envfile.verify(snapshot)
+    tampered = snapshot._replace(env=(("DATA_ROOT", "/elsewhere"), *snapshot.env[1:]))
+    assert not envfile.verify(tampered)
+    # A file of an older version (no key) still parses; it just cannot be verified.
+    old = envfile.parse(envfile.dumps(SNAPSHOT, "sha256:x"), "env.json")
+    assert old.env_key == "" and not envfile.verify(old)
+
+
+def test_secret_keys_are_one_to_one() -> None:
+    names = ["API_TOKEN", "A:", "A_x3a_", "a.b", "x_x", "_x", "é", "A_", "_"]
+    keys = [secret_key_for(n) for n in names]
+    assert len(set(keys)) == len(names), keys
+    assert secret_key_for("API_TOKEN") == "API_TOKEN"
+    assert all(all(c.isalnum() or c in "-._" for c in k) for k in keys)
+
+
+# -- the operator waits for the client; hashes come from the Secret --------------------------
+
+
+class Api:
+    """The KubeApi surface the env Secret path uses, in memory."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.statuses: list[dict[str, Any]] = []
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", "secrets"))
+        self.secrets[body["metadata"]["name"]] = body
+        return body
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", "secrets"))
+        return self.secrets.get(name)
+
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", "pods"))
+        self.pods[body["metadata"]["name"]] = body
+        return body
+
+    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any], **_: Any) -> Any:
+        self.statuses.append(status)
+        return {"metadata": {"resourceVersion": str(len(self.statuses) + 10)}}
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        self.calls.append(("create", "events"))
+
+
+def client_job(awaiting: bool, uid: str = "uid-1") -> tuple[dict[str, Any], str]:
+    job = build_job("loader.py", 2, SNAPSHOT, name="demo", namespace="ml")
+    manifest = job.to_manifest()
+    secret = manifest["metadata"]["annotations"][AWAITING_VALUES_ANNOTATION]
+    if not awaiting:
+        del manifest["metadata"]["annotations"]
+    manifest["metadata"].update(
+        uid=uid, resourceVersion="10", generation=1, creationTimestamp="2026-03-01T12:00:00Z"
+    )
+    return manifest, secret
+
+
+def values_secret(name: str) -> dict[str, Any]:
+    data = {secret_key_for(n): base64.b64encode(v.encode()).decode() for n, v in SNAPSHOT}
+    return {"metadata": {"name": name, "ownerReferences": [{"uid": "uid-1"}]}, "data": data}
+
+
+def test_operator_reads_nothing_and_starts_nothing_while_awaiting_values() -> None:
+    api = Api()
+    ctl = Controller(api, Metrics())  # type: ignore[arg-type]
+    body, secret = client_job(awaiting=True)
+    ctl.reconcile(("ml", "demo"), body, [])
+    assert api.calls == [] and api.pods == {}, "no Secret read, nothing created"
+    (cond,) = [c for c in api.statuses[-1]["conditions"] if c["type"] == "EnvResolved"]
+    assert cond["status"] == "False" and cond["reason"] == "AwaitingValues"
+    assert secret in cond["message"] and "delete this job" in cond["message"]
+    # Released, with the Secret complete: resolved, written, pods annotated with its hash.
+    api.secrets[secret] = values_secret(secret)
+    released = json.loads(json.dumps(body))
+    del released["metadata"]["annotations"]  # the client's release
+    released["metadata"]["resourceVersion"] = "11"
+    ctl.reconcile(("ml", "demo"), released, [])
+    env = api.secrets["demo-env"]
+    published = env["metadata"]["annotations"][desired.ENV_HASH_ANNOTATION]
+    content = envfile.parse(base64.b64decode(env["data"]["env.json"]).decode(), "env.json")
+    assert content.env == tuple(SNAPSHOT) and envfile.verify(content)
+    assert content.env_hash == published
+    assert sorted(api.pods) == ["demo-worker-0", "demo-worker-1"]
+    for pod in api.pods.values():
+        assert pod["metadata"]["annotations"][desired.ENV_HASH_ANNOTATION] == published
+    assert api.statuses[-1]["envHash"] == published
+    for status in api.statuses:
+        for _, value in SNAPSHOT:
+            assert f'"{value}"' not in json.dumps(status)
+
+
+def test_a_restarted_operator_publishes_the_hash_of_the_secret_it_finds() -> None:
+    api = Api()
+    body, secret = client_job(awaiting=False)
+    api.secrets[secret] = values_secret(secret)
+    Controller(api, Metrics()).reconcile(("ml", "demo"), body, [])  # type: ignore[arg-type]
+    first = api.secrets["demo-env"]["metadata"]["annotations"][desired.ENV_HASH_ANNOTATION]
+    api.pods.clear()  # a new operator process, pods to create again; the Secret exists (409)
+    api.create_secret = _conflict  # type: ignore[method-assign]
+    Controller(api, Metrics()).reconcile(("ml", "demo"), body, [])  # type: ignore[arg-type]
+    assert {
+        p["metadata"]["annotations"][desired.ENV_HASH_ANNOTATION] for p in api.pods.values()
+    } == {first}
+
+
+def _conflict(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    from appliance_operator.kubeapi import ApiError
+
+    raise ApiError(409, "AlreadyExists", "exists")
+
+
+# -- the client: order, ownership, errors ------------------------------------------------------
+
+
+class Recorder:
+    """Stands in for the two API classes the client calls; records each call in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.kwargs: list[dict[str, Any]] = []
+        self.fail: dict[str, BaseException] = {}
+        self.deleted: list[Any] = []
+        for cls, method, tag in [
+            (client.CustomObjectsApi, "create_namespaced_custom_object", "create-job"),
+            (client.CustomObjectsApi, "patch_namespaced_custom_object", "release"),
+            (client.CustomObjectsApi, "delete_namespaced_custom_object", "delete-job"),
+            (client.CoreV1Api, "create_namespaced_secret", "create-secret"),
+        ]:
+            monkeypatch.setattr(cls, method, self._method(tag))
+
+    def _method(self, tag: str) -> Any:
+        def call(_self: Any, *args: Any, **kwargs: Any) -> Any:
+            self.calls.append((tag, copy.deepcopy(args)))  # as sent, not as changed later
+            self.kwargs.append(kwargs)
+            if tag in self.fail:
+                raise self.fail[tag]
+            if tag == "create-job":
+                body = json.loads(json.dumps(args[4]))
+                body["metadata"]["uid"] = "uid-123"
+                return _Response(body)
+            return _Response({})
+
+        return call
+
+    def tags(self) -> list[str]:
+        return [tag for tag, _ in self.calls]
+
+
+class _Response:
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.data = json.dumps(body).encode()
+
+
+def submit(**kw: Any) -> KubernetesJob:
+    job = build_job("loader.py", 2, SNAPSHOT, name="demo", namespace="ml")
+    return KubernetesJob.create(job, SNAPSHOT, api_client=client.ApiClient(), **kw)
+
+
+def test_job_first_then_its_owned_secret_then_the_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = Recorder(monkeypatch)
+    submit()
+    assert api.tags() == ["create-job", "create-secret", "release"]
+    job = api.calls[0][1][4]
+    secret_name = job["metadata"]["annotations"][AWAITING_VALUES_ANNOTATION]
+    for _, value in SNAPSHOT:
+        assert f'"{value}"' not in json.dumps(job), "no value in the ExecuteJob"
+    secret: client.V1Secret = api.calls[1][1][1]
+    assert secret.metadata.name == secret_name and secret.immutable is True
+    (owner,) = secret.metadata.owner_references  # owned from its very creation
+    assert (owner.kind, owner.name, owner.uid) == ("ExecuteJob", "demo", "uid-123")
+    assert {k: base64.b64decode(v).decode() for k, v in secret.data.items()} == dict(SNAPSHOT)
+    patch = api.calls[2][1][5]
+    assert patch == {"metadata": {"annotations": {AWAITING_VALUES_ANNOTATION: None}}}
+
+
+@pytest.mark.parametrize("step", ["create-secret", "release"])
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (client.ApiException(status=403, reason="Forbidden"), KubernetesError),
+        (urllib3.exceptions.MaxRetryError(None, "/", "refused"), KubernetesError),  # type: ignore[arg-type]
+        (KeyboardInterrupt(), KeyboardInterrupt),
+    ],
+)
+def test_a_failure_after_the_job_exists_deletes_the_job(
+    monkeypatch: pytest.MonkeyPatch, step: str, error: BaseException, expected: type
+) -> None:
+    api = Recorder(monkeypatch)
+    api.fail[step] = error
+    with pytest.raises(expected) as caught:
+        submit()
+    assert api.tags()[-1] == "delete-job", api.tags()
+    options: client.V1DeleteOptions = api.kwargs[-1]["body"]
+    assert options.preconditions.uid == "uid-123"  # only the job this call created
+    assert options.propagation_policy == "Background"
+    if expected is KubernetesError:
+        text = str(caught.value)
+        assert "demo" in text and "The job was deleted" in text
+        if isinstance(error, client.ApiException):
+            assert "edit" in text  # the fix: the role that grants it
+        assert not isinstance(caught.value.__cause__, client.ApiException)
+
+
+def test_a_refused_job_creates_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = Recorder(monkeypatch)
+    api.fail["create-job"] = client.ApiException(status=403, reason="Forbidden")
+    with pytest.raises(KubernetesError, match="create executejobs") as caught:
+        submit()
+    assert api.tags() == ["create-job"]
+    assert "edit" in str(caught.value)
+    api.fail["create-job"] = urllib3.exceptions.MaxRetryError(None, "/", "refused")  # type: ignore[arg-type]
+    with pytest.raises(KubernetesError, match="could not be reached"):
+        submit()
+
+
+def test_when_even_the_clean_up_fails_the_error_says_what_to_delete(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = Recorder(monkeypatch)
+    api.fail["create-secret"] = client.ApiException(status=500, reason="Internal")
+    api.fail["delete-job"] = urllib3.exceptions.MaxRetryError(None, "/", "refused")  # type: ignore[arg-type]
+    with pytest.raises(KubernetesError) as caught:
+        submit()
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "kubectl delete executejob -n ml demo" in notes
+
+
+# -- the local backend's job directories -------------------------------------------------------
+
+
+@pytest.fixture
+def shm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    base = tmp_path / "shm"
+    base.mkdir()
+    monkeypatch.setattr(local, "MEMORY_DIRS", (str(base),))
+    return base
+
+
+def test_job_directories_are_private_and_memory_backed_first(shm: Path) -> None:
+    root = local.state_root()
+    assert root == shm / f"appliance-{os.getuid()}"
+    assert root is not None and root.stat().st_mode & 0o777 == 0o700
+
+
+def test_memory_backed_location_is_the_default() -> None:
+    assert local.MEMORY_DIRS == ("/dev/shm",)
+    root = local.state_root()
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        assert root is not None and root.parent == Path("/dev/shm")
+
+
+def test_a_planted_symlink_or_open_directory_is_not_used(shm: Path, tmp_path: Path) -> None:
+    (shm / f"appliance-{os.getuid()}").symlink_to(tmp_path)
+    assert local.state_root() != shm / f"appliance-{os.getuid()}"
+    (shm / f"appliance-{os.getuid()}").unlink()
+    (shm / f"appliance-{os.getuid()}").mkdir(mode=0o755)
+    (shm / f"appliance-{os.getuid()}").chmod(0o755)
+    assert local.state_root() != shm / f"appliance-{os.getuid()}"
+
+
+def test_stale_directories_are_swept_live_ones_kept(shm: Path) -> None:
+    root = local.state_root()
+    assert root is not None
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    cases = {
+        "dead-owner": f"{dead.pid} {local._start_time(os.getpid())}",
+        "reused-pid": f"{os.getpid()} 1",  # our pid, but another process's start time
+        "garbled": "not a pid",
+        "live": f"{os.getpid()} {local._start_time(os.getpid())}",
+    }
+    for name, owner in cases.items():
+        (root / name).mkdir()
+        (root / name / "env.json").write_text("{}")
+        (root / name / local.OWNER_FILE).write_text(owner)
+    (root / "being-created").mkdir()  # no owner file yet, fresh
+    (root / "abandoned").mkdir()
+    old = time.time() - 3600
+    os.utime(root / "abandoned", (old, old))
+    removed = {p.name for p in local.sweep_stale(root)}
+    assert removed == {"dead-owner", "reused-pid", "garbled", "abandoned"}
+    assert sorted(p.name for p in root.iterdir()) == ["being-created", "live"]
+
+
+def test_env_file_of_a_sigkilled_caller_is_removed_by_the_next_start(
+    shm: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "caller.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import os, signal
+            from cerebras_appliance import local
+            local.MEMORY_DIRS = ({str(shm)!r},)
+            import cerebras_appliance as app
+            from cerebras_appliance.environment import appliance_environ
+            appliance_environ["API_TOKEN"] = "t0ps3cret"
+            job = app.submit({str(tmp_path / "noop.py")!r})
+            job.wait(timeout=60)
+            print(job._env_file, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no clean-up
+            """
+        )
+    )
+    (tmp_path / "noop.py").write_text("pass\n")
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    env_file = Path(proc.stdout.strip())
+    assert env_file.is_relative_to(shm) and "t0ps3cret" in env_file.read_text()
+    job = local.LocalJob(build_job("noop.py", 1, [], name="next"), [], workdir=tmp_path)
+    try:
+        assert not env_file.parent.exists(), "the dead caller's job directory was swept"
+        assert job._dir.parent == env_file.parent.parent
+    finally:
+        job.delete()
+    assert not job._dir.exists()
