@@ -23,7 +23,16 @@ if TYPE_CHECKING:
         ExecuteJobStatus,
         InvalidJobError,
     )
-    from cerebras_appliance.jobs import Job, build_job, submit
+    from cerebras_appliance.handle import (
+        JobDeletedError,
+        JobError,
+        JobFailedError,
+        JobNotFoundError,
+        JobSuspendedError,
+        JobTimeoutError,
+        LogLine,
+    )
+    from cerebras_appliance.jobs import Job, build_job, get_job, submit
 
 #: The same object as :data:`appliance_environ` (the original docs call it ``app.environ``).
 environ = appliance_environ
@@ -36,7 +45,15 @@ _LAZY = {
     "ExecuteJobStatus": "cerebras_appliance.api",
     "InvalidJobError": "cerebras_appliance.api",
     "Job": "cerebras_appliance.jobs",
+    "JobDeletedError": "cerebras_appliance.handle",
+    "JobError": "cerebras_appliance.handle",
+    "JobFailedError": "cerebras_appliance.handle",
+    "JobNotFoundError": "cerebras_appliance.handle",
+    "JobSuspendedError": "cerebras_appliance.handle",
+    "JobTimeoutError": "cerebras_appliance.handle",
+    "LogLine": "cerebras_appliance.handle",
     "build_job": "cerebras_appliance.jobs",
+    "get_job": "cerebras_appliance.jobs",
     "submit": "cerebras_appliance.jobs",
 }
 
@@ -57,8 +74,16 @@ __all__ = [
     "ExecuteJobStatus",
     "InvalidJobError",
     "Job",
+    "JobDeletedError",
+    "JobError",
+    "JobFailedError",
+    "JobNotFoundError",
+    "JobSuspendedError",
+    "JobTimeoutError",
+    "LogLine",
     "appliance_environ",
     "build_job",
     "environ",
+    "get_job",
     "submit",
 ]

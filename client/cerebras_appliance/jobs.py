@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -14,7 +14,6 @@ from cerebras_appliance.api import (
     EnvVar,
     ExecuteJob,
     ExecuteJobSpec,
-    ExecuteJobStatus,
     InvalidJobError,
     ObjectMeta,
     SecretKeySelector,
@@ -23,6 +22,7 @@ from cerebras_appliance.api import (
     format_validation_error,
 )
 from cerebras_appliance.environment import ApplianceEnviron, appliance_environ
+from cerebras_appliance.handle import JobHandle, JobNotFoundError
 
 Backend = Literal["local", "kubernetes"]
 
@@ -30,19 +30,10 @@ Backend = Literal["local", "kubernetes"]
 DEFAULT_IMAGE = os.environ.get("APPLIANCE_WORKER_IMAGE", "appliance-operator/worker:0.1.0")
 
 
-class Job(Protocol):
-    """What every backend's job handle offers."""
-
-    name: str
-    manifest: dict[str, Any]
-
-    def status(self) -> ExecuteJobStatus: ...
-
-    def wait(self, timeout: float | None = None) -> ExecuteJobStatus: ...
-
-    def logs(self) -> dict[str, str]: ...
-
-    def delete(self) -> None: ...
+#: What ``submit()`` and ``get_job()`` return, on every backend (``handle.py``): ``status()``,
+#: ``wait()`` with progress, ``result()``, ``logs()`` (``follow=True`` too), ``stream_logs()``,
+#: ``delete()``, a context manager that deletes the job unless ``keep()``; async variants.
+Job = JobHandle
 
 
 def generate_name(prefix: str = "ej") -> str:
@@ -193,4 +184,34 @@ def submit(
         from cerebras_appliance.kube import KubernetesJob
 
         return KubernetesJob.create(job, snapshot)
+    raise ValueError(f"backend: {backend!r} is not one of 'local', 'kubernetes'")
+
+
+def get_job(
+    name: str,
+    namespace: str | None = None,
+    *,
+    backend: Backend = "kubernetes",
+) -> Job:
+    """A handle on an existing job, e.g. after a notebook's kernel restarted.
+
+    ``backend="kubernetes"`` (the default): the ExecuteJob ``name`` in ``namespace`` (default:
+    the kubeconfig context's, or the pod's own). ``backend="local"``: a job this process
+    submitted and has not deleted (local workers belong to the process that started them).
+    Raises :class:`JobNotFoundError` when there is no such job.
+    """
+    if backend == "kubernetes":
+        from cerebras_appliance.kube import KubernetesJob
+
+        return KubernetesJob.get(name, namespace)
+    if backend == "local":
+        from cerebras_appliance.local import find_local_job
+
+        found = find_local_job(name)
+        if found is None:
+            raise JobNotFoundError(
+                f"no local job {name!r} in this process (local jobs cannot be reattached from "
+                "another process: their workers stop when the submitting process exits)"
+            )
+        return found
     raise ValueError(f"backend: {backend!r} is not one of 'local', 'kubernetes'")

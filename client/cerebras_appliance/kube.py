@@ -9,10 +9,13 @@ holds names and ``secretKeyRef``s only. See :meth:`KubernetesJob.create` for the
 from __future__ import annotations
 
 import base64
+import codecs
+import contextlib
 import json
 import os
-import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+import queue
+import threading
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +33,30 @@ from cerebras_appliance.api import (
     ExecuteJobStatus,
     InvalidJobError,
 )
+from cerebras_appliance.handle import (
+    AttemptRef,
+    JobDeletedError,
+    JobHandle,
+    JobNotFoundError,
+    _split_lines,
+)
 
 JOB_NAME_LABEL = "appliance.dev/job-name"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+WORKER_INDEX_LABEL = "appliance.dev/worker-index"
+ATTEMPT_LABEL = "appliance.dev/attempt"
 #: The operator's label on the pods it makes.
 OPERATOR = "appliance-operator"
 #: The client's label on the Secret of sensitive values.
 CLIENT = "cerebras-appliance"
+#: Seconds before a single API request (not a watch or a followed log) is given up.
+_REQUEST_TIMEOUT_S = 30
+#: A wait's watch is renewed this often (seconds).
+_WATCH_WINDOW_S = 60
+#: Between two tries to follow a pod's log that has not started, or whose connection dropped.
+_LOG_RETRY_S = 0.5
+#: A followed log that says nothing this long is reconnected (lines are never repeated).
+_LOG_READ_TIMEOUT_S = 300
 _SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -107,7 +127,7 @@ def _raw(response: Any) -> dict[str, Any]:
     return result
 
 
-class KubernetesJob:
+class KubernetesJob(JobHandle):
     """Handle on an ExecuteJob in a cluster."""
 
     def __init__(
@@ -123,6 +143,7 @@ class KubernetesJob:
         self._api = api_client if api_client is not None else new_api_client()
         self._core = client.CoreV1Api(self._api)
         self._custom = client.CustomObjectsApi(self._api)
+        self._streams: set[Any] = set()  # log responses being followed (closed by delete)
 
     # -- creation ------------------------------------------------------------------------
 
@@ -301,7 +322,31 @@ class KubernetesJob:
                 f"reading ExecuteJob {self.namespace}/{self.name}: {_message(exc)}"
             ) from None
 
+    # -- reattaching --------------------------------------------------------------------
+
+    @classmethod
+    def get(
+        cls, name: str, namespace: str | None = None, api_client: client.ApiClient | None = None
+    ) -> KubernetesJob:
+        """A handle on the existing ExecuteJob ``namespace/name`` (JobNotFoundError if none)."""
+        handle = cls(name, namespace or default_namespace(), {}, api_client)
+        obj = handle._get()
+        if obj is None:
+            raise JobNotFoundError(f"ExecuteJob {handle.namespace}/{name} does not exist")
+        manifest = {k: v for k, v in obj.items() if k != "status"}
+        metadata = manifest.get("metadata") or {}
+        manifest["metadata"] = {
+            k: v for k, v in metadata.items() if k in ("name", "namespace", "labels")
+        }
+        handle.manifest = manifest
+        handle._last_status = cls._status_of(obj)
+        return handle
+
     # -- following -----------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
     @staticmethod
     def _status_of(obj: Mapping[str, Any]) -> ExecuteJobStatus:
@@ -314,57 +359,41 @@ class KubernetesJob:
             raise KubernetesError(f"ExecuteJob {self.namespace}/{self.name} does not exist")
         return self._status_of(obj)
 
-    def wait(self, timeout: float | None = None) -> ExecuteJobStatus:
-        """Block until the job finishes; return its final status (phase Succeeded/Failed).
+    def _refresh(self) -> ExecuteJobStatus:
+        obj = self._get()
+        if obj is None:
+            raise JobDeletedError(f"job {self.label} was deleted", self._last_status)
+        self._last_status = self._status_of(obj)
+        return self._last_status
 
-        Watches the job (no polling). Raises TimeoutError when ``timeout`` seconds pass
-        first, RuntimeError when the job is suspended or deleted meanwhile.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            listing = _raw(
-                self._custom.list_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    field_selector=f"metadata.name={self.name}",
-                    _preload_content=False,
-                )
+    @contextlib.contextmanager
+    def _observer(self) -> Iterator[Callable[[float], ExecuteJobStatus]]:
+        """Watches the job (no polling) in a thread for the duration of a wait."""
+        feed = _StatusFeed(self)
+        try:
+            yield feed.next
+        finally:
+            feed.close()
+
+    def _list_once(self) -> tuple[ExecuteJobStatus | None, str]:
+        listing = _raw(
+            self._custom.list_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                field_selector=f"metadata.name={self.name}",
+                _preload_content=False,
+                _request_timeout=_REQUEST_TIMEOUT_S,
             )
-            items = listing.get("items") or []
-            if not items:
-                raise RuntimeError(f"job {self.namespace}/{self.name} was deleted")
-            status = self._check(self._status_of(items[0]))
-            if status is not None:
-                return status
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise self._timeout(timeout, self._status_of(items[0]))
-            window = 60 if remaining is None else max(1, min(60, int(remaining + 0.999)))
-            for obj in self._watch(listing["metadata"]["resourceVersion"], window):
-                if obj is None:
-                    raise RuntimeError(f"job {self.namespace}/{self.name} was deleted")
-                status = self._check(self._status_of(obj))
-                if status is not None:
-                    return status
-            if deadline is not None and time.monotonic() >= deadline:
-                raise self._timeout(timeout, self.status())
-
-    def _check(self, status: ExecuteJobStatus) -> ExecuteJobStatus | None:
-        if status.finished:
-            return status
-        if status.phase == "Suspended":
-            raise RuntimeError(f"job {self.namespace}/{self.name} is suspended: it will not finish")
-        return None
-
-    def _timeout(self, timeout: float | None, status: ExecuteJobStatus) -> TimeoutError:
-        return TimeoutError(
-            f"job {self.namespace}/{self.name} did not finish within {timeout}s "
-            f"(phase {status.phase}, {status.succeeded}/{status.replicas} succeeded)"
         )
+        items = listing.get("items") or []
+        status = self._status_of(items[0]) if items else None
+        return status, str(listing["metadata"]["resourceVersion"])
 
-    def _watch(self, resource_version: str, seconds: int) -> Iterator[dict[str, Any] | None]:
+    def _watch(
+        self, resource_version: str, seconds: int, stop: threading.Event | None = None
+    ) -> Iterator[dict[str, Any] | None]:
         """The job's new versions for up to ``seconds`` (None: it was deleted)."""
         stream = watch.Watch()  # type: ignore[no-untyped-call]
         try:
@@ -379,6 +408,8 @@ class KubernetesJob:
                 timeout_seconds=seconds,
                 _request_timeout=seconds + 10,
             ):
+                if stop is not None and stop.is_set():
+                    return
                 if event["type"] == "DELETED":
                     yield None
                     return
@@ -392,33 +423,145 @@ class KubernetesJob:
         finally:
             stream.stop()  # type: ignore[no-untyped-call]
 
-    def logs(self) -> dict[str, str]:
-        """Each worker pod's log so far, keyed by pod name ("" for a pod not started yet)."""
+    def _pods(self) -> list[dict[str, Any]]:
         pods = _raw(
             self._core.list_namespaced_pod(
                 self.namespace,
                 label_selector=f"{MANAGED_BY_LABEL}={OPERATOR},{JOB_NAME_LABEL}={self.name}",
                 _preload_content=False,
+                _request_timeout=_REQUEST_TIMEOUT_S,
             )
         )
-        result: dict[str, str] = {}
-        for pod in sorted(pods.get("items") or [], key=lambda p: str(p["metadata"]["name"])):
-            name = str(pod["metadata"]["name"])
+        return list(pods.get("items") or [])
+
+    def _attempts(self) -> list[AttemptRef]:
+        refs = []
+        for pod in self._pods():
+            meta = pod["metadata"]
+            labels = meta.get("labels") or {}
+            try:
+                index = int(labels[WORKER_INDEX_LABEL])
+                attempt = int(labels.get(ATTEMPT_LABEL, "0"))
+            except (KeyError, ValueError):
+                continue
+            refs.append(AttemptRef(index, attempt, str(meta["name"])))
+        return refs
+
+    def _read_log(self, name: str, tail: int | None) -> str:
+        try:
+            response: Any = self._core.read_namespaced_pod_log(
+                name,
+                self.namespace,
+                container="worker",
+                tail_lines=tail,
+                _preload_content=False,
+                _request_timeout=_REQUEST_TIMEOUT_S,
+            )
+        except client.ApiException as exc:
+            if exc.status not in (400, 404):  # 400: container not started yet
+                raise KubernetesError(f"reading the log of pod {name}: {_message(exc)}") from None
+            return ""
+        text: str = response.data.decode("utf-8", errors="replace")
+        return text
+
+    def _pod_state(self, name: str) -> str:
+        """The pod as a log follower needs it: ``gone``, ``ended`` (it, or its container,
+        terminated) or ``live``."""
+        try:
+            pod = _raw(
+                self._core.read_namespaced_pod(
+                    name,
+                    self.namespace,
+                    _preload_content=False,
+                    _request_timeout=_REQUEST_TIMEOUT_S,
+                )
+            )
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return "gone"
+            raise
+        status = pod.get("status") or {}
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return "ended"
+        for container in status.get("containerStatuses") or []:
+            if container.get("name") == "worker" and "terminated" in (container.get("state") or {}):
+                return "ended"
+        return "live"
+
+    def _follow_attempt(
+        self, ref: AttemptRef, stop: threading.Event, finished: threading.Event
+    ) -> Iterator[str]:
+        """``kubectl logs -f`` of one pod: waits for its container to start; reconnects after
+        a dropped connection without repeating lines (by the kubelet's timestamps)."""
+        last: tuple[str, int] | None = None  # (seconds part, nanoseconds) of the last line
+        while not stop.is_set():
             try:
                 response: Any = self._core.read_namespaced_pod_log(
-                    name, self.namespace, container="worker", _preload_content=False
+                    ref.name,
+                    self.namespace,
+                    container="worker",
+                    follow=True,
+                    timestamps=True,
+                    _preload_content=False,
+                    _request_timeout=(_REQUEST_TIMEOUT_S, _LOG_READ_TIMEOUT_S),
                 )
-                result[name] = response.data.decode("utf-8", errors="replace")
             except client.ApiException as exc:
-                if exc.status not in (400, 404):  # 400: container not started yet
+                if exc.status == 404:
+                    return  # the pod is gone
+                if exc.status != 400:
                     raise KubernetesError(
-                        f"reading the log of pod {name}: {_message(exc)}"
+                        f"following the log of pod {ref.name}: {_message(exc)}"
                     ) from None
-                result[name] = ""
-        return result
+                # 400: the container has not started (ContainerCreating, image pull...)
+                if finished.is_set() and self._pod_state(ref.name) != "live":
+                    return
+                stop.wait(_LOG_RETRY_S)
+                continue
+            except Exception:  # the connection failed: try again
+                stop.wait(_LOG_RETRY_S)
+                continue
+            with _registered(self._streams, response):
+                rest = ""
+                decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                try:
+                    for chunk in response.stream(amt=None, decode_content=False):
+                        lines, rest = _split_lines(rest, decoder.decode(chunk))
+                        for line in lines:
+                            stamp, _, text = line.partition(" ")
+                            key = _stamp_key(stamp)
+                            if last is not None and key is not None and key <= last:
+                                continue  # seen before the reconnect
+                            last = key or last
+                            yield text
+                except Exception:
+                    if stop.is_set():
+                        return
+                    stop.wait(_LOG_RETRY_S)
+                    continue  # dropped mid-way: reconnect, skip what was seen
+                finally:
+                    response.release_conn()
+                if rest:
+                    yield rest.partition(" ")[2]
+            if stop.is_set() or self._pod_state(ref.name) != "live":
+                return
+
+    def _after_interrupt_delete(self) -> str:
+        return (
+            f" (its pods are being removed: kubectl get pods -n {self.namespace} "
+            f"-l {JOB_NAME_LABEL}={self.name})"
+        )
+
+    def _reattach_hint(self) -> str:
+        return (
+            f"follow it again with cerebras_appliance.get_job({self.name!r}, "
+            f"namespace={self.namespace!r}); stop it with job.delete()"
+        )
 
     def delete(self) -> None:
         """Delete the job; its pods and Secrets go with it (ownerReferences)."""
+        for response in list(self._streams):  # followers of this job's logs end now
+            with contextlib.suppress(Exception):
+                response.shutdown()
         try:
             self._custom.delete_namespaced_custom_object(
                 GROUP,
@@ -428,6 +571,7 @@ class KubernetesJob:
                 self.name,
                 body=client.V1DeleteOptions(propagation_policy="Background"),
                 _preload_content=False,
+                _request_timeout=_REQUEST_TIMEOUT_S,
             )
         except client.ApiException as exc:
             if exc.status != 404:
@@ -437,3 +581,90 @@ class KubernetesJob:
 
     def __repr__(self) -> str:
         return f"<KubernetesJob {self.namespace}/{self.name}>"
+
+
+def _stamp_key(stamp: str) -> tuple[str, int] | None:
+    """An RFC 3339 timestamp with nanoseconds (the kubelet's) as a comparable key."""
+    if not stamp.endswith("Z") or "T" not in stamp:
+        return None
+    whole, _, fraction = stamp[:-1].partition(".")
+    digits = (fraction + "000000000")[:9]
+    return (whole, int(digits)) if digits.isdigit() else None
+
+
+@contextlib.contextmanager
+def _registered(streams: set[Any], response: Any) -> Iterator[None]:
+    streams.add(response)
+    try:
+        yield
+    finally:
+        streams.discard(response)
+
+
+class _StatusFeed:
+    """The job's status, as a watch delivers it, for one wait: a thread lists and watches the
+    job and queues each version; ``next(seconds)`` returns the newest one, blocking up to
+    ``seconds`` when nothing new came. Connection errors are retried (the wait goes on)."""
+
+    def __init__(self, job: KubernetesJob) -> None:
+        self._job = job
+        self._queue: queue.Queue[ExecuteJobStatus | BaseException | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._latest: ExecuteJobStatus | None = None
+        self._thread = threading.Thread(target=self._run, name=f"watch-{job.name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                status, version = self._job._list_once()
+                if status is None:
+                    self._queue.put(None)
+                    return
+                self._queue.put(status)
+                for obj in self._job._watch(version, _WATCH_WINDOW_S, self._stop):
+                    if obj is None:
+                        self._queue.put(None)
+                        return
+                    self._queue.put(self._job._status_of(obj))
+                failures = 0
+            except (KubernetesError, client.ApiException) as exc:
+                code = getattr(exc, "status", None)
+                if isinstance(exc, KubernetesError) or (code is not None and code < 500):
+                    self._queue.put(exc)
+                    return
+                failures += 1
+            except Exception:  # a dropped connection: list and watch again
+                failures += 1
+            if failures:
+                self._stop.wait(min(30.0, 0.5 * 2 ** min(failures, 6)))
+
+    def next(self, seconds: float) -> ExecuteJobStatus:
+        # The first status: as long as a request may take (the feed retries meanwhile).
+        wait_for = seconds if self._latest is not None else _REQUEST_TIMEOUT_S + 5
+        items: list[ExecuteJobStatus | BaseException | None] = []
+        with contextlib.suppress(queue.Empty):
+            items.append(
+                self._queue.get(timeout=wait_for) if wait_for > 0 else self._queue.get_nowait()
+            )
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in items:
+            if item is None:
+                raise JobDeletedError(f"job {self._job.label} was deleted", self._latest)
+            if isinstance(item, BaseException):
+                raise item
+            self._latest = item
+        if self._latest is None:
+            raise KubernetesError(
+                f"reading ExecuteJob {self._job.label}: no answer within {wait_for}s"
+            )
+        self._job._last_status = self._latest
+        return self._latest
+
+    def close(self) -> None:
+        self._stop.set()

@@ -15,6 +15,7 @@ local job started by that user, so its values do not stay behind.
 from __future__ import annotations
 
 import atexit
+import codecs
 import contextlib
 import os
 import shutil
@@ -25,7 +26,7 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any, TextIO
 
 from cerebras_appliance import envfile
 from cerebras_appliance.api import ExecuteJob, ExecuteJobStatus, worker_name
+from cerebras_appliance.handle import AttemptRef, JobDeletedError, JobHandle, _split_lines
 from cerebras_appliance.lifecycle import Attempt, decide
 
 #: The only variables a local worker inherits from the caller (when the caller has them):
@@ -54,6 +56,7 @@ WORKER_VARS = ("APPLIANCE_JOB_NAME", "APPLIANCE_WORKER_NAME", "APPLIANCE_WORKER_
 
 _TERMINATE_GRACE_SECONDS = 5.0
 _POLL_SECONDS = 0.02
+_FOLLOW_POLL_SECONDS = 0.05
 #: Memory-backed file systems tried first for job directories (values never reach a disk).
 MEMORY_DIRS: tuple[str, ...] = ("/dev/shm",)
 OWNER_FILE = "owner"
@@ -208,7 +211,7 @@ class _Worker:
         )
 
 
-class LocalJob:
+class LocalJob(JobHandle):
     """A handle on a job running on the local backend."""
 
     def __init__(
@@ -236,33 +239,15 @@ class LocalJob:
         self._workers: list[_Worker] = []
         self._status: ExecuteJobStatus | None = None
         self._deleted = False
+        self._poll_interval = 0.05
         _live_jobs.add(self)
         self._reconcile()
 
-    # -- public handle -------------------------------------------------------------------
+    # -- public handle (wait, logs, streaming, Ctrl-C: cerebras_appliance.handle) -----------
 
     def status(self) -> ExecuteJobStatus:
         """Observe the workers now and return the job's status."""
         return self._reconcile()
-
-    def wait(self, timeout: float | None = None) -> ExecuteJobStatus:
-        """Block until the job finishes; return its final status (phase Succeeded/Failed).
-
-        Raises TimeoutError when ``timeout`` seconds pass first.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self._reconcile()
-            if status.finished or self._deleted:
-                return status
-            if status.phase == "Suspended":
-                raise RuntimeError(f"job {self.name} is suspended: it will not finish")
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"job {self.name} did not finish within {timeout}s "
-                    f"(phase {status.phase}, {status.succeeded}/{status.replicas} succeeded)"
-                )
-            self._block_on_a_worker(_POLL_SECONDS)
 
     def suspend(self) -> ExecuteJobStatus:
         """``spec.suspend = true``: stop the workers (not a failure), keep the job."""
@@ -276,20 +261,8 @@ class LocalJob:
         """Change ``spec.replicas``: workers beyond it stop, missing ones start."""
         return self._update(replicas=replicas)
 
-    def logs(self) -> dict[str, str]:
-        """Each worker attempt's combined stdout and stderr so far, keyed by its name."""
-        with self._lock:
-            result = {}
-            for worker in self._workers:
-                try:
-                    text = worker.log_file.read_text(encoding="utf-8", errors="replace")
-                except FileNotFoundError:
-                    text = ""
-                result[worker.name] = text
-            return result
-
     def delete(self) -> None:
-        """Stop every worker and remove the job's files (the env snapshot included)."""
+        """Stop every worker and remove the job's files (the env snapshot and logs included)."""
         with self._lock:
             if self._deleted:
                 return
@@ -298,15 +271,84 @@ class LocalJob:
             shutil.rmtree(self._dir, ignore_errors=True)
             _live_jobs.discard(self)
 
-    def __enter__(self) -> LocalJob:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.delete()
-
     def __repr__(self) -> str:
         phase = self._status.phase if self._status else "Pending"
         return f"<LocalJob {self.name} replicas={self.job.spec.replicas} phase={phase}>"
+
+    # -- the handle's primitives ---------------------------------------------------------
+
+    def _refresh(self) -> ExecuteJobStatus:
+        status = self._reconcile()
+        if self._deleted and not status.finished:
+            raise JobDeletedError(f"job {self.name} was deleted", status)
+        return status
+
+    @contextlib.contextmanager
+    def _observer(self) -> Iterator[Callable[[float], ExecuteJobStatus]]:
+        def observe(seconds: float) -> ExecuteJobStatus:
+            deadline = time.monotonic() + seconds
+            while True:
+                status = self._refresh()
+                remaining = deadline - time.monotonic()
+                if status.finished or remaining <= 0:
+                    return status
+                self._block_on_a_worker(min(_POLL_SECONDS, remaining))
+
+        yield observe
+
+    def _attempts(self) -> list[AttemptRef]:
+        with self._lock:
+            return [AttemptRef(w.index, w.attempt, w.name) for w in self._workers]
+
+    def _worker(self, name: str) -> _Worker:
+        with self._lock:
+            return next(w for w in self._workers if w.name == name)
+
+    def _read_log(self, name: str, tail: int | None) -> str:
+        try:
+            text = self._worker(name).log_file.read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, StopIteration):
+            return ""
+        if tail is not None:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-tail:]) if tail > 0 else ""
+        return text
+
+    def _follow_attempt(
+        self, ref: AttemptRef, stop: threading.Event, finished: threading.Event
+    ) -> Iterator[str]:
+        """Tail the attempt's log file until its process has exited and the file is read."""
+        worker = self._worker(ref.name)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        rest = ""
+        try:
+            handle = worker.log_file.open("rb")
+        except FileNotFoundError:
+            return
+        with handle:
+            while not stop.is_set():
+                # Whether it had exited *before* this read: then the read sees all it wrote.
+                exited = worker.proc is None or worker.proc.poll() is not None
+                data = handle.read(65536)
+                if data:
+                    lines, rest = _split_lines(rest, decoder.decode(data))
+                    yield from lines
+                    continue
+                if exited:
+                    break
+                stop.wait(_FOLLOW_POLL_SECONDS)  # poll interval of a file tail
+        rest += decoder.decode(b"", final=True)
+        if rest and not stop.is_set():
+            yield rest
+
+    def _after_interrupt_delete(self) -> str:
+        return ""
+
+    def _reattach_hint(self) -> str:
+        return (
+            "local workers are stopped when this Python process exits; "
+            "stop them now with job.delete()"
+        )
 
     # -- reconcile: observe processes, then act on the shared decision -------------------
 
@@ -427,6 +469,11 @@ def _signal_group(pid: int, signum: int) -> None:
 
 
 _live_jobs: weakref.WeakSet[LocalJob] = weakref.WeakSet()
+
+
+def find_local_job(name: str) -> LocalJob | None:
+    """The job of that name this process submitted and has not deleted."""
+    return next((job for job in list(_live_jobs) if job.name == name), None)
 
 
 @atexit.register
