@@ -43,7 +43,7 @@ from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import PodView, pod_view
 from appliance_operator.workqueue import QueueShutDownError, WorkQueue
-from cerebras_appliance.api import GROUP, PLURAL, VERSION
+from cerebras_appliance.api import AWAITING_VALUES_ANNOTATION, GROUP, PLURAL, VERSION
 
 logger = logging.getLogger("appliance_operator")
 
@@ -166,6 +166,9 @@ def execute_jobs(
         "metadata": {k: copy.deepcopy(meta[k]) for k in _JOB_META if k in meta},
         "spec": copy.deepcopy(dict(body.get("spec", {}))),
     }
+    awaiting = (meta.get("annotations") or {}).get(AWAITING_VALUES_ANNOTATION)
+    if awaiting is not None:  # the only annotation the operator reads (docs/security.md)
+        record["metadata"]["annotations"] = {AWAITING_VALUES_ANNOTATION: awaiting}
     if body.get("status"):
         record["status"] = copy.deepcopy(dict(body["status"]))
     return {(namespace or "", name): record}

@@ -382,3 +382,17 @@ def test_env_file_of_a_sigkilled_caller_is_removed_by_the_next_start(
     finally:
         job.delete()
     assert not job._dir.exists()
+
+
+def test_the_operator_cache_keeps_the_awaiting_annotation_only() -> None:
+    import kopf
+
+    from appliance_operator.handlers import execute_jobs
+
+    body, secret = client_job(awaiting=True)
+    body["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"] = "{}"
+    ((_, record),) = execute_jobs(kopf.Body(body), namespace="ml", name="demo").items()
+    assert record["metadata"]["annotations"] == {AWAITING_VALUES_ANNOTATION: secret}
+    released, _ = client_job(awaiting=False)
+    ((_, record),) = execute_jobs(kopf.Body(released), namespace="ml", name="demo").items()
+    assert "annotations" not in record["metadata"]
