@@ -202,7 +202,13 @@ class _LogStream:
         return item
 
     def close(self) -> None:
+        """Stop following (the backend ends blocked reads) and let the threads end."""
+        if self.stop.is_set():
+            return
         self.stop.set()
+        self._job._stop_following()
+        if self._driver is not threading.current_thread():
+            self._driver.join(timeout=10)
 
 
 # -- Ctrl-C ----------------------------------------------------------------------------------
@@ -294,6 +300,9 @@ class JobHandle:
         """The attempt's lines as they are written, until its log ends (it exited, or it was
         removed before it started), or ``stop`` is set."""
         raise NotImplementedError
+
+    def _stop_following(self) -> None:
+        """End the reads of followed logs that block (called when a stream is closed)."""
 
     def _after_interrupt_delete(self) -> str:
         """What the Ctrl-C notice adds after "job deleted"."""

@@ -392,10 +392,17 @@ class KubernetesJob(JobHandle):
         return status, str(listing["metadata"]["resourceVersion"])
 
     def _watch(
-        self, resource_version: str, seconds: int, stop: threading.Event | None = None
+        self,
+        resource_version: str,
+        seconds: int,
+        stop: threading.Event | None = None,
+        started: Callable[[Any], None] | None = None,
     ) -> Iterator[dict[str, Any] | None]:
-        """The job's new versions for up to ``seconds`` (None: it was deleted)."""
+        """The job's new versions for up to ``seconds`` (None: it was deleted). ``started``
+        gets the ``Watch``, whose ``stop()`` ends it from another thread."""
         stream = watch.Watch()  # type: ignore[no-untyped-call]
+        if started is not None:
+            started(stream)
         try:
             for event in stream.stream(  # type: ignore[no-untyped-call]
                 self._custom.list_namespaced_custom_object,
@@ -545,6 +552,11 @@ class KubernetesJob(JobHandle):
             if stop.is_set() or self._pod_state(ref.name) != "live":
                 return
 
+    def _stop_following(self) -> None:
+        for response in list(self._streams):  # followed logs end now
+            with contextlib.suppress(Exception):
+                response.shutdown()
+
     def _after_interrupt_delete(self) -> str:
         return (
             f" (its pods are being removed: kubectl get pods -n {self.namespace} "
@@ -559,9 +571,7 @@ class KubernetesJob(JobHandle):
 
     def delete(self) -> None:
         """Delete the job; its pods and Secrets go with it (ownerReferences)."""
-        for response in list(self._streams):  # followers of this job's logs end now
-            with contextlib.suppress(Exception):
-                response.shutdown()
+        self._stop_following()
         try:
             self._custom.delete_namespaced_custom_object(
                 GROUP,
@@ -611,6 +621,7 @@ class _StatusFeed:
         self._queue: queue.Queue[ExecuteJobStatus | BaseException | None] = queue.Queue()
         self._stop = threading.Event()
         self._latest: ExecuteJobStatus | None = None
+        self._watching: Any = None
         self._thread = threading.Thread(target=self._run, name=f"watch-{job.name}", daemon=True)
         self._thread.start()
 
@@ -623,7 +634,7 @@ class _StatusFeed:
                     self._queue.put(None)
                     return
                 self._queue.put(status)
-                for obj in self._job._watch(version, _WATCH_WINDOW_S, self._stop):
+                for obj in self._job._watch(version, _WATCH_WINDOW_S, self._stop, self._started):
                     if obj is None:
                         self._queue.put(None)
                         return
@@ -666,5 +677,16 @@ class _StatusFeed:
         self._job._last_status = self._latest
         return self._latest
 
+    def _started(self, stream: Any) -> None:
+        self._watching = stream
+        if self._stop.is_set():
+            stream.stop()
+
     def close(self) -> None:
+        """Stop the watch now (its socket is shut down) and let the thread end: a thread
+        blocked in a TLS read at interpreter exit can abort the process."""
         self._stop.set()
+        if self._watching is not None:
+            with contextlib.suppress(Exception):
+                self._watching.stop()
+        self._thread.join(timeout=_REQUEST_TIMEOUT_S)

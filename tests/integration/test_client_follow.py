@@ -1,0 +1,230 @@
+"""The ML user's client against a real kube-apiserver (kwok fake nodes run the "workers"):
+progress naming a stuck worker, the timeout message, JobFailedError, get_job from a second
+process, the context manager, Ctrl-C (SIGINT to a client process) during wait().
+
+kwok pods have no logs; streamed logs on real pods are in tests/e2e/test_client_follow_e2e.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from appliance_operator.testing import OperatorProcess
+
+if TYPE_CHECKING:
+    from conftest import Cluster, WaitUntil
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+GROUP, VERSION, PLURAL = "appliance.dev", "v1alpha1", "executejobs"
+NOWHERE = {"nodeSelector": {"appliance.dev/test": "no-such-node"}}
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    cluster.kubectl("apply", "-f", str(REPO / "crds" / "executejobs.yaml"))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/executejobs.appliance.dev", "--timeout=60s"
+    )
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    op = OperatorProcess(cluster.kubeconfig, log, ["--all-namespaces", "--metrics-port", "0"])
+    op.start()
+    try:
+        yield
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def kubeconfig(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig)
+    return cluster.kubeconfig
+
+
+def submit(namespace: str, template: dict[str, Any], replicas: int = 2, **kw: Any) -> Any:
+    import cerebras_appliance as app
+
+    return app.submit(
+        "loader.py",
+        replicas=replicas,
+        name=f"c-{uuid.uuid4().hex[:6]}",
+        backend="kubernetes",
+        namespace=namespace,
+        template=template,
+        **kw,
+    )
+
+
+def pods(cluster: Cluster, namespace: str, job: str) -> list[Any]:
+    core = client.CoreV1Api(cluster.api_client)
+    return list(
+        core.list_namespaced_pod(namespace, label_selector=f"appliance.dev/job-name={job}").items
+    )
+
+
+def job_exists(cluster: Cluster, namespace: str, name: str) -> bool:
+    try:
+        client.CustomObjectsApi(cluster.api_client).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def finish(cluster: Cluster, namespace: str, pod: str, exit_code: int) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    state = {"exitCode": exit_code, "reason": "Error", "startedAt": now, "finishedAt": now}
+    client.CoreV1Api(cluster.api_client).patch_namespaced_pod_status(
+        pod,
+        namespace,
+        {
+            "status": {
+                "phase": "Succeeded" if exit_code == 0 else "Failed",
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "image": "appliance-operator/worker:test",
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"terminated": state},
+                    }
+                ],
+            }
+        },
+    )
+
+
+def test_progress_and_timeout_name_an_unschedulable_worker(
+    cluster: Cluster, operator: None, kubeconfig: str, namespace: str, wait_until: WaitUntil
+) -> None:
+    from cerebras_appliance import JobTimeoutError
+
+    with submit(namespace, NOWHERE) as job:
+        wait_until(
+            lambda: job.status().condition("WorkersReady").reason == "Unschedulable",
+            timeout=60,
+            what="WorkersReady=Unschedulable",
+        )
+        out = io.StringIO()
+        with pytest.raises(JobTimeoutError) as caught:
+            job.wait(timeout=1.5, progress=out)
+    text = str(caught.value)
+    assert text.startswith(f"job {namespace}/{job.name} did not finish within 1.5s: phase Pending")
+    assert "waiting for 2 of 2 workers to succeed" in text
+    assert f"Unschedulable: worker {job.name}-worker-0 is not running" in text
+    shown = out.getvalue()
+    assert f"{namespace}/{job.name}: Pending: 0/2 ready (env applied)" in shown
+    assert f"Unschedulable: worker {job.name}-worker-0 is not running" in shown
+    assert not job_exists(cluster, namespace, job.name)  # the with block deleted it
+
+
+def test_failure_raises_and_get_job_reattaches_from_a_second_process(
+    cluster: Cluster, operator: None, kubeconfig: str, namespace: str
+) -> None:
+    import cerebras_appliance as app
+
+    with submit(namespace, cluster.kwok_pod_spec) as job:
+        ready = job.wait(timeout=60, until="ready", progress=False)
+        assert ready.ready_replicas == 2
+        program = (
+            "import json, sys, cerebras_appliance as app\n"
+            "job = app.get_job(sys.argv[1], namespace=sys.argv[2])\n"
+            "st = job.wait(timeout=5, until='ready', progress=False)\n"
+            "print(json.dumps({'name': job.name, 'phase': st.phase, 'ready': st.ready_replicas,"
+            " 'spec': job.manifest['spec']['replicas']}))\n"
+        )
+        second = subprocess.run(
+            [sys.executable, "-c", program, job.name, namespace],
+            env={"PATH": os.environ["PATH"], "KUBECONFIG": kubeconfig},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 0, second.stderr
+        seen = json.loads(second.stdout)
+        assert seen == {"name": job.name, "phase": "Running", "ready": 2, "spec": 2}
+
+        finish(cluster, namespace, f"{job.name}-worker-1", 3)
+        with pytest.raises(app.JobFailedError) as caught:
+            job.result(timeout=60, progress=False)
+        assert caught.value.reason == "BackoffLimitExceeded"
+        assert caught.value.worker == f"{job.name}-worker-1" and caught.value.exit_code == 3
+    with pytest.raises(app.JobNotFoundError):
+        app.get_job(job.name, namespace=namespace)  # the with block deleted it
+
+
+CLIENT = """
+import sys, json
+import cerebras_appliance as app
+cfg = json.loads(sys.argv[1])
+job = app.submit("loader.py", replicas=2, name=cfg["name"], backend="kubernetes",
+                 namespace=cfg["namespace"], template=cfg["template"])
+job.wait(timeout=120)
+"""
+
+
+def test_ctrl_c_during_wait_deletes_the_job_and_its_pods(
+    cluster: Cluster, operator: None, kubeconfig: str, namespace: str, wait_until: WaitUntil
+) -> None:
+    name = f"sig-{uuid.uuid4().hex[:6]}"
+    cfg = {"name": name, "namespace": namespace, "template": cluster.kwok_pod_spec}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, json.dumps(cfg)],
+        env={"PATH": os.environ["PATH"], "KUBECONFIG": kubeconfig},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    seen: list[str] = []
+    deadline = time.monotonic() + 90
+    # Inside wait(), with both workers running: its progress line says so.
+    while not any(f"{namespace}/{name}: Running: 2/2 ready" in x for x in seen):
+        assert time.monotonic() < deadline, seen
+        try:
+            seen.append(lines.get(timeout=1))
+        except queue.Empty:
+            assert proc.poll() is None, seen
+    running = [p.metadata.name for p in pods(cluster, namespace, name)]
+    assert sorted(running) == [f"{name}-worker-0", f"{name}-worker-1"]
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    reader.join(timeout=30)  # stderr read to its end
+    while not lines.empty():
+        seen.append(lines.get())
+    err = "".join(seen)
+    assert proc.returncode in (-signal.SIGINT, 130), err
+    assert f"{namespace}/{name}: interrupted: job deleted, its workers stopped" in err
+    assert not job_exists(cluster, namespace, name)
+    wait_until(lambda: not pods(cluster, namespace, name), timeout=60, what="worker pods gone")
