@@ -53,15 +53,9 @@ install_dockerd() {
   command -v dockerd >/dev/null && return 0
   command -v apt-get >/dev/null ||
     die "no Docker daemon answers and dockerd is not installed: install Docker (or set DOCKER_HOST)"
-  [[ $(id -u) == 0 ]] || die "no Docker daemon answers; installing Debian's docker.io needs root"
-  log "installing Debian's docker.io (dockerd; not started as a service)"
-  # A fresh machine's package lists may be missing or old: update once, then install.
-  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends docker.io >/dev/null 2>&1; then
-    apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null ||
-      die "apt-get install docker.io failed"
-  fi
-  command -v docker >/dev/null || die "docker.io installed but no docker client on PATH"
+  # Debian's dockerd (with containerd and runc); without an init system it is not started as a
+  # service. A docker client already on PATH (any version) is kept.
+  ensure_debs /usr/sbin/dockerd=docker.io
 }
 
 missing_caps() { # 0 when this host's bounding set lacks some capability runc knows

@@ -35,7 +35,7 @@ ensure_base() {
     die "cannot pull $ref and can only make debian:<suite>-slim locally"
   suite=${BASH_REMATCH[1]}
   [[ $(id -u) == 0 ]] || die "cannot pull $ref; making it locally (debootstrap) needs root"
-  command -v debootstrap >/dev/null || die "cannot pull $ref; making it locally needs debootstrap (apt-get install debootstrap)"
+  ensure_debs /usr/sbin/debootstrap=debootstrap
   key=$( (echo "$suite"; cat /usr/local/share/ca-certificates/*.crt 2>/dev/null; sed -n '/^ensure_base()/,/^}/p' "$0") | sha256sum | cut -c1-16)
   tar=$KIND_CACHE/base-$suite-$key.tar
   if [[ ! -f $tar ]]; then

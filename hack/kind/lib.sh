@@ -34,6 +34,25 @@ kind_module_dir() { # the sigs.k8s.io/kind module in the Go module cache (downlo
     python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
 }
 
+# ensure_debs FILE=PACKAGE...: install (apt-get, root) the Debian packages whose FILE is missing;
+# a machine that has them all runs no apt command. The lists are refreshed first only when an
+# install fails (a fresh machine may have none).
+ensure_debs() {
+  local pair missing=()
+  for pair in "$@"; do [[ -e ${pair%%=*} ]] || missing+=("${pair#*=}"); done
+  ((${#missing[@]})) || return 0
+  command -v apt-get >/dev/null || die "missing: ${missing[*]} (no apt-get: install them by hand)"
+  [[ $(id -u) == 0 ]] || die "missing Debian packages ${missing[*]}: installing them needs root"
+  log "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+    apt-get update -qq >/dev/null || die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null ||
+      die "apt-get install ${missing[*]} failed"
+  fi
+  for pair in "$@"; do [[ -e ${pair%%=*} ]] || die "${pair#*=} installed but ${pair%%=*} is missing"; done
+}
+
 # Use our dockerd when it runs and no DOCKER_HOST was given (make, pytest and a shell agree).
 use_docker() {
   if [[ -z ${DOCKER_HOST:-} && -S $OWN_DOCKER_SOCK ]]; then export DOCKER_HOST=$OWN_DOCKER_HOST; fi

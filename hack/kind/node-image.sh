@@ -53,9 +53,9 @@ if docker image inspect "$NODE_IMAGE" >/dev/null 2>&1; then
   exit 0
 fi
 [[ $(id -u) == 0 ]] || die "building the kind node image needs root (debootstrap, chroot, containerd)"
-for tool in debootstrap gcc unshare chroot tar; do
-  command -v "$tool" >/dev/null || die "$tool not found (apt-get install debootstrap gcc)"
-done
+ensure_debs /usr/sbin/debootstrap=debootstrap /usr/bin/gcc=gcc \
+  "/usr/lib/$(gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/libc.a=libc6-dev" \
+  /usr/bin/unshare=util-linux
 
 mkdir -p "$KIND_CACHE"
 exec 8>"$KIND_CACHE/node-image.lock"
@@ -385,5 +385,9 @@ tar --numeric-owner --xattrs -C "$WORK/node" -xf "$ROOTFS_TAR"
 step "component images"
 build_images "$BIN" "$WORK/node"
 build_node "$BIN" "$WORK/node"
+# Older node images of this repository (other keys) only take space; one still used by a
+# cluster's containers stays (docker refuses to remove it).
+docker images --format '{{.Repository}}:{{.Tag}}' "$IMAGE_REPO" | grep -vxF "$NODE_IMAGE" |
+  xargs -r docker rmi >/dev/null 2>&1 || true
 step "done: $NODE_IMAGE"
 echo "$NODE_IMAGE"
