@@ -290,7 +290,7 @@ def test_pods_secret_and_status_of_a_running_job(
     status = kube.status("run")
     ready = kube.condition("run", "WorkersReady")
     assert ready["status"] == "True" and ready["reason"] == "EnvApplied"
-    assert status["replicas"] == 3 and status["envHash"].startswith("sha256:")
+    assert status["replicas"] == 3 and status["envHash"].startswith("hmac-sha256:")
     assert status["observedGeneration"] == 1 and status["startTime"]
     assert kube.condition("run", "EnvResolved")["status"] == "True"
     # kopf wrote nothing of its own to the job.
@@ -339,7 +339,7 @@ def test_pods_secret_and_status_of_a_running_job(
         base64.b64decode(secret.data[envfile.SECRET_KEY]).decode(), "run-env/env.json"
     )
     assert snapshot.env == (("DATA_ROOT", "/mnt/data"),)
-    assert snapshot.env_hash == status["envHash"]
+    assert snapshot.env_hash == status["envHash"] and envfile.verify(snapshot)
 
     table = cluster.kubectl("get", "ej", "run", "-n", kube.ns).stdout.split("\n")
     assert table[0].split() == ["NAME", "PHASE", "READY", "REPLICAS", "WORKERS", "AGE"]
@@ -632,13 +632,17 @@ def test_submit_to_kubernetes_follow_and_delete(
                 del appliance_environ[name]
     stored = kube.job("client")
     assert stored is not None
-    assert token not in json.dumps(stored)  # the sensitive value is not in the job
-    ref = stored["spec"]["env"][1]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "client-sensitive", "key": "API_TOKEN"}
-    sensitive = kube.secret("client-sensitive")
-    assert sensitive is not None
-    assert base64.b64decode(sensitive.data["API_TOKEN"]).decode() == token
-    assert sensitive.metadata.owner_references[0].uid == stored["metadata"]["uid"]
+    assert token not in json.dumps(stored)  # no value is in the job
+    assert "/mnt/data" not in json.dumps(stored)
+    refs = [e["valueFrom"]["secretKeyRef"] for e in stored["spec"]["env"]]
+    (values_name,) = {r["name"] for r in refs}
+    assert values_name.startswith("client-values-")
+    assert [r["key"] for r in refs] == ["DATA_ROOT", "API_TOKEN"]
+    assert "appliance.dev/awaiting-values" not in (stored["metadata"].get("annotations") or {})
+    values = kube.secret(values_name)
+    assert values is not None and values.immutable
+    assert base64.b64decode(values.data["API_TOKEN"]).decode() == token
+    assert values.metadata.owner_references[0].uid == stored["metadata"]["uid"]
 
     wait_until(lambda: job.status().ready_replicas == 2, timeout=60, what="ready")
     env_secret = kube.secret("client-env")
@@ -656,12 +660,16 @@ def test_submit_to_kubernetes_follow_and_delete(
     assert final.phase == "Succeeded" and final.succeeded == 2
     job.delete()
     wait_until(lambda: kube.job("client") is None, what="job deleted")
-    wait_until(lambda: kube.secret("client-sensitive") is None, timeout=60, what="collected")
+    wait_until(lambda: kube.secret(values_name) is None, timeout=60, what="collected")
     job.delete()  # twice is fine
 
 
 def test_submit_refuses_to_clobber_and_reports_conflicts(
-    cluster: Cluster, crd: None, kube: Kube, monkeypatch: pytest.MonkeyPatch
+    cluster: Cluster,
+    crd: None,
+    kube: Kube,
+    monkeypatch: pytest.MonkeyPatch,
+    wait_until: WaitUntil,
 ) -> None:
     import cerebras_appliance as app
     from cerebras_appliance.environment import ApplianceEnviron
@@ -678,41 +686,30 @@ def test_submit_refuses_to_clobber_and_reports_conflicts(
             name=name,
             backend="kubernetes",
             namespace=kube.ns,
-            sensitive=["API_TOKEN"],
             template=NOWHERE,
             environ=environ,
         )
 
-    # A Secret of that name that the client did not write: refused, left alone.
-    kube.core.create_namespaced_secret(
-        kube.ns, {"metadata": {"name": "mine-sensitive"}, "stringData": {"x": "keep"}}
-    )
-    with pytest.raises(KubernetesError, match="mine-sensitive already exists"):
-        submit("mine")
-    assert kube.job("mine") is None
-    kept = kube.secret("mine-sensitive")
-    assert kept is not None and base64.b64decode(kept.data["x"]).decode() == "keep"
-    # A job of that name exists: refused, and its sensitive Secret is not touched.
+    def values_of(job: dict[str, Any]) -> str:
+        return str(job["spec"]["env"][0]["valueFrom"]["secretKeyRef"]["name"])
+
+    # A job of that name exists: refused, and its values Secret is not touched.
     first = submit("twice")
+    stored = kube.job("twice")
+    assert stored is not None
     with pytest.raises(KubernetesError, match="already exists"):
         submit("twice")
-    secret = kube.secret("twice-sensitive")
+    secret = kube.secret(values_of(stored))
     assert secret is not None
-    assert secret.metadata.owner_references[0].name == "twice"
-    # A leftover of a deleted job (the client's label, no job): replaced.
+    assert secret.metadata.owner_references[0].uid == stored["metadata"]["uid"]
+    # Deleted and submitted again at once: a new Secret name, never the old one's.
     first.delete()
-    leftover = {
-        "metadata": {
-            "name": "again-sensitive",
-            "labels": {"app.kubernetes.io/managed-by": "cerebras-appliance"},
-        },
-        "stringData": {"API_TOKEN": "stale"},
-    }
-    kube.core.create_namespaced_secret(kube.ns, leftover)
-    submit("again")
-    secret = kube.secret("again-sensitive")
-    assert secret is not None
-    assert base64.b64decode(secret.data["API_TOKEN"]).decode() == "t1"
+    wait_until(lambda: kube.job("twice") is None, what="job deleted")
+    submit("twice")
+    again = kube.job("twice")
+    assert again is not None and values_of(again) != values_of(stored)
+    fresh = kube.secret(values_of(again))
+    assert fresh is not None and base64.b64decode(fresh.data["API_TOKEN"]).decode() == "t1"
 
 
 # -- operations ------------------------------------------------------------------------------
