@@ -160,15 +160,16 @@ def execute_jobs(
     body: kopf.Body, namespace: str | None, name: str, **_: Any
 ) -> dict[JobKey, dict[str, Any]]:
     meta = body.get("metadata", {})
+    metadata: dict[str, Any] = {k: copy.deepcopy(meta[k]) for k in _JOB_META if k in meta}
+    awaiting = (meta.get("annotations") or {}).get(AWAITING_VALUES_ANNOTATION)
+    if awaiting is not None:  # the only annotation the operator reads (docs/security.md)
+        metadata["annotations"] = {AWAITING_VALUES_ANNOTATION: awaiting}
     record = {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
-        "metadata": {k: copy.deepcopy(meta[k]) for k in _JOB_META if k in meta},
+        "metadata": metadata,
         "spec": copy.deepcopy(dict(body.get("spec", {}))),
     }
-    awaiting = (meta.get("annotations") or {}).get(AWAITING_VALUES_ANNOTATION)
-    if awaiting is not None:  # the only annotation the operator reads (docs/security.md)
-        record["metadata"]["annotations"] = {AWAITING_VALUES_ANNOTATION: awaiting}
     if body.get("status"):
         record["status"] = copy.deepcopy(dict(body["status"]))
     return {(namespace or "", name): record}
