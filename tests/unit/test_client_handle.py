@@ -364,8 +364,11 @@ def test_context_manager_deletes_unless_kept(tmp_path: Path) -> None:
 
 
 CLIENT = """
-import sys
+import ctypes, signal, sys
 import cerebras_appliance as app
+# If the test process dies first (killed by a timeout), this client gets a Ctrl-C: the rule
+# under test then stops its workers, instead of leaving them to nobody.
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
 mode, hold, pidfile = sys.argv[1:4]
 job = app.submit(hold, args=[pidfile], name="t-sigint")
 print("submitted", flush=True)
@@ -427,6 +430,16 @@ class Client:
             wait_until(lambda: self.pidfile.exists() and self.pidfile.read_text(), what="pid")
         )
 
+    def kill(self) -> None:
+        """After a failed test: Ctrl-C first (the client then stops its workers)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
     def interrupt(self) -> tuple[int, str, str]:
         self.proc.send_signal(signal.SIGINT)
         out, rest = self.proc.communicate(timeout=30)
@@ -436,15 +449,20 @@ class Client:
 
 
 @pytest.mark.parametrize("mode", ["wait", "stream"])
-def test_ctrl_c_deletes_the_job_and_stops_its_workers(tmp_path: Path, mode: str) -> None:
+def test_ctrl_c_deletes_the_job_and_stops_its_workers(
+    tmp_path: Path, mode: str, request: pytest.FixtureRequest
+) -> None:
     client = Client(tmp_path, mode)
+    request.addfinalizer(client.kill)
     pid = client.worker_pid()
     if mode == "wait":
         client.wait_for_err("t-sigint: Running:")  # inside wait(): its first progress line
     else:
         assert client.proc.stdout is not None
+        deadline = time.monotonic() + 30
         while "[t-sigint-worker-0]" not in client.proc.stdout.readline():
-            pass  # inside the stream: a line of the worker came through it
+            # inside the stream once a line of the worker came through it
+            assert client.proc.poll() is None and time.monotonic() < deadline
     code, _, err = client.interrupt()
     assert code in (-signal.SIGINT, 130), err
     assert "KeyboardInterrupt" in err
@@ -452,8 +470,11 @@ def test_ctrl_c_deletes_the_job_and_stops_its_workers(tmp_path: Path, mode: str)
     assert not alive(pid)
 
 
-def test_ctrl_c_with_keep_leaves_the_job_running_and_says_so(tmp_path: Path) -> None:
+def test_ctrl_c_with_keep_leaves_the_job_running_and_says_so(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     client = Client(tmp_path, "keep")
+    request.addfinalizer(client.kill)
     pid = client.worker_pid()
     client.wait_for_err("t-sigint: Running:")
     code, out, err = client.interrupt()
