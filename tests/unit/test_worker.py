@@ -315,12 +315,25 @@ def test_as_pid_1_the_worker_forwards_sigterm_to_its_group_and_reaps_orphans(
         out = pathlib.Path(sys.argv[1])
         # An orphan: its parent (sh) exits at once, so PID 1 must reap it when it exits.
         subprocess.run(["sh", "-c", "sleep 0.2 & exit 0"], check=True)
+        # A child in the worker's group that records the SIGTERM it gets.
+        child_code = (
+            "import pathlib, signal, sys, time; out = pathlib.Path(sys.argv[1]);"
+            "signal.signal(signal.SIGTERM, lambda *a: (out.joinpath('child-term').write_text('1'),"
+            " sys.exit(0)));"
+            "out.joinpath('child-up').write_text('1'); time.sleep(600)"
+        )
+        child = subprocess.Popen([sys.executable, "-c", child_code, str(out)])
         try:
-            child = subprocess.Popen(["sleep", "600"])
+            while not out.joinpath("child-up").exists():
+                pass  # the child has installed its handler
             out.joinpath("started").write_text(f"{os.getpid()} {os.getppid()}")
             child.wait()
         finally:
-            out.joinpath("cleanup").write_text(str(child.wait(timeout=5)))
+            try:
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            out.joinpath("cleanup").write_text("ran")
             zombies = [
                 p for p in os.listdir("/proc") if p.isdigit()
                 and open(f"/proc/{p}/stat").read().split(")")[1].split()[0] == "Z"
@@ -344,6 +357,7 @@ def test_as_pid_1_the_worker_forwards_sigterm_to_its_group_and_reaps_orphans(
     out = proc.communicate(timeout=30)[0]
     assert proc.returncode == 143, out
     assert time.monotonic() - started < 5, "stopped promptly, not after a grace period"
-    # The forwarded SIGTERM reached the worker's group: its `sleep 600` child died of it.
-    assert (tmp_path / "cleanup").read_text() == str(-signal.SIGTERM)
+    # The forwarded SIGTERM reached the worker's group: its child got it too.
+    assert (tmp_path / "child-term").exists(), "the worker's child never got SIGTERM"
+    assert (tmp_path / "cleanup").read_text() == "ran"
     assert (tmp_path / "zombies").read_text() == "", "orphans were reaped"
