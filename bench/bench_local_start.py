@@ -32,7 +32,7 @@ def run_job(script: Path, replicas: int) -> float:
     start = time.monotonic_ns()
     job = app.submit(str(script), replicas=replicas)
     try:
-        status = job.wait(timeout=120)
+        status = job.wait(timeout=120, progress=False)
         logs = job.logs()
         if status.phase != "Succeeded":
             raise RuntimeError(f"bench job failed: {logs}")
