@@ -14,7 +14,6 @@ The job's Events must name the chart's pod as their reporting instance.
 from __future__ import annotations
 
 import json
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +49,9 @@ def test_chart_runs_the_operator_and_a_job(
     # The images the cluster has are the chart's and the example's defaults.
     default_image = f"{values['image']['repository']}:{chart['appVersion']}"
     assert cluster.operator_image == default_image, (cluster.operator_image, default_image)
-    release = f"ao-e2e-{uuid.uuid4().hex[:6]}"
+    # The release name of the README and `make kind-up` (its objects are named after it: the
+    # metrics Service appliance-operator-metrics once crashed the operator, see the chart).
+    release = "appliance-operator"
     cluster.helm(
         "install", release, str(CHART), "--namespace", namespace,
         "--set", "rbac.scope=namespace",
@@ -115,7 +116,7 @@ def test_chart_runs_the_operator_and_a_job(
         # the API server's proxy (API server -> pod network -> the operator pod).
         pods = f"/api/v1/namespaces/{namespace}/pods"
         cluster.kubectl("get", "--raw", f"{pods}/{pod_name}:{values['healthPort']}/proxy/healthz")
-        service = f"{release}-appliance-operator-metrics:{values['metrics']['port']}"
+        service = f"{release}-metrics:{values['metrics']['port']}"
         metrics = cluster.kubectl(
             "get", "--raw", f"/api/v1/namespaces/{namespace}/services/{service}/proxy/metrics"
         ).stdout

@@ -397,6 +397,14 @@ def test_security_context_is_restricted(helm: Helm) -> None:
     assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
     for key in ("hostNetwork", "hostPID", "hostIPC", "hostUsers"):
         assert key not in pod
+
+
+def test_no_service_link_variables(helm: Helm) -> None:
+    """Kubernetes' Docker-link variables of the metrics Service (<SERVICE>_PORT=tcp://...) of a
+    release named appliance-operator would collide with the operator's APPLIANCE_OPERATOR_*
+    settings: the chart turns them off."""
+    pod = one(helm.template(), "Deployment")["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
     for c in pod["containers"] + pod.get("initContainers", []):
         sc = c["securityContext"]
         assert sc["allowPrivilegeEscalation"] is False
