@@ -479,7 +479,7 @@ def test_worker_pods_have_no_api_access(cluster: Cluster, release: Release, name
         if d["kind"] == "ExecuteJob"
     )
     job_doc["metadata"]["namespace"] = namespace
-    pod = worker_pod(parse_job(job_doc), str(uuid.uuid4()), WorkerId(0))
+    pod = worker_pod(parse_job(job_doc), str(uuid.uuid4()), WorkerId(0), "hmac-sha256:test")
     assert pod["spec"]["automountServiceAccountToken"] is False
     assert "serviceAccountName" not in pod["spec"]  # the namespace's "default"
 
