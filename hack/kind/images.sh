@@ -27,16 +27,21 @@ step() { log "images: $* (t+$((SECONDS - t0))s)"; }
 bases=$(awk 'toupper($1) == "FROM" && $2 ~ /:/ {print $2}' "$REPO_ROOT"/images/*.Dockerfile | sort -u)
 
 ensure_base() {
-  local ref=$1 suite key tar
-  docker image inspect "$ref" >/dev/null 2>&1 && return 0
-  step "$ref: not in Docker; trying to pull it"
-  if timeout 120 docker pull -q "$ref" >/dev/null 2>&1; then return 0; fi
+  local ref=$1 suite key tar have
+  key=$( (echo "$ref"; cat /usr/local/share/ca-certificates/*.crt 2>/dev/null; sed -n '/^ensure_base()/,/^}/p' "$0") | sha256sum | cut -c1-16)
+  if have=$(docker image inspect -f '{{index .Config.Labels "dev.appliance.local-base"}}' "$ref" 2>/dev/null); then
+    # A pulled image (no label) or our local one of this recipe: done. An older local one: redo.
+    [[ -z $have || $have == "$key" ]] && return 0
+    step "$ref: a local base of an older recipe; making it again"
+  else
+    step "$ref: not in Docker; trying to pull it"
+    if timeout 120 docker pull -q "$ref" >/dev/null 2>&1; then return 0; fi
+  fi
   [[ $ref =~ ^debian:([a-z]+)-slim$ ]] ||
     die "cannot pull $ref and can only make debian:<suite>-slim locally"
   suite=${BASH_REMATCH[1]}
   [[ $(id -u) == 0 ]] || die "cannot pull $ref; making it locally (debootstrap) needs root"
   ensure_debs /usr/sbin/debootstrap=debootstrap
-  key=$( (echo "$suite"; cat /usr/local/share/ca-certificates/*.crt 2>/dev/null; sed -n '/^ensure_base()/,/^}/p' "$0") | sha256sum | cut -c1-16)
   tar=$KIND_CACHE/base-$suite-$key.tar
   if [[ ! -f $tar ]]; then
     step "$ref: no registry reachable; debootstrap --variant=minbase $suite (cold: 1-2 min)"
@@ -81,7 +86,7 @@ ensure_base() {
     trap - EXIT
   fi
   step "$ref: docker import of the local debootstrap base"
-  docker import --change 'CMD ["bash"]' --change 'LABEL dev.appliance.local-base=debootstrap' \
+  docker import --change 'CMD ["bash"]' --change "LABEL dev.appliance.local-base=$key" \
     --message "local stand-in for $ref (hack/kind/images.sh)" "$tar" "$ref" >/dev/null
 }
 
