@@ -62,16 +62,29 @@ class Config:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
+        """From ``APPLIANCE_OPERATOR_*``. A value that is not a number is ignored with a
+        warning: Kubernetes injects Service link variables such as
+        ``APPLIANCE_OPERATOR_METRICS_PORT=tcp://10.0.0.7:8081`` when the release is named
+        ``appliance-operator`` and service links are on."""
         defaults = cls()
+
+        def number(name: str, default: float) -> float:
+            text = environ.get(name)
+            if text is None:
+                return default
+            try:
+                return float(text)
+            except ValueError:
+                logger.warning("ignoring %s=%r: not a number (a Service link?)", name, text)
+                return default
+
         return cls(
-            workers=int(environ.get("APPLIANCE_OPERATOR_WORKERS", defaults.workers)),
-            metrics_port=int(environ.get("APPLIANCE_OPERATOR_METRICS_PORT", defaults.metrics_port)),
+            workers=int(number("APPLIANCE_OPERATOR_WORKERS", defaults.workers)),
+            metrics_port=int(number("APPLIANCE_OPERATOR_METRICS_PORT", defaults.metrics_port)),
             metrics_address=environ.get(
                 "APPLIANCE_OPERATOR_METRICS_ADDRESS", defaults.metrics_address
             ),
-            resync_seconds=float(
-                environ.get("APPLIANCE_OPERATOR_RESYNC_SECONDS", defaults.resync_seconds)
-            ),
+            resync_seconds=number("APPLIANCE_OPERATOR_RESYNC_SECONDS", defaults.resync_seconds),
         )
 
 

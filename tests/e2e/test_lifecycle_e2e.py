@@ -209,6 +209,11 @@ def test_deleted_worker_pod_is_replaced_not_failed(
     end = EndWatcher(jobs, "del-worker-0")
     started = time.monotonic()
     cluster.kubectl("-n", namespace, "delete", "pod", "del-worker-0", "--wait=false")
+    wait_until(
+        lambda: jobs.running_ready("del") == ["del-worker-0-1", "del-worker-1"],
+        timeout=TIMEOUT_S,
+        what="the replacement running and ready",
+    )
     st = jobs.wait_phase(wait_until, "del", "Running", ready=2)
     end.join()
     assert end.gone_at is not None, "the deleted pod never went away"

@@ -111,7 +111,7 @@ def test_env_reaches_every_worker_and_its_children(
 
     pods = wait_until(all_ready, timeout=JOB_TIMEOUT_S, what="2 worker pods Ready")
     for pod in pods:
-        assert pod.spec.node_name == cluster.node_name
+        assert pod.spec.node_name in cluster.node_names
         probe = pod.spec.containers[0].startup_probe
         assert probe.var_exec.command[0] == "cat"
         # No value in the pod spec: only the operator's plumbing variables.

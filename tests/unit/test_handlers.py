@@ -84,3 +84,9 @@ def test_command_line() -> None:
         parse_args(["-n", "ml", "--all-namespaces"])
     with pytest.raises(SystemExit):
         parse_args(["--workers", "0"])
+
+
+def test_config_from_env_ignores_service_link_variables() -> None:
+    injected = {"APPLIANCE_OPERATOR_METRICS_PORT": "tcp://10.0.0.7:8081"}
+    assert Config.from_env(injected).metrics_port == Config().metrics_port
+    assert Config.from_env({"APPLIANCE_OPERATOR_WORKERS": "3"}).workers == 3
