@@ -122,8 +122,10 @@ def test_follow_streams_while_running_and_follows_the_replacement(
 
 
 CLIENT = """
-import json, sys
+import json, signal, sys
 import cerebras_appliance as app
+# Ctrl-C as on a terminal, even when the tests run where SIGINT is ignored (a background job).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 cfg = json.loads(sys.argv[1])
 job = app.submit(cfg["entrypoint"], replicas=2, name=cfg["name"], backend="kubernetes",
                  namespace=cfg["namespace"], image=cfg["image"], template=cfg["template"])

@@ -177,8 +177,10 @@ def test_failure_raises_and_get_job_reattaches_from_a_second_process(
 
 
 CLIENT = """
-import sys, json
+import signal, sys, json
 import cerebras_appliance as app
+# Ctrl-C as on a terminal, even when the tests run where SIGINT is ignored (a background job).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 cfg = json.loads(sys.argv[1])
 job = app.submit("loader.py", replicas=2, name=cfg["name"], backend="kubernetes",
                  namespace=cfg["namespace"], template=cfg["template"])

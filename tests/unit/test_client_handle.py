@@ -366,6 +366,8 @@ def test_context_manager_deletes_unless_kept(tmp_path: Path) -> None:
 CLIENT = """
 import ctypes, signal, sys
 import cerebras_appliance as app
+# Ctrl-C as on a terminal, even when the tests run where SIGINT is ignored (a background job).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 # If the test process dies first (killed by a timeout), this client gets a Ctrl-C: the rule
 # under test then stops its workers, instead of leaving them to nobody.
 ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
