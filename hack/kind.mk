@@ -21,6 +21,7 @@ MINIKUBE_PROFILE ?= appliance
 IMAGE_TAG ?= 0.1.0
 OPERATOR_REPOSITORY ?= appliance-operator/operator
 WORKER_REPOSITORY ?= appliance-operator/worker
+USER_REPOSITORY ?= appliance-operator/user
 OPERATOR_IMAGE := $(OPERATOR_REPOSITORY):$(IMAGE_TAG)
 WORKER_IMAGE := $(WORKER_REPOSITORY):$(IMAGE_TAG)
 OPERATOR_DOCKERFILE ?= images/operator.Dockerfile
@@ -39,7 +40,7 @@ CRD_SOURCE := $(KIND_MK_REPO)/crds/executejobs.yaml
 KIND_MK_BIN = $(shell bash $(KIND_MK_REPO)/hack/cluster/build.sh --print-bindir)
 HELM ?= $(or $(shell command -v helm),$(KIND_MK_BIN)/helm)
 KUBECTL ?= $(or $(shell command -v kubectl),$(KIND_MK_BIN)/kubectl)
-export IMAGE_TAG OPERATOR_REPOSITORY WORKER_REPOSITORY
+export IMAGE_TAG OPERATOR_REPOSITORY WORKER_REPOSITORY USER_REPOSITORY
 
 .PHONY: kind-up kind-down kind-e2e-up kind-e2e-down minikube-up minikube-down chart-install \
 	chart-lint chart-crds docker-images
