@@ -14,12 +14,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conftest import REPO_ROOT, Loader
-
 if TYPE_CHECKING:
-    from conftest import KindCluster, Operator, WaitUntil
+    from conftest import KindCluster, Loader, Operator, WaitUntil
 
 HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parents[1]
 SCRIPT = HERE / "user_pod_script.py"
 RBAC = REPO_ROOT / "examples" / "user-rbac.yaml"
 ACCOUNT = "appliance-user"
@@ -36,7 +35,7 @@ def _can_i(cluster: KindCluster, namespace: str, verb: str, resource: str) -> bo
         "auth", "can-i", verb, resource, "-n", namespace,
         f"--as=system:serviceaccount:{namespace}:{ACCOUNT}", check=False,
     )  # fmt: skip
-    answer = proc.stdout.strip()
+    answer = proc.stdout.split(maxsplit=1)[0] if proc.stdout.strip() else ""  # "no - RBAC: ..."
     assert answer in ("yes", "no"), proc
     return answer == "yes"
 
@@ -129,13 +128,13 @@ def test_a_user_pod_with_the_example_role_submits_follows_and_reads_logs(
     assert len(logs) == 2, logs
     tracked = {"DATA_ROOT", "API_TOKEN", "PYTHONPATH"}
     for pod, worker_log in logs.items():
-        seen = Loader.parse(worker_log)
+        seen = loader.parse(worker_log)
         assert seen["env DATA_ROOT"] == "/mnt/from-the-user-pod", (pod, worker_log)
         assert seen["env API_TOKEN"] == "user-pod-secret", (pod, worker_log)
         assert seen["env LOCAL_ONLY"] == "<unset>", (pod, worker_log)
         assert seen["env APPLIANCE_WORKER_IMAGE"] == "<unset>", (pod, worker_log)
         assert seen["child DATA_ROOT"] == "/mnt/from-the-user-pod"
-        assert Loader.untracked(set(seen["names"].split(",")), tracked) == set(), worker_log
+        assert loader.untracked(set(seen["names"].split(",")), tracked) == set(), worker_log
         # The followed lines reached the user pod's own output as the workers wrote them.
         assert f"E2E-USER log [{pod}] E2E env DATA_ROOT=/mnt/from-the-user-pod" in log
     # The with-block deleted the job (the Role's delete).
