@@ -179,14 +179,15 @@ def submit(
     # build_job refuses values that are not UTF-8
     snapshot = [(k, v) for k, v in source.tracked().items() if k not in settings.CONFIG_VARS]
     wanted = settings.backend_setting(backend)
-    chosen = _Decision(wanted.value, wanted.source, None)
+    if wanted.value == "auto":
+        chosen = _decide_auto(namespace)
+    else:
+        chosen = _Decision(wanted.value, wanted.source, None)
     ns: settings.Setting | None = None
-    if wanted.value != "local":
+    if chosen.value == "kubernetes":
         from cerebras_appliance import kube
 
         ns = kube.namespace_setting(namespace)
-        if wanted.value == "auto":
-            chosen = _decide_auto(ns)
     api_client = chosen.api_client
     job = build_job(
         entrypoint,
@@ -224,20 +225,26 @@ class _Decision:
     api_client: Any  # the API client the access review used (kept for the job), or None
 
 
-def _decide_auto(ns: settings.Setting) -> _Decision:
-    """``"auto"`` decided (``settings.decide_auto``), with the API client it made, if any."""
-    from cerebras_appliance import kube
-
+def _decide_auto(namespace: str | None) -> _Decision:
+    """``"auto"`` decided (``settings.decide_auto``), with the API client it made, if any.
+    Outside a pod nothing Kubernetes is imported (a local submit stays light)."""
     made: list[Any] = []
 
-    def may_create(namespace: str) -> tuple[bool, str]:
+    def ns() -> settings.Setting:
+        from cerebras_appliance import kube
+
+        return kube.namespace_setting(namespace)
+
+    def may_create(name: str) -> tuple[bool, str]:
+        from cerebras_appliance import kube
+
         try:
             made.append(kube.new_api_client())
         except kube.KubernetesError as exc:
             return False, str(exc)
-        return kube.may_create_executejobs(namespace, made[0])
+        return kube.may_create_executejobs(name, made[0])
 
-    chosen = settings.decide_auto(lambda: ns, may_create)
+    chosen = settings.decide_auto(ns, may_create)
     return _Decision(chosen.value, chosen.source, made[0] if made else None)
 
 

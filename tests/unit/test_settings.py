@@ -503,3 +503,30 @@ def test_a_status_written_brings_no_operator_notice(monkeypatch: pytest.MonkeyPa
         job.wait(timeout=0.5, progress=out)
     assert "operator" not in out.getvalue()
     assert "operator" not in str(caught.value)
+
+
+def test_a_local_submit_outside_a_pod_imports_no_kubernetes(tmp_path: Path) -> None:
+    """The default backend decides "auto" without the kubernetes package outside a pod."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "w.py"
+    script.write_text("print('hi')\n")
+    code = (
+        "import sys, cerebras_appliance as app\n"
+        f"job = app.submit({str(script)!r})\n"
+        "print(type(job).__name__, job.wait(timeout=60, progress=False).phase)\n"
+        "job.delete()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'kubernetes'))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["LocalJob Succeeded", "[]"], proc.stdout
