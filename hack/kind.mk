@@ -24,6 +24,7 @@ WORKER_REPOSITORY ?= appliance-operator/worker
 USER_REPOSITORY ?= appliance-operator/user
 OPERATOR_IMAGE := $(OPERATOR_REPOSITORY):$(IMAGE_TAG)
 WORKER_IMAGE := $(WORKER_REPOSITORY):$(IMAGE_TAG)
+USER_IMAGE := $(USER_REPOSITORY):$(IMAGE_TAG)
 OPERATOR_DOCKERFILE ?= images/operator.Dockerfile
 WORKER_DOCKERFILE ?= images/worker.Dockerfile
 HELM_RELEASE ?= appliance-operator
@@ -82,6 +83,8 @@ minikube-up:
 		-f $(WORKER_DOCKERFILE) -t $(WORKER_IMAGE) .
 	cd $(KIND_MK_REPO) && $(MINIKUBE) -p $(MINIKUBE_PROFILE) image build \
 		-f $(OPERATOR_DOCKERFILE) -t $(OPERATOR_IMAGE) .
+	cd $(KIND_MK_REPO) && $(MINIKUBE) -p $(MINIKUBE_PROFILE) image build \
+		-f images/user.Dockerfile -t $(USER_IMAGE) .
 	$(call chart_install,$(MINIKUBE_PROFILE))
 
 minikube-down:

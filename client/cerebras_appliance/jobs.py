@@ -195,7 +195,7 @@ def submit(
         snapshot,
         args=args,
         name=name,
-        namespace=ns.value if ns is not None and chosen.value == "kubernetes" else namespace,
+        namespace=ns.value if ns is not None else namespace,
         image=image,
         sensitive=sensitive,
         template=template,
