@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 import warnings
 
 import cerebras_appliance as app
@@ -64,7 +65,7 @@ def main(mode: str, template_json: str) -> int:
     else:
         out("error", None)
     appliance_environ["APPLIANCE_BACKEND"] = "auto"  # read at call time
-    noop = "/tmp/noop.py"
+    noop = os.path.join(tempfile.mkdtemp(), "noop.py")
     with open(noop, "w") as f:
         f.write("print('E2E local worker')\n")
     with warnings.catch_warnings(record=True) as caught:
