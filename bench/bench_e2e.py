@@ -1,23 +1,26 @@
-"""Job start on a real node: ``kubectl apply`` of an ExecuteJob until every worker is Ready
+"""Job start on a real kubelet: ``kubectl apply`` of an ExecuteJob until every worker is Ready
 (its entrypoint applied the env), as a ratio to ``kubectl apply`` of the same number of bare
 pods, same image, that become Ready once their Python is up. Both are measured alternately,
-in the same run, on the local node (``NODE=1 hack/cluster/up.sh``, started if not up, and
-stopped again then); the operator runs on this host (``python -m appliance_operator``).
+in the same run, on a kind cluster of one worker node (``hack/kind/up.sh --name
+appliance-bench``: made if not up, and deleted again then; images from ``images/*.Dockerfile``,
+``kind load``ed); the operator runs on this host (``python -m appliance_operator``).
 
 Where the time goes is read from a pod watch (client-side times, CLOCK_MONOTONIC, which the
-containers share: the user code prints its own ``time.monotonic_ns()``):
+node containers and their pods share with this host: the user code prints its own
+``time.monotonic_ns()``):
 
     job:  apply -> pod created (operator) -> bound (scheduler) -> container running (kubelet,
           containerd, runc) -> user code entered (worker: python, env file, os.environ) -> Ready
-          (readiness probe, 1 s period)
+          (startup probe, 1 s period)
     bare: apply -> pod created -> bound -> container running -> python entered -> Ready
 
-Needs root (the node) and the Debian packages of hack/node/install-deps.sh.
+Needs what ``make e2e`` needs (docs/kind.md): Docker (or root to start the project's own).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -33,8 +36,10 @@ from typing import Any
 from appliance_operator.testing import OperatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-STATE_DIR = Path(os.environ.get("APPLIANCE_OPERATOR_CLUSTER_DIR") or REPO_ROOT / ".cluster")
-KUBECONFIG = STATE_DIR / "kubeconfig"
+KIND_SCRIPTS = REPO_ROOT / "hack" / "kind"
+KIND_STATE = Path(os.environ.get("APPLIANCE_KIND_STATE") or REPO_ROOT / ".kind")
+CLUSTER = os.environ.get("APPLIANCE_BENCH_KIND_CLUSTER", "appliance-bench")
+KUBECONFIG = KIND_STATE / f"{CLUSTER}.kubeconfig"
 ROUND_TIMEOUT_S = 180
 
 #: The user code of both sides: report "entered" with the shared monotonic clock, mark
@@ -53,10 +58,20 @@ def now() -> int:
     return time.monotonic_ns()
 
 
+@functools.cache
+def bindir() -> str:
+    """The pinned kubectl's directory (hack/cluster/build.sh builds it once)."""
+    build = REPO_ROOT / "hack" / "cluster" / "build.sh"
+    return (
+        subprocess.run(["bash", str(build)], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+
+
 def kubectl(*args: str, stdin: str | None = None, timeout: float = 120) -> str:
-    bindir = read_env(STATE_DIR / "env")["BIN_DIR"]
     proc = subprocess.run(
-        [f"{bindir}/kubectl", "--kubeconfig", str(KUBECONFIG), *args],
+        [f"{bindir()}/kubectl", "--kubeconfig", str(KUBECONFIG), *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -68,9 +83,9 @@ def kubectl(*args: str, stdin: str | None = None, timeout: float = 120) -> str:
     return proc.stdout
 
 
-def read_env(path: Path) -> dict[str, str]:
+def parse_env(text: str) -> dict[str, str]:
     out = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep:
             out[key] = value
@@ -257,25 +272,28 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--vars", type=int, default=20, help="tracked variables in the job")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        print("bench_e2e: skipped: the node needs root", file=sys.stderr)
-        return 0
-
-    was_up = (STATE_DIR / "node" / "env").exists()
+    own_docker = subprocess.run(
+        ["bash", str(KIND_SCRIPTS / "dockerd.sh"), "status"], capture_output=True, check=False
+    )
     t = now()
     up = subprocess.run(
-        ["bash", str(REPO_ROOT / "hack/cluster/up.sh")],
-        env={**os.environ, "NODE": "1"},
-        capture_output=True,
+        [
+            "bash", str(KIND_SCRIPTS / "up.sh"), "--name", CLUSTER, "--workers", "1",
+            "--images", "--kubeconfig", str(KUBECONFIG),
+        ],
+        stdout=subprocess.PIPE,
         text=True,
         timeout=3600,
         check=False,
-    )
+    )  # fmt: skip
     if up.returncode != 0:
-        print(up.stdout + up.stderr, file=sys.stderr)
+        print(f"hack/kind/up.sh failed (exit {up.returncode}); see its output", file=sys.stderr)
         return 1
-    print(f"cluster + node up in {(now() - t) / 1e9:.1f}s ({'warm' if was_up else 'started'})")
-    image = read_env(STATE_DIR / "node" / "env")["WORKER_IMAGE"]
+    env = parse_env(up.stdout)
+    created = env.get("CREATED") == "1"
+    how = "made" if created else "reused"
+    print(f"kind cluster {CLUSTER} up in {(now() - t) / 1e9:.1f}s ({how})")
+    image = env["WORKER_IMAGE"]
 
     from kubernetes import config as k8s_config
 
@@ -299,7 +317,7 @@ def main() -> int:
             namespace,
             f"--from-literal=sleeper.py={SLEEPER}",
         )
-        log_path = STATE_DIR / "logs" / "bench-operator.log"
+        log_path = KIND_STATE / "logs" / "bench-operator.log"
         operator = OperatorProcess(str(KUBECONFIG), log_path, ["--all-namespaces"])
         operator.start()
         pods = PodWatch(api_client, namespace)
@@ -319,8 +337,11 @@ def main() -> int:
             operator.stop()
         kubectl("delete", "namespace", namespace, "--wait=false")
         api_client.close()
-        if not was_up:
-            subprocess.run(["bash", str(REPO_ROOT / "hack/cluster/down.sh")], check=False)
+        if created:
+            down = ["bash", str(KIND_SCRIPTS / "down.sh"), "--name", CLUSTER]
+            if own_docker.returncode == 0:
+                down.append("--keep-docker")  # it ran before: leave it as it was
+            subprocess.run(down, timeout=600, check=False)
 
     def med(kind: str, mark: str) -> float:
         return statistics.median(r[mark] for r in results[kind])
@@ -345,7 +366,7 @@ def main() -> int:
         ("start", "created", "apiserver + operator (Secret, pods)"),
         ("created", "bound", "scheduler"),
         ("bound", "entered", "kubelet + containerd + runc + python start + worker entrypoint"),
-        ("entered", "ready", "readiness probe (exec cat, 1 s period)"),
+        ("entered", "ready", "readiness (worker: startup probe, bare: readiness probe, 1 s)"),
     ]
     for a, b, what in steps:
         d_job = med("job", b) - (med("job", a) if a != "start" else 0.0)

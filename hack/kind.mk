@@ -66,8 +66,9 @@ kind-up:
 kind-down:
 	bash $(KIND_MK_REPO)/hack/kind/down.sh --name $(KIND_CLUSTER)
 
+# The e2e tests' settings (tests/e2e/conftest.py): a lost node is NotReady after 20 s.
 kind-e2e-up:
-	bash $(KIND_MK_REPO)/hack/kind/up.sh --name $(KIND_E2E_CLUSTER) --workers $(KIND_E2E_WORKERS) \
+	KIND_NODE_MONITOR_GRACE_PERIOD=$${KIND_NODE_MONITOR_GRACE_PERIOD:-20s} bash $(KIND_MK_REPO)/hack/kind/up.sh --name $(KIND_E2E_CLUSTER) --workers $(KIND_E2E_WORKERS) \
 		--images --kubeconfig $(KIND_MK_REPO)/.kind/$(KIND_E2E_CLUSTER).kubeconfig
 
 kind-e2e-down:

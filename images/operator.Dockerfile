@@ -1,6 +1,5 @@
 # The operator image for Docker-based clusters (kind, minikube): the worker image's recipe with
 # the `operator` extra (kopf, prometheus-client); entrypoint `python3 -m appliance_operator`.
-# images/build.sh builds the equivalent image without Docker for the local node.
 #   docker build -f images/operator.Dockerfile -t appliance-operator/operator:0.1.0 .
 
 FROM debian:bookworm-slim AS base

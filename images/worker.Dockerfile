@@ -1,6 +1,5 @@
-# The worker image for Docker-based clusters (kind, minikube): the same content as the image
-# images/build.sh assembles without Docker for the local node (Debian bookworm + python3 +
-# this repository's packages and their runtime deps, uid 65532, byte-compiled).
+# The worker image (kind, minikube, any cluster): Debian bookworm + python3 + this repository's
+# packages and their runtime deps, uid 65532, byte-compiled. hack/kind/images.sh builds it.
 #   docker build -f images/worker.Dockerfile -t appliance-operator/worker:0.1.0 .
 # (build context: the repository root; images/worker.Dockerfile.dockerignore trims it)
 

@@ -132,15 +132,14 @@ def sweep_stale(root: Path, *, now: float | None = None) -> list[Path]:
         try:
             pid_text, _, start = (path / OWNER_FILE).read_text().partition(" ")
             stale = not _alive(int(pid_text), start.strip())
-        except FileNotFoundError:
-            with contextlib.suppress(OSError):
-                stale = now - entry.stat(follow_symlinks=False).st_mtime > _UNOWNED_GRACE_SECONDS
-                if stale:
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(path)
-            continue
         except (OSError, ValueError):
-            stale = True  # an unreadable or garbled owner file: not a live job's
+            # No owner file yet (another process is creating the job), or an unreadable or
+            # garbled one: stale only once it is older than the grace period.
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            stale = age > _UNOWNED_GRACE_SECONDS
         if stale:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
@@ -154,7 +153,10 @@ def _job_dir(name: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=f"appliance-{name}-"))
     sweep_stale(root)
     path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
-    (path / OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    # Written whole or not at all: a sweep in another process never reads half an owner.
+    partial = path / f".{OWNER_FILE}.partial"
+    partial.write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
+    os.replace(partial, path / OWNER_FILE)
     return path
 
 

@@ -1,17 +1,15 @@
 # Local Kubernetes cluster verbs; included by the top-level Makefile.
 #   make cluster-build               build the pinned binaries once (cached outside the repo)
-#   make cluster-up [NODES=kwok] [NODE=1]  start the control plane on 127.0.0.1 (+ kwok fake nodes,
-#                                    + a real node: kubelet, containerd, runc; hack/node)
+#   make cluster-up [NODES=kwok]     start the control plane on 127.0.0.1 (+ kwok fake nodes)
 #   make cluster-down                stop it and remove .cluster/
 CLUSTER_MK_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 NODES ?=
 KWOK_NODES ?= 3
-NODE ?=
 
 .PHONY: cluster-build cluster-up cluster-down
 cluster-build:
 	bash $(CLUSTER_MK_DIR)/build.sh
 cluster-up:
-	NODES='$(NODES)' KWOK_NODES='$(KWOK_NODES)' NODE='$(NODE)' bash $(CLUSTER_MK_DIR)/up.sh
+	NODES='$(NODES)' KWOK_NODES='$(KWOK_NODES)' bash $(CLUSTER_MK_DIR)/up.sh
 cluster-down:
 	bash $(CLUSTER_MK_DIR)/down.sh

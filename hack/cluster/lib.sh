@@ -109,16 +109,9 @@ stop_components() {
 # Control-plane components, in start order.
 CLUSTER_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
 
-# Stop everything: a hack/node node first, then what is recorded in $STATE_DIR/pids: the clients
-# of the apiserver (kwok, the controllers, anything else recorded there), the apiserver, etcd.
+# Stop everything recorded in $STATE_DIR/pids: the clients of the apiserver (kwok, the controllers, anything else recorded there), the apiserver, etcd.
 stop_all() {
   local f name others=()
-  # A node started by hack/node/up.sh (kubelet, containerd, pod mounts) goes first, through its
-  # own script. If it cannot clean up (e.g. mounts left), stop here: the state dir must stay.
-  if [[ -d $STATE_DIR/node && -f $CLUSTER_DIR/../node/down.sh ]]; then
-    bash "$CLUSTER_DIR/../node/down.sh" ||
-      die "hack/node/down.sh failed; fix that first (the control plane and $STATE_DIR are left as they are)"
-  fi
   if [[ -d $STATE_DIR/pids ]]; then
     for f in "$STATE_DIR"/pids/*.pid; do
       [[ -e $f ]] || continue

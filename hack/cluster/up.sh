@@ -6,7 +6,6 @@
 # Environment:
 #   NODES=kwok            also run a kwok controller and create fake nodes (default: no nodes)
 #   KWOK_NODES=3          how many fake nodes with NODES=kwok
-#   NODE=1                also run a real node (kubelet + containerd + runc, hack/node/up.sh)
 #   CLUSTER_START_TIMEOUT seconds to wait for each component to become healthy (default 120)
 #   (and those of lib.sh: APPLIANCE_OPERATOR_CACHE, APPLIANCE_OPERATOR_CLUSTER_DIR, GO)
 #
@@ -19,7 +18,6 @@ set -euo pipefail
 
 NODES=${NODES:-}
 KWOK_NODES=${KWOK_NODES:-3}
-NODE=${NODE:-}
 TIMEOUT=${CLUSTER_START_TIMEOUT:-120}
 SERVICE_CIDR=10.0.0.0/24
 SERVICE_IP=10.0.0.1 # first address of SERVICE_CIDR: the `kubernetes` Service
@@ -214,11 +212,6 @@ EOF
   fi
 }
 
-# A real node (hack/node/up.sh; idempotent, also on a cluster that is already up).
-node_up() {
-  if [[ $NODE == 1 ]]; then bash "$REPO_ROOT/hack/node/up.sh" || die "hack/node/up.sh failed"; fi
-}
-
 print_usage() {
   cat <<EOF
 
@@ -241,7 +234,6 @@ if [[ -d $STATE_DIR ]]; then
     else
       step "cluster already up and healthy; nothing to do"
     fi
-    node_up
     print_usage
     exit 0
   fi
@@ -333,5 +325,4 @@ if [[ $NODES == kwok ]]; then
 fi
 
 step "cluster is up"
-node_up
 print_usage

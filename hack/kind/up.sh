@@ -15,6 +15,9 @@
 # Environment: KIND_NODE_IMAGE   a node image to use (default: kind's own if it can be pulled, else
 #                                "local": the one node-image.sh builds)
 #              KIND_CREATE_WAIT  how long `kind create cluster` waits for the nodes (default 300s)
+#              KIND_NODE_MONITOR_GRACE_PERIOD  kube-controller-manager's --node-monitor-grace-period
+#                                (default: Kubernetes' own, 50s): how long a silent kubelet takes
+#                                to make its node NotReady. The e2e tests use 20s (lost nodes)
 #              IMAGE_TAG, WORKER_REPOSITORY, OPERATOR_REPOSITORY, USER_REPOSITORY (images.sh)
 # Idempotent: a healthy cluster of that name (all nodes Ready) is reused as it is; one that is
 # not (its containers stopped, e.g. after its dockerd ended) is deleted and made afresh.
@@ -115,6 +118,11 @@ else
     echo "nodes:"
     echo "- role: control-plane"
     for ((i = 0; i < WORKERS; i++)); do echo "- role: worker"; done
+    if [[ -n ${KIND_NODE_MONITOR_GRACE_PERIOD:-} ]]; then
+      # kind writes kubeadm's v1beta3 config for Kubernetes < 1.36 (extraArgs a map): merged in.
+      echo "kubeadmConfigPatches:"
+      echo "- '{kind: ClusterConfiguration, controllerManager: {extraArgs: {node-monitor-grace-period: \"$KIND_NODE_MONITOR_GRACE_PERIOD\"}}}'"
+    fi
   } >"$config"
   step "kind create cluster --name $NAME ($((WORKERS + 1)) nodes, image $image)"
   "$KIND" create cluster --name "$NAME" --image "$image" --config "$config" \
@@ -136,13 +144,13 @@ if [[ -n $IMAGES ]]; then
   images_out=$(bash "$KIND_DIR/images.sh")
   eval "$images_out"
   # Into the nodes that run pods (the control plane is tainted), when there are any.
-  workers=$(nodes_of | grep -v -- '-control-plane$' | paste -sd, -)
+  workers=$(nodes_of | { grep -v -- '-control-plane$' || true; } | paste -sd, -)
   step "kind load docker-image $WORKER_IMAGE $OPERATOR_IMAGE $USER_IMAGE ${workers:+(nodes $workers)}"
   "$KIND" load docker-image --name "$NAME" ${workers:+--nodes "$workers"} "$WORKER_IMAGE" "$OPERATOR_IMAGE" "$USER_IMAGE" >&2
 fi
 step "done"
 echo "KUBECONFIG=$KUBECONFIG_COPY"
 echo "DOCKER_HOST=${DOCKER_HOST:-}"
-echo "NODES=$(nodes_of | grep -v -- '-control-plane$' | paste -sd, -)"
+echo "NODES=$(nodes_of | { grep -v -- '-control-plane$' || true; } | paste -sd, -)"
 echo "CREATED=$CREATED"
 [[ -z $images_out ]] || echo "$images_out"

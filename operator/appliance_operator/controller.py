@@ -532,17 +532,7 @@ class Controller:
         except ApiError as exc:
             if exc.code != 404:
                 raise
-        view = JobView(
-            namespace=key[0],
-            name=key[1],
-            uid=uid,
-            resource_version=str(meta.get("resourceVersion") or ""),
-            generation=meta.get("generation"),
-            created=self.clock(),
-            deleting=False,
-            job=None,  # type: ignore[arg-type]  # only its metadata is used for the Event
-        )
-        self._post_event(view, Event("Warning", "InvalidSpec", text))
+        self._post_event_on(key[0], key[1], uid, Event("Warning", "InvalidSpec", text))
         memory.invalid = message
 
     def _delete_job(self, job: JobView) -> None:
@@ -554,18 +544,23 @@ class Controller:
 
     def _post_event(self, job: JobView, event: Event) -> None:
         """A core/v1 Event on the job. Best effort: a failure is logged, not retried."""
+        self._post_event_on(job.namespace, job.name, job.uid, event)
+
+    def _post_event_on(self, namespace: str, name: str, uid: str, event: Event) -> None:
+        """A core/v1 Event on the ExecuteJob ``namespace/name`` (``uid``): also for one the
+        models cannot parse, which has no ``JobView``."""
         stamp = now_rfc3339(self.clock())
         message = event.message
         if len(message) > EVENT_MESSAGE_LIMIT:
             message = message[: EVENT_MESSAGE_LIMIT - 3] + "..."
         body = {
-            "metadata": {"generateName": f"{job.name}.", "namespace": job.namespace},
+            "metadata": {"generateName": f"{name}.", "namespace": namespace},
             "involvedObject": {
                 "apiVersion": API_VERSION,
                 "kind": KIND,
-                "name": job.name,
-                "namespace": job.namespace,
-                "uid": job.uid,
+                "name": name,
+                "namespace": namespace,
+                "uid": uid,
             },
             "type": event.type,
             "reason": event.reason,
@@ -578,12 +573,12 @@ class Controller:
             "reportingInstance": self._instance,
         }
         try:
-            self.api.create_event(job.namespace, body)
+            self.api.create_event(namespace, body)
         except ApiError as exc:
             if namespace_terminating(exc):
                 return
             logger.warning(
-                "[%s/%s] could not post event %s: %s", job.namespace, job.name, event.reason, exc
+                "[%s/%s] could not post event %s: %s", namespace, name, event.reason, exc
             )
 
 

@@ -47,6 +47,9 @@ KIND_WORKERS = int(os.environ.get("APPLIANCE_E2E_KIND_WORKERS", "2"))
 UP_TIMEOUT_S = 3600  # cold: Go builds, debootstrap, the node image, docker builds
 OPERATOR_START_TIMEOUT_S = 60
 NODE_READY_TIMEOUT_S = 180
+#: kube-controller-manager's --node-monitor-grace-period on the clusters the fixture creates
+#: (Kubernetes' default is 50s): a node whose kubelet stopped is NotReady this much sooner.
+NODE_MONITOR_GRACE_PERIOD = "20s"
 
 
 def _load_integration_conftest() -> ModuleType:
@@ -90,7 +93,7 @@ class KindCluster(_it.Cluster):  # type: ignore[name-defined,misc]
     - ``pod_logs(namespace, pod)``: a pod's log.
     - ``stop_kubelet(node)`` / ``start_kubelet(node)``: ``systemctl stop|start kubelet`` in the
       node: its pods keep running, the node goes NotReady after the node monitor's grace period
-      (kube-controller-manager's default, 50 s) and its pods are evicted per their tolerations.
+      (``NODE_MONITOR_GRACE_PERIOD``, 20 s) and its pods are evicted per their tolerations.
       ``start_kubelet`` returns once the node is Ready again.
     - ``stop_node(node)`` / ``start_node(node)``: ``docker stop|start`` of the node's container:
       the machine is gone (its pods with it); ``start_node`` returns once it is Ready again.
@@ -213,6 +216,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster]:
         ],
         stdout=subprocess.PIPE,
         text=True,
+        env={"KIND_NODE_MONITOR_GRACE_PERIOD": NODE_MONITOR_GRACE_PERIOD, **os.environ},
         timeout=UP_TIMEOUT_S,
         check=False,
     )  # fmt: skip
@@ -338,6 +342,117 @@ def loader(cluster: KindCluster, namespace: str) -> Loader:
             "volumeMounts": [{"name": "e2e-loader", "mountPath": "/e2e", "readOnly": True}],
         }
     )
+
+
+def executejob(
+    name: str, image: str, loader: Loader, args: list[str], **spec: Any
+) -> dict[str, Any]:
+    """An ExecuteJob running the e2e loader: its ``PYTHONPATH`` tracked (``env`` replaces
+    that), its ConfigMap mounted, images never pulled; ``template`` adds to the pod template."""
+    from cerebras_appliance.api import GROUP, VERSION
+
+    template = {**loader.template, "imagePullPolicy": "Never", **spec.pop("template", {})}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExecuteJob",
+        "metadata": {"name": name},
+        "spec": {
+            "image": image,
+            "entrypoint": loader.entrypoint,
+            "args": args,
+            "env": [{"name": "PYTHONPATH", "value": loader.path}],
+            "template": template,
+            **spec,
+        },
+    }
+
+
+class Jobs:
+    """The ExecuteJobs and worker pods of one test's namespace (every read checks that the
+    operator is still alive)."""
+
+    def __init__(self, cluster: KindCluster, namespace: str, operator: Operator) -> None:
+        from kubernetes import client
+
+        self.custom = client.CustomObjectsApi(cluster.api_client)
+        self.core = client.CoreV1Api(cluster.api_client)
+        self.namespace = namespace
+        self.operator = operator
+
+    def create(self, body: dict[str, Any]) -> None:
+        from cerebras_appliance.api import GROUP, PLURAL, VERSION
+
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def start(self, name: str, loader: Loader, image: str, args: list[str], **spec: Any) -> None:
+        """Create ``executejob(name, image, loader, args, **spec)``."""
+        self.create(executejob(name, image, loader, args, **spec))
+
+    def get(self, name: str) -> dict[str, Any]:
+        from cerebras_appliance.api import GROUP, PLURAL, VERSION
+
+        self.operator.check_alive()
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name
+        )
+        return obj
+
+    def patch(self, name: str, spec: dict[str, Any]) -> None:
+        from cerebras_appliance.api import GROUP, PLURAL, VERSION
+
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        return dict(self.get(name).get("status") or {})
+
+    def phase(self, name: str) -> str:
+        return str(self.status(name).get("phase", ""))
+
+    def condition(self, name: str, type_: str) -> dict[str, Any]:
+        for cond in self.status(name).get("conditions") or []:
+            if cond["type"] == type_:
+                return dict(cond)
+        return {}
+
+    def pods(self, name: str) -> list[Any]:
+        """The job's pods (``kubernetes.client.V1Pod``), terminating ones included."""
+        return list(
+            self.core.list_namespaced_pod(
+                self.namespace, label_selector=f"appliance.dev/job-name={name}"
+            ).items
+        )
+
+    def running_ready(self, name: str) -> list[str]:
+        return sorted(
+            p.metadata.name
+            for p in self.pods(name)
+            if p.metadata.deletion_timestamp is None
+            and p.status.phase == "Running"
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        )
+
+    def wait_phase(
+        self,
+        wait_until: WaitUntil,
+        name: str,
+        phase: str,
+        *,
+        ready: int | None = None,
+        timeout: float = 120,
+    ) -> dict[str, Any]:
+        def check() -> bool:
+            st = self.status(name)
+            return st.get("phase") == phase and (ready is None or st.get("readyReplicas") == ready)
+
+        wait_until(check, timeout=timeout, what=f"job {name} {phase} (ready={ready})")
+        return self.status(name)
+
+
+@pytest.fixture
+def jobs(cluster: KindCluster, namespace: str, operator: Operator) -> Jobs:
+    return Jobs(cluster, namespace, operator)
 
 
 #: The old name of the cluster handle (tests import it for type annotations).

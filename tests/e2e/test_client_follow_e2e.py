@@ -110,9 +110,11 @@ def test_follow_streams_while_running_and_follows_the_replacement(
             w1: [f"E2E start {w1}", f"E2E done {w1}"],
             w01: [f"E2E start {w01}", f"E2E done {w01}"],
         }
-        # Each start line came through the stream while the job was running: the attempt
-        # was still waiting for the release the test sent only after reading it.
-        assert phases_at_start == {w0: "Running", w1: "Running", w01: "Running"}
+        # Each start line came through the stream before the job ended: the attempt was
+        # still waiting for the release the test sent only after reading it. (Pending or
+        # Running: the job's status may not yet count a worker that has started printing.)
+        assert set(phases_at_start) == {w0, w1, w01}, phases_at_start
+        assert set(phases_at_start.values()) <= {"Pending", "Running"}, phases_at_start
         replacement = next(x for x in seen if x.pod == w01)
         assert (replacement.worker, replacement.attempt) == (0, 1)
         assert job.logs(worker=0, tail=1) == f"E2E done {w01}\n"

@@ -7,97 +7,29 @@ them with ``kubectl get ej``. The user code is tests/e2e/appliance_e2e_loader.py
 
 from __future__ import annotations
 
+import select
 import subprocess
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
-from kubernetes import client, watch
-
-from cerebras_appliance.api import GROUP, PLURAL, VERSION
+from kubernetes import watch
 
 if TYPE_CHECKING:
-    from conftest import Loader, NodeCluster, Operator, WaitUntil
+    from conftest import Jobs, Loader, NodeCluster, WaitUntil
 
 TIMEOUT_S = 120
 #: The pods' grace period is Kubernetes' default, 30 s; a worker that handles SIGTERM is gone
 #: in well under that.
 PROMPT_STOP_S = 10
-
-
-class Jobs:
-    def __init__(self, cluster: NodeCluster, namespace: str, operator: Operator) -> None:
-        self.custom = client.CustomObjectsApi(cluster.api_client)
-        self.core = client.CoreV1Api(cluster.api_client)
-        self.namespace = namespace
-        self.operator = operator
-
-    def create(self, name: str, loader: Loader, image: str, args: list[str], **spec: Any) -> None:
-        body = {
-            "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "ExecuteJob",
-            "metadata": {"name": name},
-            "spec": {
-                "image": image,
-                "entrypoint": loader.entrypoint,
-                "args": args,
-                "env": [{"name": "PYTHONPATH", "value": loader.path}],
-                "template": {
-                    **loader.template,
-                    "imagePullPolicy": "Never",
-                    **spec.pop("template", {}),
-                },
-                **spec,
-            },
-        }
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
-
-    def patch(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name, {"spec": spec}
-        )
-
-    def status(self, name: str) -> dict[str, Any]:
-        self.operator.check_alive()
-        obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
-        return dict(obj.get("status") or {})
-
-    def condition(self, name: str, type_: str) -> dict[str, Any]:
-        for cond in self.status(name).get("conditions") or []:
-            if cond["type"] == type_:
-                return dict(cond)
-        return {}
-
-    def pods(self, name: str) -> list[client.V1Pod]:
-        return list(
-            self.core.list_namespaced_pod(
-                self.namespace, label_selector=f"appliance.dev/job-name={name}"
-            ).items
-        )
-
-    def running_ready(self, name: str) -> list[str]:
-        return sorted(
-            p.metadata.name
-            for p in self.pods(name)
-            if p.metadata.deletion_timestamp is None
-            and p.status.phase == "Running"
-            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
-        )
-
-    def wait_phase(
-        self, wait_until: WaitUntil, name: str, phase: str, *, ready: int | None = None
-    ) -> dict[str, Any]:
-        def check() -> bool:
-            st = self.status(name)
-            return st.get("phase") == phase and (ready is None or st.get("readyReplicas") == ready)
-
-        wait_until(check, timeout=TIMEOUT_S, what=f"job {name} {phase} (ready={ready})")
-        return self.status(name)
+ATTACH_TIMEOUT_S = 60
 
 
 class LogFollower:
-    """``kubectl logs -f`` of one pod in the background: what it printed up to its end."""
+    """``kubectl logs -f`` of one pod in the background: what it printed up to its end.
+    Returns once the stream is attached (its first line read): a pod deleted right after
+    still has its whole log followed."""
 
     def __init__(self, cluster: NodeCluster, namespace: str, pod: str) -> None:
         self.proc = subprocess.Popen(
@@ -115,10 +47,14 @@ class LogFollower:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        assert self.proc.stdout is not None
+        ready, _, _ = select.select([self.proc.stdout], [], [], ATTACH_TIMEOUT_S)
+        assert ready, f"kubectl logs -f {pod}: no line within {ATTACH_TIMEOUT_S}s"
+        self.first = self.proc.stdout.readline()
 
     def output(self, timeout: float = 60) -> str:
         out, _ = self.proc.communicate(timeout=timeout)
-        return out
+        return self.first + out
 
 
 class EndWatcher:
@@ -154,15 +90,10 @@ class EndWatcher:
         self._thread.join(TIMEOUT_S)
 
 
-@pytest.fixture
-def jobs(cluster: NodeCluster, namespace: str, operator: Operator) -> Jobs:
-    return Jobs(cluster, namespace, operator)
-
-
 def test_suspend_then_resume_is_not_a_failure(
     cluster: NodeCluster, jobs: Jobs, loader: Loader, wait_until: WaitUntil
 ) -> None:
-    jobs.create("susp", loader, cluster.worker_image, ["--hold"], replicas=2)
+    jobs.start("susp", loader, cluster.worker_image, ["--hold"], replicas=2)
     jobs.wait_phase(wait_until, "susp", "Running", ready=2)
     started = time.monotonic()
     jobs.patch("susp", {"suspend": True})
@@ -186,7 +117,7 @@ def test_suspend_then_resume_is_not_a_failure(
 def test_scale_down_and_up(
     cluster: NodeCluster, jobs: Jobs, loader: Loader, wait_until: WaitUntil
 ) -> None:
-    jobs.create("scale", loader, cluster.worker_image, ["--hold"], replicas=3)
+    jobs.start("scale", loader, cluster.worker_image, ["--hold"], replicas=3)
     jobs.wait_phase(wait_until, "scale", "Running", ready=3)
     jobs.patch("scale", {"replicas": 2})
     st = jobs.wait_phase(wait_until, "scale", "Running", ready=2)
@@ -202,7 +133,7 @@ def test_scale_down_and_up(
 def test_deleted_worker_pod_is_replaced_not_failed(
     cluster: NodeCluster, jobs: Jobs, loader: Loader, wait_until: WaitUntil, namespace: str
 ) -> None:
-    jobs.create("del", loader, cluster.worker_image, ["--hold"], replicas=2)
+    jobs.start("del", loader, cluster.worker_image, ["--hold"], replicas=2)
     jobs.wait_phase(wait_until, "del", "Running", ready=2)
     logs = LogFollower(cluster, namespace, "del-worker-0")
     wait_until(lambda: "del-worker-0" in jobs.running_ready("del"), timeout=10, what="ready")
@@ -229,7 +160,7 @@ def test_deleted_worker_pod_is_replaced_not_failed(
 def test_failure_is_retried_within_backoff_limit_then_fails_the_job(
     cluster: NodeCluster, jobs: Jobs, loader: Loader, wait_until: WaitUntil
 ) -> None:
-    jobs.create(
+    jobs.start(
         "flaky",
         loader,
         cluster.worker_image,
@@ -263,7 +194,7 @@ def test_failure_is_retried_within_backoff_limit_then_fails_the_job(
 def test_finished_job_stops_running_workers_with_143_and_their_cleanup(
     cluster: NodeCluster, jobs: Jobs, loader: Loader, wait_until: WaitUntil, namespace: str
 ) -> None:
-    jobs.create("stop", loader, cluster.worker_image, ["--hold"], replicas=2)
+    jobs.start("stop", loader, cluster.worker_image, ["--hold"], replicas=2)
     jobs.wait_phase(wait_until, "stop", "Running", ready=2)
     logs = LogFollower(cluster, namespace, "stop-worker-0")
     end = EndWatcher(jobs, "stop-worker-0")
@@ -284,7 +215,7 @@ def test_finished_job_stops_running_workers_with_143_and_their_cleanup(
 def test_wrong_image_is_a_condition_naming_the_pod_and_reason(
     jobs: Jobs, loader: Loader, wait_until: WaitUntil, cluster: NodeCluster, namespace: str
 ) -> None:
-    jobs.create("noimg", loader, "example.invalid/no-such-image:1", ["--hold"], replicas=1)
+    jobs.start("noimg", loader, "example.invalid/no-such-image:1", ["--hold"], replicas=1)
 
     def stuck() -> bool:
         cond = jobs.condition("noimg", "WorkersReady")
@@ -311,7 +242,7 @@ def test_lost_node_replaces_its_worker(
         {"key": k, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 5}
         for k in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
     ] + [{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]
-    jobs.create(
+    jobs.start(
         "lost",
         loader,
         cluster.worker_image,

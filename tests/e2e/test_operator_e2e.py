@@ -6,62 +6,15 @@ importable only through the job's tracked ``PYTHONPATH`` (see the loader's docst
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from kubernetes import client
 
-from cerebras_appliance.api import GROUP, PLURAL, VERSION
-
 if TYPE_CHECKING:
-    from conftest import Loader, NodeCluster, Operator, WaitUntil
+    from conftest import Jobs, Loader, NodeCluster, WaitUntil
 
 SECRET_VALUE = "s3cr3t-token-e2e"
 JOB_TIMEOUT_S = 180
-
-
-def executejob(
-    name: str, image: str, loader: Loader, args: list[str], **spec: Any
-) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ExecuteJob",
-        "metadata": {"name": name},
-        "spec": {
-            "image": image,
-            "entrypoint": loader.entrypoint,
-            "args": args,
-            "template": {**loader.template, "imagePullPolicy": "Never"},
-            **spec,
-        },
-    }
-
-
-class Jobs:
-    def __init__(self, cluster: NodeCluster, namespace: str, operator: Operator) -> None:
-        self.custom = client.CustomObjectsApi(cluster.api_client)
-        self.core = client.CoreV1Api(cluster.api_client)
-        self.namespace = namespace
-        self.operator = operator
-
-    def create(self, body: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
-
-    def get(self, name: str) -> dict[str, Any]:
-        self.operator.check_alive()
-        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, name
-        )
-        return obj
-
-    def pods(self, name: str) -> list[client.V1Pod]:
-        return list(
-            self.core.list_namespaced_pod(
-                self.namespace, label_selector=f"appliance.dev/job-name={name}"
-            ).items
-        )
-
-    def phase(self, name: str) -> str:
-        return str(self.get(name).get("status", {}).get("phase", ""))
 
 
 def _ready(pod: client.V1Pod) -> bool:
@@ -71,32 +24,29 @@ def _ready(pod: client.V1Pod) -> bool:
 def test_env_reaches_every_worker_and_its_children(
     cluster: NodeCluster,
     namespace: str,
-    operator: Operator,
+    jobs: Jobs,
     loader: Loader,
     wait_until: WaitUntil,
 ) -> None:
-    jobs = Jobs(cluster, namespace, operator)
     jobs.core.create_namespaced_secret(
         namespace,
         {"metadata": {"name": "e2e-secrets"}, "stringData": {"token": SECRET_VALUE}},
     )
     tracked = {"DATA_ROOT": "/mnt/data", "API_TOKEN": SECRET_VALUE, "PYTHONPATH": loader.path}
-    jobs.create(
-        executejob(
-            "env-e2e",
-            cluster.worker_image,
-            loader,
-            ["DATA_ROOT", "API_TOKEN", "PYTHONPATH", "NOT_TRACKED", "--wait-release"],
-            replicas=2,
-            env=[
-                {"name": "DATA_ROOT", "value": "/mnt/data"},
-                {
-                    "name": "API_TOKEN",
-                    "valueFrom": {"secretKeyRef": {"name": "e2e-secrets", "key": "token"}},
-                },
-                {"name": "PYTHONPATH", "value": loader.path},
-            ],
-        )
+    jobs.start(
+        "env-e2e",
+        loader,
+        cluster.worker_image,
+        ["DATA_ROOT", "API_TOKEN", "PYTHONPATH", "NOT_TRACKED", "--wait-release"],
+        replicas=2,
+        env=[
+            {"name": "DATA_ROOT", "value": "/mnt/data"},
+            {
+                "name": "API_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "e2e-secrets", "key": "token"}},
+            },
+            {"name": "PYTHONPATH", "value": loader.path},
+        ],
     )
 
     # Both workers Running and Ready; Ready means the entrypoint applied the env (the probe
@@ -155,23 +105,20 @@ def test_env_reaches_every_worker_and_its_children(
 def test_worker_exit_code_fails_the_job(
     cluster: NodeCluster,
     namespace: str,
-    operator: Operator,
+    jobs: Jobs,
     loader: Loader,
     wait_until: WaitUntil,
 ) -> None:
-    jobs = Jobs(cluster, namespace, operator)
-    jobs.create(
-        executejob(
-            "exit3-e2e",
-            cluster.worker_image,
-            loader,
-            ["DATA_ROOT", "--exit=3"],
-            replicas=2,
-            env=[
-                {"name": "DATA_ROOT", "value": "/mnt/x"},
-                {"name": "PYTHONPATH", "value": loader.path},
-            ],
-        )
+    jobs.start(
+        "exit3-e2e",
+        loader,
+        cluster.worker_image,
+        ["DATA_ROOT", "--exit=3"],
+        replicas=2,
+        env=[
+            {"name": "DATA_ROOT", "value": "/mnt/x"},
+            {"name": "PYTHONPATH", "value": loader.path},
+        ],
     )
     job = wait_until(
         lambda: (j := jobs.get("exit3-e2e")).get("status", {}).get("phase") == "Failed" and j,

@@ -108,6 +108,7 @@ class Cluster:
     helm_home: str = ""
     versions: dict[str, str] = field(default_factory=versions)  # hack/cluster/versions.env
     kwok_pod_spec: dict[str, Any] = field(default_factory=lambda: dict(KWOK_POD_SPEC))
+    _api_resources: list[str] = field(default_factory=list, repr=False)
 
     def kubectl(
         self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120
@@ -120,6 +121,48 @@ class Cluster:
     ) -> subprocess.CompletedProcess[str]:
         """Run our pinned helm against this cluster (its cache/config dirs in a temp dir)."""
         return self._run("helm", args, check=check, input=input, timeout=timeout)
+
+    def can_i(
+        self, user: str, verb: str, resource: str, namespace: str | None, *extra: str
+    ) -> bool:
+        """``kubectl auth can-i VERB RESOURCE --as USER [-n NS | -A] [--subresource=S]``, asked
+        as a SubjectAccessReview (no kubectl process per question). ``resource`` is kubectl's
+        ``plural[.group]``; the identity's groups are those impersonation gives it: a service
+        account's two groups, and ``system:authenticated``."""
+        from kubernetes import client
+
+        if "." not in resource:  # as kubectl does: the group from discovery, core first
+            names = self._resource_names()
+            resource = next((n for n in names if n == resource), None) or next(
+                (n for n in names if n.startswith(f"{resource}.")), resource
+            )
+        plural, _, group = resource.partition(".")
+        prefix = "--subresource="
+        subresource = next((e.removeprefix(prefix) for e in extra if e.startswith(prefix)), "")
+        groups = ["system:authenticated"]
+        if user.startswith("system:serviceaccount:"):
+            groups += ["system:serviceaccounts", f"system:serviceaccounts:{user.split(':')[2]}"]
+        review = client.V1SubjectAccessReview(
+            spec=client.V1SubjectAccessReviewSpec(
+                user=user,
+                groups=groups,
+                resource_attributes=client.V1ResourceAttributes(
+                    verb=verb,
+                    resource=plural,
+                    group=group,
+                    subresource=subresource or None,
+                    namespace=namespace or "",
+                ),
+            )
+        )
+        answer = client.AuthorizationV1Api(self.api_client).create_subject_access_review(review)
+        return bool(answer.status.allowed)
+
+    def _resource_names(self) -> list[str]:
+        """``kubectl api-resources -o name`` (``plural[.group]``), asked once."""
+        if not self._api_resources:
+            self._api_resources = self.kubectl("api-resources", "-o", "name").stdout.split()
+        return self._api_resources
 
     def _run(
         self, tool: str, args: tuple[str, ...], *, check: bool, input: str | None, timeout: float

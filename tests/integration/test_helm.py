@@ -85,17 +85,6 @@ def helm_uninstall(cluster: Cluster, release: Release) -> None:
     cluster.helm("uninstall", release.name, "--namespace", release.namespace, check=False)
 
 
-def can_i(
-    cluster: Cluster, user: str, verb: str, resource: str, namespace: str | None, *extra: str
-) -> bool:
-    ns_args = ["--namespace", namespace] if namespace else ["--all-namespaces"]
-    proc = cluster.kubectl("auth", "can-i", verb, resource, "--as", user, *ns_args, *extra,
-                           check=False)  # fmt: skip
-    answer = proc.stdout.strip()
-    assert answer in ("yes", "no"), f"kubectl auth can-i: {proc.stdout}{proc.stderr}"
-    return answer == "yes"
-
-
 def gone(read: Any, *args: Any) -> bool:
     try:
         read(*args)
@@ -264,17 +253,17 @@ def test_namespace_scope_install(cluster: Cluster, namespace: str, other_namespa
             ("get", "secrets"),
             ("create", "events"),
         ]:
-            assert can_i(cluster, user, verb, resource, namespace), f"{verb} {resource}"
-            assert not can_i(cluster, user, verb, resource, other_namespace), (
+            assert cluster.can_i(user, verb, resource, namespace), f"{verb} {resource}"
+            assert not cluster.can_i(user, verb, resource, other_namespace), (
                 f"{verb} {resource} in a namespace the operator does not watch"
             )
-        assert can_i(cluster, user, "patch", EJ, namespace, "--subresource=status")
-        assert not can_i(cluster, user, "patch", EJ, other_namespace, "--subresource=status")
-        assert not can_i(cluster, user, "list", "secrets", namespace)
+        assert cluster.can_i(user, "patch", EJ, namespace, "--subresource=status")
+        assert not cluster.can_i(user, "patch", EJ, other_namespace, "--subresource=status")
+        assert not cluster.can_i(user, "list", "secrets", namespace)
         # No cluster-wide reach at all in namespace mode.
-        assert not can_i(cluster, user, "list", "pods", None)
-        assert not can_i(cluster, user, "list", "namespaces", None)
-        assert not can_i(cluster, user, "list", "customresourcedefinitions", None)
+        assert not cluster.can_i(user, "list", "pods", None)
+        assert not cluster.can_i(user, "list", "namespaces", None)
+        assert not cluster.can_i(user, "list", "customresourcedefinitions", None)
     finally:
         helm_uninstall(cluster, rel)
 
@@ -411,7 +400,7 @@ def test_operator_rbac_cluster_scope(
             ("create", "secrets"),  # the per-job env Secret
             ("create", "events"),
         ]:
-            assert can_i(cluster, user, verb, resource, ns, *extra), f"{verb} {resource} {extra}"
+            assert cluster.can_i(user, verb, resource, ns, *extra), f"{verb} {resource} {extra}"
         for verb, resource, *extra in [
             ("delete", "secrets"),  # an earlier job's env Secret is left to the GC
             ("list", "secrets"),
@@ -429,7 +418,7 @@ def test_operator_rbac_cluster_scope(
             ("create", "serviceaccounts"),
             ("create", "rolebindings"),
         ]:
-            assert not can_i(cluster, user, verb, resource, ns, *extra), f"{verb} {resource}"
+            assert not cluster.can_i(user, verb, resource, ns, *extra), f"{verb} {resource}"
     for verb, resource in [
         ("delete", "namespaces"),
         ("delete", "nodes"),
@@ -438,7 +427,7 @@ def test_operator_rbac_cluster_scope(
         ("delete", "customresourcedefinitions"),
         ("impersonate", "users"),
     ]:
-        assert not can_i(cluster, user, verb, resource, None), f"{verb} {resource}"
+        assert not cluster.can_i(user, verb, resource, None), f"{verb} {resource}"
     # kopf's cluster-wide watches (-A), and it notices the CRD being (re)installed: read-only.
     for verb, resource in [
         ("list", EJ),
@@ -448,8 +437,8 @@ def test_operator_rbac_cluster_scope(
         ("list", "customresourcedefinitions"),
         ("watch", "customresourcedefinitions"),
     ]:
-        assert can_i(cluster, user, verb, resource, None), f"{verb} {resource} cluster-wide"
-    assert not can_i(cluster, user, "list", "secrets", None)
+        assert cluster.can_i(user, verb, resource, None), f"{verb} {resource} cluster-wide"
+    assert not cluster.can_i(user, "list", "secrets", None)
 
 
 def _can_i_list(cluster: Cluster, user: str, namespace: str) -> tuple[set[str], set[str]]:
@@ -487,7 +476,7 @@ def test_worker_pods_have_no_api_access(cluster: Cluster, release: Release, name
     assert resources <= BASIC_RESOURCES, resources - BASIC_RESOURCES
     assert all(u.startswith(BASIC_NON_RESOURCE_PREFIXES) for u in urls), urls
     for verb, resource in [("get", EJ), ("get", "pods"), ("get", "secrets"), ("list", "pods")]:
-        assert not can_i(cluster, f"system:serviceaccount:{namespace}:default", verb, resource,
+        assert not cluster.can_i(f"system:serviceaccount:{namespace}:default", verb, resource,
                          namespace)  # fmt: skip
 
 
@@ -515,21 +504,21 @@ def test_namespace_users_get_executejobs_through_aggregation(
         )
     # The clusterrole-aggregation controller folds the chart's roles into edit/view.
     wait_until(
-        lambda: can_i(cluster, editor, "create", EJ, namespace),
+        lambda: cluster.can_i(editor, "create", EJ, namespace),
         timeout=60,
         what="edit to aggregate the ExecuteJob rules",
     )
     wait_until(
-        lambda: can_i(cluster, viewer, "list", EJ, namespace),
+        lambda: cluster.can_i(viewer, "list", EJ, namespace),
         timeout=60,
         what="view to aggregate the ExecuteJob rules",
     )
     for verb in ("get", "list", "watch", "create", "update", "patch", "delete"):
-        assert can_i(cluster, editor, verb, EJ, namespace), verb
-    assert not can_i(cluster, editor, "patch", EJ, namespace, "--subresource=status")
-    assert not can_i(cluster, editor, "create", EJ, other_namespace)
-    assert not can_i(cluster, viewer, "create", EJ, namespace)
-    assert not can_i(cluster, viewer, "delete", EJ, namespace)
+        assert cluster.can_i(editor, verb, EJ, namespace), verb
+    assert not cluster.can_i(editor, "patch", EJ, namespace, "--subresource=status")
+    assert not cluster.can_i(editor, "create", EJ, other_namespace)
+    assert not cluster.can_i(viewer, "create", EJ, namespace)
+    assert not cluster.can_i(viewer, "delete", EJ, namespace)
 
     # And for real: the editor creates the example job (the CRD's admission included).
     doc = next(

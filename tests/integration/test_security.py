@@ -81,18 +81,6 @@ def helm_uninstall(cluster: Cluster, release: Release) -> None:
     cluster.helm("uninstall", release.name, "--namespace", release.namespace, check=False)
 
 
-def can_i(
-    cluster: Cluster, user: str, verb: str, resource: str, namespace: str | None, *extra: str
-) -> bool:
-    ns_args = ["--namespace", namespace] if namespace else ["--all-namespaces"]
-    proc = cluster.kubectl(
-        "auth", "can-i", verb, resource, "--as", user, *ns_args, *extra, check=False
-    )
-    answer = proc.stdout.strip()
-    assert answer in ("yes", "no"), f"kubectl auth can-i: {proc.stdout}{proc.stderr}"
-    return answer == "yes"
-
-
 def can_i_list(cluster: Cluster, user: str, namespace: str) -> set[str]:
     """The resources `kubectl auth can-i --list` grants ``user`` (non-resource URLs left out)."""
     out = cluster.kubectl("auth", "can-i", "--list", "--as", user, "--namespace", namespace)
@@ -138,7 +126,7 @@ def assert_exactly_documented(
         for verb in VERBS:
             expected = verb in grants.get(resource, set())
             ns = None if resource == CLUSTER_ONLY else namespace
-            if can_i(cluster, user, verb, base, ns, *extra) != expected:
+            if cluster.can_i(user, verb, base, ns, *extra) != expected:
                 wrong.append(f"{verb} {resource}: expected {'yes' if expected else 'no'}")
     assert not wrong, "\n".join(wrong)
     # Nothing beyond the table (and the defaults every identity has).
@@ -156,8 +144,8 @@ def test_operator_can_do_exactly_what_this_document_lists(cluster: Cluster, name
                 cluster, rel.sa_user, namespace, cluster_scope=scope == "cluster"
             )
             if scope == "namespace":  # nothing outside the watched namespace
-                assert not can_i(cluster, rel.sa_user, "get", "secrets", "default")
-                assert not can_i(cluster, rel.sa_user, "create", "pods", "default")
+                assert not cluster.can_i(rel.sa_user, "get", "secrets", "default")
+                assert not cluster.can_i(rel.sa_user, "create", "pods", "default")
         finally:
             helm_uninstall(cluster, rel)
 
@@ -234,7 +222,7 @@ def test_a_view_user_reads_no_value_the_client_sent(
         },
     )  # fmt: skip
     wait_until(
-        lambda: can_i(cluster, viewer, "list", EJ, namespace), what="view aggregates ExecuteJobs"
+        lambda: cluster.can_i(viewer, "list", EJ, namespace), what="view aggregates ExecuteJobs"
     )
 
     seen = []
@@ -259,7 +247,7 @@ def test_a_view_user_reads_no_value_the_client_sent(
         proc = cluster.kubectl("get", "secret", secret, "-n", namespace, "--as", viewer,
                                check=False)  # fmt: skip
         assert proc.returncode != 0 and "forbidden" in proc.stderr, secret
-    assert not can_i(cluster, viewer, "list", "secrets", namespace)
+    assert not cluster.can_i(viewer, "list", "secrets", namespace)
     # The published hash is keyed: it matches no unkeyed hash of the values.
     stored = json.loads(seen[0])["items"][0]
     published = stored["status"]["envHash"]
@@ -314,14 +302,19 @@ CHILD = textwrap.dedent(
 )
 
 
-def _child(namespace: str, kubeconfig: str, script: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
+def _spawn(namespace: str, kubeconfig: str, script: Path) -> subprocess.Popen[str]:
+    """A child client, starting (its imports and warm-up take most of its time)."""
+    return subprocess.Popen(
         [sys.executable, str(script), namespace],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "KUBECONFIG": kubeconfig},
     )
+
+
+def _ready(proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
+    """Wait until the child has warmed up and waits for its job's name."""
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -336,13 +329,18 @@ def test_sigkill_during_submit_leaves_no_ownerless_secret(
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(template=NOWHERE))
     # How long one submit() takes here: the kill points are spread over it.
-    proc = _child(namespace, cluster.kubeconfig, script)
+    # The next child starts while one submits (and is killed): runs do not wait for imports,
+    # and the calibration submit runs alongside a starting child too.
+    proc = _ready(_spawn(namespace, cluster.kubeconfig, script))
+    upcoming = _spawn(namespace, cluster.kubeconfig, script)
     out, _ = proc.communicate("calibrate\n", timeout=60)
     duration = float(out.split()[-1])
     runs = int(os.environ.get("APPLIANCE_SIGKILL_RUNS", "40"))
     rng = random.Random(int(os.environ.get("APPLIANCE_SIGKILL_SEED", str(time.time_ns()))))
     for i in range(runs):
-        proc = _child(namespace, cluster.kubeconfig, script)
+        proc = _ready(upcoming)
+        if i + 1 < runs:
+            upcoming = _spawn(namespace, cluster.kubeconfig, script)
         assert proc.stdin is not None
         proc.stdin.write(f"k{i}\n")
         proc.stdin.flush()

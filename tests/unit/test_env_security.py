@@ -333,6 +333,7 @@ def test_stale_directories_are_swept_live_ones_kept(shm: Path) -> None:
         "dead-owner": f"{dead.pid} {local._start_time(os.getpid())}",
         "reused-pid": f"{os.getpid()} 1",  # our pid, but another process's start time
         "garbled": "not a pid",
+        "garbled-fresh": "",  # as another process's half-written file would read
         "live": f"{os.getpid()} {local._start_time(os.getpid())}",
     }
     for name, owner in cases.items():
@@ -342,10 +343,11 @@ def test_stale_directories_are_swept_live_ones_kept(shm: Path) -> None:
     (root / "being-created").mkdir()  # no owner file yet, fresh
     (root / "abandoned").mkdir()
     old = time.time() - 3600
-    os.utime(root / "abandoned", (old, old))
+    for name in ("abandoned", "garbled"):
+        os.utime(root / name, (old, old))
     removed = {p.name for p in local.sweep_stale(root)}
     assert removed == {"dead-owner", "reused-pid", "garbled", "abandoned"}
-    assert sorted(p.name for p in root.iterdir()) == ["being-created", "live"]
+    assert sorted(p.name for p in root.iterdir()) == ["being-created", "garbled-fresh", "live"]
 
 
 def test_env_file_of_a_sigkilled_caller_is_removed_by_the_next_start(
