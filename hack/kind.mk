@@ -21,8 +21,10 @@ MINIKUBE_PROFILE ?= appliance
 IMAGE_TAG ?= 0.1.0
 OPERATOR_REPOSITORY ?= appliance-operator/operator
 WORKER_REPOSITORY ?= appliance-operator/worker
+USER_REPOSITORY ?= appliance-operator/user
 OPERATOR_IMAGE := $(OPERATOR_REPOSITORY):$(IMAGE_TAG)
 WORKER_IMAGE := $(WORKER_REPOSITORY):$(IMAGE_TAG)
+USER_IMAGE := $(USER_REPOSITORY):$(IMAGE_TAG)
 OPERATOR_DOCKERFILE ?= images/operator.Dockerfile
 WORKER_DOCKERFILE ?= images/worker.Dockerfile
 HELM_RELEASE ?= appliance-operator
@@ -39,7 +41,7 @@ CRD_SOURCE := $(KIND_MK_REPO)/crds/executejobs.yaml
 KIND_MK_BIN = $(shell bash $(KIND_MK_REPO)/hack/cluster/build.sh --print-bindir)
 HELM ?= $(or $(shell command -v helm),$(KIND_MK_BIN)/helm)
 KUBECTL ?= $(or $(shell command -v kubectl),$(KIND_MK_BIN)/kubectl)
-export IMAGE_TAG OPERATOR_REPOSITORY WORKER_REPOSITORY
+export IMAGE_TAG OPERATOR_REPOSITORY WORKER_REPOSITORY USER_REPOSITORY
 
 .PHONY: kind-up kind-down kind-e2e-up kind-e2e-down minikube-up minikube-down chart-install \
 	chart-lint chart-crds docker-images
@@ -82,6 +84,8 @@ minikube-up:
 		-f $(WORKER_DOCKERFILE) -t $(WORKER_IMAGE) .
 	cd $(KIND_MK_REPO) && $(MINIKUBE) -p $(MINIKUBE_PROFILE) image build \
 		-f $(OPERATOR_DOCKERFILE) -t $(OPERATOR_IMAGE) .
+	cd $(KIND_MK_REPO) && $(MINIKUBE) -p $(MINIKUBE_PROFILE) image build \
+		-f images/user.Dockerfile -t $(USER_IMAGE) .
 	$(call chart_install,$(MINIKUBE_PROFILE))
 
 minikube-down:

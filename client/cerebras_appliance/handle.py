@@ -41,6 +41,9 @@ Until = Literal["finished", "ready"]
 
 #: How long one step of a wait blocks at most (the display's elapsed time moves on).
 WAIT_TICK_S = 0.5
+#: A wait says so (once) when the job still has no status this long after it began: on
+#: Kubernetes, the operator is not running or does not watch the namespace.
+NO_STATUS_NOTICE_S = 30.0
 
 _FAILED_WORKER = re.compile(r"worker (\S+) failed \(exit code (-?\d+)")
 
@@ -311,6 +314,11 @@ class JobHandle:
     def _reattach_hint(self) -> str:
         return ""
 
+    def _no_status_hint(self, status: ExecuteJobStatus) -> str:
+        """Why ``status`` may be one nobody wrote (``""``: it was written). The local backend
+        computes its status itself, so only the Kubernetes one says anything."""
+        return ""
+
     # -- waiting ---------------------------------------------------------------------------
 
     def wait(
@@ -383,13 +391,20 @@ class JobHandle:
     ) -> ExecuteJobStatus:
         display = make_display(self.label, progress)
         status: ExecuteJobStatus | None = None
-        deadline = None if timeout is None else time.monotonic() + timeout
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
+        silent_noted = False
         try:
             with self._observer() as observe:
                 status = observe(0)
                 while True:
                     self._last_status = status
                     display.update(status)
+                    if not silent_noted and time.monotonic() - began >= NO_STATUS_NOTICE_S:
+                        silent_noted = True
+                        hint = self._no_status_hint(status)
+                        if hint:
+                            display.notice(f"still waiting after {NO_STATUS_NOTICE_S:.0f}s: {hint}")
                     if status.finished or (until == "ready" and _all_ready(status)):
                         break
                     if status.phase == "Suspended":
@@ -429,6 +444,9 @@ class JobHandle:
         found = problem(status)
         if found is not None:
             text += f"; {found[0]}: {found[1]}"
+        hint = self._no_status_hint(status)
+        if hint:
+            text += f"; {hint}"
         return JobTimeoutError(text, status, until)
 
     # -- logs ------------------------------------------------------------------------------

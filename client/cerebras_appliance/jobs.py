@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from cerebras_appliance import settings
 from cerebras_appliance.api import (
     AWAITING_VALUES_ANNOTATION,
     EnvVar,
@@ -24,10 +26,11 @@ from cerebras_appliance.api import (
 from cerebras_appliance.environment import ApplianceEnviron, appliance_environ
 from cerebras_appliance.handle import JobHandle, JobNotFoundError
 
-Backend = Literal["local", "kubernetes"]
+Backend = Literal["auto", "local", "kubernetes"]
 
-#: The worker image used when none is given (the local backend ignores it).
-DEFAULT_IMAGE = os.environ.get("APPLIANCE_WORKER_IMAGE", "appliance-operator/worker:0.1.0")
+#: The worker image used when neither ``image=`` nor ``$APPLIANCE_WORKER_IMAGE`` names one
+#: (the local backend ignores it).
+DEFAULT_IMAGE = settings.DEFAULT_WORKER_IMAGE
 
 
 #: What ``submit()`` and ``get_job()`` return, on every backend (``handle.py``): ``status()``,
@@ -67,6 +70,7 @@ def build_job(
     inline: bool = False,
 ) -> ExecuteJob:
     """A validated ExecuteJob for a snapshot. Raises InvalidJobError naming each bad field.
+    ``image``: default ``$APPLIANCE_WORKER_IMAGE``, then :data:`DEFAULT_IMAGE` (read now).
 
     Every value is a ``secretKeyRef`` into one Secret, :func:`values_secret_name` (key:
     :func:`secret_key_for` of the variable name), never inline: the job carries names and
@@ -95,7 +99,7 @@ def build_job(
         spec = ExecuteJobSpec.model_validate(
             {
                 "replicas": replicas,
-                "image": image or DEFAULT_IMAGE,
+                "image": settings.image_setting(image).value,
                 "entrypoint": entrypoint,
                 "args": list(args),
                 "env": env,
@@ -138,7 +142,7 @@ def submit(
     *,
     args: Sequence[str] = (),
     name: str | None = None,
-    backend: Backend = "local",
+    backend: Backend | None = None,
     namespace: str | None = None,
     image: str | None = None,
     sensitive: Collection[str] = (),
@@ -152,23 +156,46 @@ def submit(
     """Create an execute job running ``entrypoint`` in ``replicas`` input workers.
 
     The variables set through ``appliance_environ`` (and still set) are snapshotted *now*:
-    changing them afterwards affects only jobs submitted later.
+    changing them afterwards affects only jobs submitted later. The client's configuration
+    variables (:data:`settings.CONFIG_VARS`: ``APPLIANCE_BACKEND``, ``APPLIANCE_NAMESPACE``,
+    ``APPLIANCE_WORKER_IMAGE``) are read, never sent, even when set through it.
+
+    ``backend``, ``namespace`` and ``image``: the argument, else ``$APPLIANCE_BACKEND``,
+    ``$APPLIANCE_NAMESPACE``, ``$APPLIANCE_WORKER_IMAGE``, else the defaults: backend
+    ``"auto"`` (Kubernetes in a pod whose service account may create ExecuteJobs there, local
+    elsewhere), the pod's own namespace (else the kubeconfig context's, else ``default``),
+    :data:`DEFAULT_IMAGE`. See :mod:`cerebras_appliance.settings`.
 
     ``backend="local"`` runs the workers as subprocesses here (``workdir`` is their working
     directory, default the current one); ``backend="kubernetes"`` creates an ExecuteJob in
     ``namespace`` for the operator, with every value in a Secret the job owns (never inline:
     see :func:`build_job`). ``sensitive`` is accepted for compatibility: it must name tracked
     variables that are set, and changes nothing (every value is treated as sensitive).
+    Kubernetes errors are ``kube.KubernetesError``s: ``NoCredentialsError``,
+    ``ForbiddenError`` (naming the verb, the resource and the Role that grants it),
+    ``NotInstalledError`` (no CRD); the chosen backend and namespace are in their notes.
     """
     source = appliance_environ if environ is None else environ
-    snapshot = list(source.tracked().items())  # build_job refuses values that are not UTF-8
+    # build_job refuses values that are not UTF-8
+    snapshot = [(k, v) for k, v in source.tracked().items() if k not in settings.CONFIG_VARS]
+    wanted = settings.backend_setting(backend)
+    if wanted.value == "auto":
+        chosen = _decide_auto(namespace)
+    else:
+        chosen = _Decision(wanted.value, wanted.source, None)
+    ns: settings.Setting | None = None
+    if chosen.value == "kubernetes":
+        from cerebras_appliance import kube
+
+        ns = kube.namespace_setting(namespace)
+    api_client = chosen.api_client
     job = build_job(
         entrypoint,
         replicas,
         snapshot,
         args=args,
         name=name,
-        namespace=namespace,
+        namespace=ns.value if ns is not None else namespace,
         image=image,
         sensitive=sensitive,
         template=template,
@@ -176,42 +203,78 @@ def submit(
         active_deadline_seconds=active_deadline_seconds,
         ttl_seconds_after_finished=ttl_seconds_after_finished,
     )
-    if backend == "local":
+    if chosen.value == "local":
+        if api_client is not None:
+            api_client.close()
         from cerebras_appliance.local import LocalJob
 
         return LocalJob(job, snapshot, workdir=workdir)
-    if backend == "kubernetes":
-        from cerebras_appliance.kube import KubernetesJob
+    from cerebras_appliance.kube import KubernetesError, KubernetesJob
 
-        return KubernetesJob.create(job, snapshot)
-    raise ValueError(f"backend: {backend!r} is not one of 'local', 'kubernetes'")
+    try:
+        return KubernetesJob.create(job, snapshot, api_client=api_client)
+    except KubernetesError as exc:
+        exc.add_note(f"backend 'kubernetes' from {chosen.source}; namespace {ns}")
+        raise
+
+
+@dataclass(frozen=True)
+class _Decision:
+    value: str
+    source: str
+    api_client: Any  # the API client the access review used (kept for the job), or None
+
+
+def _decide_auto(namespace: str | None) -> _Decision:
+    """``"auto"`` decided (``settings.decide_auto``), with the API client it made, if any.
+    Outside a pod nothing Kubernetes is imported (a local submit stays light)."""
+    made: list[Any] = []
+
+    def ns() -> settings.Setting:
+        from cerebras_appliance import kube
+
+        return kube.namespace_setting(namespace)
+
+    def may_create(name: str) -> tuple[bool, str]:
+        from cerebras_appliance import kube
+
+        try:
+            made.append(kube.new_api_client())
+        except kube.KubernetesError as exc:
+            return False, str(exc)
+        return kube.may_create_executejobs(name, made[0])
+
+    chosen = settings.decide_auto(ns, may_create)
+    return _Decision(chosen.value, chosen.source, made[0] if made else None)
 
 
 def get_job(
     name: str,
     namespace: str | None = None,
     *,
-    backend: Backend = "kubernetes",
+    backend: Backend | None = None,
 ) -> Job:
     """A handle on an existing job, e.g. after a notebook's kernel restarted.
 
-    ``backend="kubernetes"`` (the default): the ExecuteJob ``name`` in ``namespace`` (default:
-    the kubeconfig context's, or the pod's own). ``backend="local"``: a job this process
-    submitted and has not deleted (local workers belong to the process that started them).
-    Raises :class:`JobNotFoundError` when there is no such job.
+    ``backend``: the argument, else ``$APPLIANCE_BACKEND``, else ``"auto"``: a local job of
+    this process by that name, else the ExecuteJob. ``"kubernetes"``: the ExecuteJob ``name``
+    in ``namespace`` (default: ``$APPLIANCE_NAMESPACE``, the pod's own, the kubeconfig
+    context's, ``default``). ``"local"``: a job this process submitted and has not deleted
+    (local workers belong to the process that started them). Raises
+    :class:`JobNotFoundError` when there is no such job.
     """
-    if backend == "kubernetes":
-        from cerebras_appliance.kube import KubernetesJob
-
-        return KubernetesJob.get(name, namespace)
-    if backend == "local":
+    wanted = settings.backend_setting(backend).value
+    if wanted in ("local", "auto"):
         from cerebras_appliance.local import find_local_job
 
         found = find_local_job(name)
-        if found is None:
+        if found is not None:
+            return found
+        if wanted == "local":
             raise JobNotFoundError(
                 f"no local job {name!r} in this process (local jobs cannot be reattached from "
                 "another process: their workers stop when the submitting process exits)"
             )
-        return found
-    raise ValueError(f"backend: {backend!r} is not one of 'local', 'kubernetes'")
+    from cerebras_appliance.kube import KubernetesJob
+
+    return KubernetesJob.get(name, namespace)

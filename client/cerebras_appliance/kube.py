@@ -16,12 +16,12 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import urllib3
 from kubernetes import client, config, watch
 
+from cerebras_appliance import settings
 from cerebras_appliance.api import (
     API_VERSION,
     AWAITING_VALUES_ANNOTATION,
@@ -57,68 +57,190 @@ _WATCH_WINDOW_S = 60
 _LOG_RETRY_S = 0.5
 #: A followed log that says nothing this long is reconnected (lines are never repeated).
 _LOG_READ_TIMEOUT_S = 300
-_SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+#: The example Role granting exactly what this client calls (``examples/user-rbac.yaml``).
+USER_ROLE = "appliance-user"
+_ROLE_HINT = (
+    f"bind the pod's service account (or the user) to a Role that grants it: the Role "
+    f"{USER_ROLE!r} of examples/user-rbac.yaml grants exactly what the client needs (submit, "
+    "follow, logs, delete), and the namespace's 'edit' role includes it"
+)
 
 
 class KubernetesError(RuntimeError):
     """The API server refused or failed a request; the message says what and why."""
 
 
+class NoCredentialsError(KubernetesError):
+    """No way to reach the cluster was found; the message lists what was tried."""
+
+
+class ForbiddenError(KubernetesError):
+    """RBAC refused a request: ``verb`` on ``resource`` (``executejobs.appliance.dev``,
+    ``secrets``, ``pods/log``...) in ``namespace``; the message names the Role that grants it."""
+
+    def __init__(self, message: str, verb: str, resource: str, namespace: str) -> None:
+        super().__init__(message)
+        self.verb, self.resource, self.namespace = verb, resource, namespace
+
+
+class NotInstalledError(KubernetesError):
+    """The cluster has no ExecuteJob API: the CRD ``executejobs.appliance.dev`` is missing."""
+
+
 def new_api_client() -> client.ApiClient:
-    """An API client from the in-cluster service account, else $KUBECONFIG."""
+    """An API client from the in-cluster service account, else $KUBECONFIG (or
+    ``~/.kube/config``). :class:`NoCredentialsError` says what was tried when neither works."""
     try:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         # The library reads $KUBECONFIG once, when imported: read it now.
-        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
+        kubeconfig = os.environ.get("KUBECONFIG") or None
+        try:
+            config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError) as exc:
+            raise NoCredentialsError(_no_credentials(kubeconfig, exc)) from None
     api_client = client.ApiClient(client.Configuration.get_default_copy())
     api_client.user_agent = "cerebras-appliance-client"
     return api_client
 
 
-def default_namespace() -> str:
-    """The namespace of the current kubeconfig context, the pod's own, or "default"."""
-    if _SERVICE_ACCOUNT_NAMESPACE.exists():
-        return _SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+def _no_credentials(kubeconfig: str | None, exc: BaseException) -> str:
+    token = settings.SERVICE_ACCOUNT_DIR / "token"
+    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        pod = "not in a pod ($KUBERNETES_SERVICE_HOST is unset)"
+    elif not token.is_file():
+        pod = (
+            f"in a pod, but no service account token is mounted at {token} "
+            "(automountServiceAccountToken: false?)"
+        )
+    else:
+        pod = f"the pod's service account token at {token} could not be used"
+    where = f"$KUBECONFIG={kubeconfig}" if kubeconfig else "~/.kube/config ($KUBECONFIG is unset)"
+    return (
+        f"no Kubernetes credentials for the kubernetes backend: tried the in-cluster service "
+        f"account ({pod}) and a kubeconfig, {where} ({exc}). Run in a pod with a service "
+        "account, or set $KUBECONFIG; backend='local' (or "
+        f"{settings.BACKEND_VAR}=local) runs the workers on this machine instead"
+    )
+
+
+def kubeconfig_namespace() -> str | None:
+    """The namespace of the current kubeconfig context, if there is one."""
     try:
         _, current = config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-            config_file=os.environ.get("KUBECONFIG")
+            config_file=os.environ.get("KUBECONFIG") or None
         )
     except (config.ConfigException, OSError):
-        return "default"
+        return None
     namespace = (current or {}).get("context", {}).get("namespace")
-    return str(namespace) if namespace else "default"
+    return str(namespace) if namespace else None
+
+
+def namespace_setting(namespace: str | None = None) -> settings.Setting:
+    """The namespace by the documented order (``settings.namespace_setting``)."""
+    return settings.namespace_setting(namespace, kubeconfig_namespace=kubeconfig_namespace)
+
+
+def default_namespace() -> str:
+    """$APPLIANCE_NAMESPACE, the pod's own, the kubeconfig context's, or "default"."""
+    return namespace_setting().value
+
+
+def may_create_executejobs(namespace: str, api_client: client.ApiClient) -> tuple[bool, str]:
+    """(whether the caller may create ExecuteJobs in ``namespace``, why not): one
+    SelfSubjectAccessReview, which every authenticated identity may make."""
+    review = client.V1SelfSubjectAccessReview(
+        spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                group=GROUP, resource=PLURAL, verb="create", namespace=namespace
+            )
+        )
+    )
+    try:
+        result = client.AuthorizationV1Api(api_client).create_self_subject_access_review(
+            review, _request_timeout=_REQUEST_TIMEOUT_S
+        )
+    except client.ApiException as exc:
+        return False, f"asking whether it may create executejobs failed: {_message(exc)}"
+    except _CONNECTION_ERRORS as exc:
+        return False, _unreachable(exc)
+    if result.status is not None and result.status.allowed:
+        return True, ""
+    return False, (
+        f"its service account may not create executejobs.{GROUP} in namespace {namespace!r} "
+        f"(SelfSubjectAccessReview); {_ROLE_HINT}"
+    )
 
 
 def _message(exc: client.ApiException) -> str:
+    body = _body(exc)
+    if body.get("message"):
+        return str(body["message"])
+    return f"{exc.status} {exc.reason}"
+
+
+def _body(exc: client.ApiException) -> dict[str, Any]:
     try:
         body = json.loads(exc.body or "{}")
     except (TypeError, ValueError):
-        body = {}
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return f"{exc.status} {exc.reason}"
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 #: What the client library raises when the API server cannot be reached (no ApiException).
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (urllib3.exceptions.HTTPError, OSError)
 
 
-def _refusal(exc: client.ApiException, grant: str) -> str:
-    """The API server's reason, with the fix for the usual ones."""
+def _api_error(
+    what: str, exc: client.ApiException, verb: str, resource: str, namespace: str
+) -> KubernetesError:
+    """The error for a refused request ``verb resource`` (``executejobs.appliance.dev``,
+    ``secrets``, ``pods/log``...): forbidden (with the Role that grants it), refused
+    credentials, the CRD or the namespace missing, or the API server's own message."""
     text = _message(exc)
     if exc.status == 403:
-        return (
-            f"{text} (the client needs '{grant}' in the namespace: bind the user or the "
-            "pod's service account to the 'edit' role there)"
+        return ForbiddenError(
+            f"{what}: {text}. The client needs '{verb} {resource}' (verb {verb!r}, resource "
+            f"{resource!r}) in namespace {namespace!r}: {_ROLE_HINT}",
+            verb,
+            resource,
+            namespace,
         )
     if exc.status == 401:
-        return f"{text} (the credentials were refused: check $KUBECONFIG or the token)"
-    return text
+        return KubernetesError(
+            f"{what}: {text} (the credentials were refused: check $KUBECONFIG or the token)"
+        )
+    if exc.status == 404 and resource.startswith(PLURAL):
+        details = _body(exc).get("details") or {}
+        if details.get("kind") == "namespaces":
+            return KubernetesError(
+                f"{what}: namespace {namespace!r} does not exist: pass namespace= or set "
+                f"${settings.NAMESPACE_VAR}"
+            )
+        if not details.get("name"):  # not one object missing: the whole resource
+            return NotInstalledError(
+                f"{what}: this cluster has no ExecuteJob API ({API_VERSION}, resource "
+                f"{PLURAL}; the API server answered: {text}): the CustomResourceDefinition "
+                f"{PLURAL}.{GROUP} is not installed. The platform team installs it with the "
+                "operator's Helm chart (charts/appliance-operator) or crds/executejobs.yaml"
+            )
+    return KubernetesError(f"{what}: {text}")
 
 
 def _unreachable(exc: BaseException) -> str:
     return f"the API server could not be reached ({exc.__class__.__name__}: {exc})"
+
+
+_EJ = f"{PLURAL}.{GROUP}"
+
+
+def _extra(error: KubernetesError) -> tuple[str, ...]:
+    """The constructor arguments after the message, to rebuild ``error`` with a longer one."""
+    if isinstance(error, ForbiddenError):
+        return (error.verb, error.resource, error.namespace)
+    return ()
 
 
 def _raw(response: Any) -> dict[str, Any]:
@@ -213,7 +335,7 @@ class KubernetesJob(JobHandle):
                 ) from None
             if exc.status == 422:
                 raise InvalidJobError([_message(exc)]) from None
-            raise KubernetesError(f"{what}: {_refusal(exc, 'create executejobs')}") from None
+            raise _api_error(what, exc, "create", _EJ, self.namespace) from None
         except _CONNECTION_ERRORS as exc:
             raise KubernetesError(f"{what}: {_unreachable(exc)}") from None
 
@@ -254,9 +376,8 @@ class KubernetesJob(JobHandle):
                     f"{what}: a Secret of that name exists already (the name is random: someone "
                     "else made it); submit again. The job was deleted"
                 ) from None
-            raise KubernetesError(
-                f"{what}: {_refusal(exc, 'create secrets')}. The job was deleted"
-            ) from None
+            error = _api_error(what, exc, "create", "secrets", self.namespace)
+            raise type(error)(f"{error}. The job was deleted", *_extra(error)) from None
         except _CONNECTION_ERRORS as exc:
             raise KubernetesError(f"{what}: {_unreachable(exc)}. The job was deleted") from None
 
@@ -269,9 +390,8 @@ class KubernetesJob(JobHandle):
                 GROUP, VERSION, self.namespace, PLURAL, self.name, patch, _preload_content=False
             )
         except client.ApiException as exc:
-            raise KubernetesError(
-                f"{what}: {_refusal(exc, 'patch executejobs')}. The job was deleted"
-            ) from None
+            error = _api_error(what, exc, "patch", _EJ, self.namespace)
+            raise type(error)(f"{error}. The job was deleted", *_extra(error)) from None
         except _CONNECTION_ERRORS as exc:
             raise KubernetesError(f"{what}: {_unreachable(exc)}. The job was deleted") from None
         self.manifest["metadata"].get("annotations", {}).pop(AWAITING_VALUES_ANNOTATION, None)
@@ -316,10 +436,10 @@ class KubernetesJob(JobHandle):
                 )
             )
         except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubernetesError(
-                f"reading ExecuteJob {self.namespace}/{self.name}: {_message(exc)}"
+            if exc.status == 404 and (_body(exc).get("details") or {}).get("name"):
+                return None  # this job does not exist (the API does: see _api_error)
+            raise _api_error(
+                f"reading ExecuteJob {self.namespace}/{self.name}", exc, "get", _EJ, self.namespace
             ) from None
 
     # -- reattaching --------------------------------------------------------------------
@@ -376,17 +496,24 @@ class KubernetesJob(JobHandle):
             feed.close()
 
     def _list_once(self) -> tuple[ExecuteJobStatus | None, str]:
-        listing = _raw(
-            self._custom.list_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                self.namespace,
-                PLURAL,
-                field_selector=f"metadata.name={self.name}",
-                _preload_content=False,
-                _request_timeout=_REQUEST_TIMEOUT_S,
+        try:
+            listing = _raw(
+                self._custom.list_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    self.namespace,
+                    PLURAL,
+                    field_selector=f"metadata.name={self.name}",
+                    _preload_content=False,
+                    _request_timeout=_REQUEST_TIMEOUT_S,
+                )
             )
-        )
+        except client.ApiException as exc:
+            if exc.status is not None and exc.status >= 500:
+                raise  # retried by the feed
+            raise _api_error(
+                f"listing ExecuteJob {self.namespace}/{self.name}", exc, "list", _EJ, self.namespace
+            ) from None
         items = listing.get("items") or []
         status = self._status_of(items[0]) if items else None
         return status, str(listing["metadata"]["resourceVersion"])
@@ -424,21 +551,30 @@ class KubernetesJob(JobHandle):
                     yield event["object"]
         except client.ApiException as exc:
             if exc.status != 410:  # 410 Gone: our version is too old; list again
-                raise KubernetesError(
-                    f"watching ExecuteJob {self.namespace}/{self.name}: {_message(exc)}"
+                raise _api_error(
+                    f"watching ExecuteJob {self.namespace}/{self.name}",
+                    exc,
+                    "watch",
+                    _EJ,
+                    self.namespace,
                 ) from None
         finally:
             stream.stop()  # type: ignore[no-untyped-call]
 
     def _pods(self) -> list[dict[str, Any]]:
-        pods = _raw(
-            self._core.list_namespaced_pod(
-                self.namespace,
-                label_selector=f"{MANAGED_BY_LABEL}={OPERATOR},{JOB_NAME_LABEL}={self.name}",
-                _preload_content=False,
-                _request_timeout=_REQUEST_TIMEOUT_S,
+        try:
+            pods = _raw(
+                self._core.list_namespaced_pod(
+                    self.namespace,
+                    label_selector=f"{MANAGED_BY_LABEL}={OPERATOR},{JOB_NAME_LABEL}={self.name}",
+                    _preload_content=False,
+                    _request_timeout=_REQUEST_TIMEOUT_S,
+                )
             )
-        )
+        except client.ApiException as exc:
+            raise _api_error(
+                f"listing the pods of job {self.label}", exc, "list", "pods", self.namespace
+            ) from None
         return list(pods.get("items") or [])
 
     def _attempts(self) -> list[AttemptRef]:
@@ -466,7 +602,9 @@ class KubernetesJob(JobHandle):
             )
         except client.ApiException as exc:
             if exc.status not in (400, 404):  # 400: container not started yet
-                raise KubernetesError(f"reading the log of pod {name}: {_message(exc)}") from None
+                raise _api_error(
+                    f"reading the log of pod {name}", exc, "get", "pods/log", self.namespace
+                ) from None
             return ""
         text: str = response.data.decode("utf-8", errors="replace")
         return text
@@ -486,6 +624,10 @@ class KubernetesJob(JobHandle):
         except client.ApiException as exc:
             if exc.status == 404:
                 return "gone"
+            if exc.status == 403:
+                raise _api_error(
+                    f"reading pod {name}", exc, "get", "pods", self.namespace
+                ) from None
             raise
         status = pod.get("status") or {}
         if status.get("phase") in ("Succeeded", "Failed"):
@@ -516,8 +658,12 @@ class KubernetesJob(JobHandle):
                 if exc.status == 404:
                     return  # the pod is gone
                 if exc.status != 400:
-                    raise KubernetesError(
-                        f"following the log of pod {ref.name}: {_message(exc)}"
+                    raise _api_error(
+                        f"following the log of pod {ref.name}",
+                        exc,
+                        "get",
+                        "pods/log",
+                        self.namespace,
                     ) from None
                 # 400: the container has not started (ContainerCreating, image pull...)
                 if finished.is_set() and self._pod_state(ref.name) != "live":
@@ -557,6 +703,16 @@ class KubernetesJob(JobHandle):
             with contextlib.suppress(Exception):
                 response.shutdown()
 
+    def _no_status_hint(self, status: ExecuteJobStatus) -> str:
+        if status.observed_generation is not None:
+            return ""
+        return (
+            f"the operator has written no status for job {self.label}: it is not running, or "
+            f"it does not watch namespace {self.namespace!r} (kubectl get pods -A -l "
+            "app.kubernetes.io/name=appliance-operator; installed with rbac.scope=namespace, "
+            "the namespace must be in watchNamespaces)"
+        )
+
     def _after_interrupt_delete(self) -> str:
         return (
             f" (its pods are being removed: kubectl get pods -n {self.namespace} "
@@ -585,8 +741,12 @@ class KubernetesJob(JobHandle):
             )
         except client.ApiException as exc:
             if exc.status != 404:
-                raise KubernetesError(
-                    f"deleting ExecuteJob {self.namespace}/{self.name}: {_message(exc)}"
+                raise _api_error(
+                    f"deleting ExecuteJob {self.namespace}/{self.name}",
+                    exc,
+                    "delete",
+                    _EJ,
+                    self.namespace,
                 ) from None
 
     def __repr__(self) -> str:

@@ -90,6 +90,9 @@ class Display(Protocol):
 
     def update(self, status: ExecuteJobStatus) -> None: ...
 
+    def notice(self, text: str) -> None:
+        """One line about the wait itself (e.g. the operator has not answered)."""
+
     def close(self, status: ExecuteJobStatus | None) -> None: ...
 
 
@@ -99,6 +102,9 @@ class NullDisplay:
     stream: IO[str] | None = None
 
     def update(self, status: ExecuteJobStatus) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
         pass
 
     def close(self, status: ExecuteJobStatus | None) -> None:
@@ -133,6 +139,9 @@ class LineDisplay:
         ):
             self._print(text)
             self._last_key, self._last_text = key, text
+
+    def notice(self, text: str) -> None:
+        self._print(text)
 
     def close(self, status: ExecuteJobStatus | None) -> None:
         if status is not None and status.finished and self._last_text != summary(status):
@@ -194,6 +203,12 @@ class BarDisplay:
         bar.set_postfix_str(postfix, refresh=False)
         bar.refresh()
         self._state, self._last_refresh = state, now
+
+    def notice(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(f"{self.label}: {text}", file=self.stream)
+        else:
+            print(f"{self.label}: {text}", file=self.stream or sys.stderr, flush=True)
 
     def close(self, status: ExecuteJobStatus | None) -> None:
         if status is not None:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build the worker and operator images from images/*.Dockerfile with `docker build`.
+# Build the worker, operator and user images from images/*.Dockerfile with `docker build`.
 #
-# Usage: hack/kind/images.sh [TAG]   build both; print WORKER_IMAGE=... and OPERATOR_IMAGE=...
-# Environment: WORKER_REPOSITORY, OPERATOR_REPOSITORY (default appliance-operator/{worker,operator}),
+# Usage: hack/kind/images.sh [TAG]   build them; print WORKER_IMAGE=..., OPERATOR_IMAGE=... and
+#                                    USER_IMAGE=... (the user pod's: the client, python3)
+# Environment: WORKER_REPOSITORY, OPERATOR_REPOSITORY, USER_REPOSITORY
+#              (default appliance-operator/{worker,operator,user}),
 #              IMAGE_TAG (default 0.1.0), DOCKER_BUILD_ARGS (extra `docker build` arguments)
 #
 # The Dockerfiles start FROM debian:<suite>-slim. When Docker has no such image and cannot pull
@@ -20,6 +22,7 @@ use_docker
 TAG=${1:-${IMAGE_TAG:-0.1.0}}
 WORKER_IMAGE=${WORKER_REPOSITORY:-appliance-operator/worker}:$TAG
 OPERATOR_IMAGE=${OPERATOR_REPOSITORY:-appliance-operator/operator}:$TAG
+USER_IMAGE=${USER_REPOSITORY:-appliance-operator/user}:$TAG
 t0=$SECONDS
 step() { log "images: $* (t+$((SECONDS - t0))s)"; }
 
@@ -107,6 +110,8 @@ build() { # build DOCKERFILE IMAGE: the context is what the Dockerfile copies, a
 }
 build images/worker.Dockerfile "$WORKER_IMAGE"
 build images/operator.Dockerfile "$OPERATOR_IMAGE"
+build images/user.Dockerfile "$USER_IMAGE"
 step "done"
 echo "WORKER_IMAGE=$WORKER_IMAGE"
 echo "OPERATOR_IMAGE=$OPERATOR_IMAGE"
+echo "USER_IMAGE=$USER_IMAGE"

@@ -2,7 +2,7 @@
 # A kind cluster for the operator: Docker (the user's, or the project's own: dockerd.sh), kind
 # (tools.sh), the node image (kind's default where it can be pulled, else node-image.sh builds
 # one), `kind create cluster`, and optionally the worker/operator images (images.sh) loaded with
-# `kind load docker-image`.
+# `kind load docker-image` (worker, operator and user images).
 #
 # Usage: hack/kind/up.sh [--name NAME] [--workers N] [--images] [--kubeconfig FILE] [--prepare]
 #   --name NAME        cluster name (default $KIND_CLUSTER, else "appliance")
@@ -18,11 +18,11 @@
 #              KIND_NODE_MONITOR_GRACE_PERIOD  kube-controller-manager's --node-monitor-grace-period
 #                                (default: Kubernetes' own, 50s): how long a silent kubelet takes
 #                                to make its node NotReady. The e2e tests use 20s (lost nodes)
-#              IMAGE_TAG, WORKER_REPOSITORY, OPERATOR_REPOSITORY (see images.sh)
+#              IMAGE_TAG, WORKER_REPOSITORY, OPERATOR_REPOSITORY, USER_REPOSITORY (images.sh)
 # Idempotent: a healthy cluster of that name (all nodes Ready) is reused as it is; one that is
 # not (its containers stopped, e.g. after its dockerd ended) is deleted and made afresh.
 # Prints, last: KUBECONFIG=, DOCKER_HOST=, NODES= (the workers), CREATED=1|0, and with --images
-# WORKER_IMAGE=, OPERATOR_IMAGE=.
+# WORKER_IMAGE=, OPERATOR_IMAGE=, USER_IMAGE=.
 set -euo pipefail
 # shellcheck source=hack/kind/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -145,8 +145,8 @@ if [[ -n $IMAGES ]]; then
   eval "$images_out"
   # Into the nodes that run pods (the control plane is tainted), when there are any.
   workers=$(nodes_of | { grep -v -- '-control-plane$' || true; } | paste -sd, -)
-  step "kind load docker-image $WORKER_IMAGE $OPERATOR_IMAGE ${workers:+(nodes $workers)}"
-  "$KIND" load docker-image --name "$NAME" ${workers:+--nodes "$workers"} "$WORKER_IMAGE" "$OPERATOR_IMAGE" >&2
+  step "kind load docker-image $WORKER_IMAGE $OPERATOR_IMAGE $USER_IMAGE ${workers:+(nodes $workers)}"
+  "$KIND" load docker-image --name "$NAME" ${workers:+--nodes "$workers"} "$WORKER_IMAGE" "$OPERATOR_IMAGE" "$USER_IMAGE" >&2
 fi
 step "done"
 echo "KUBECONFIG=$KUBECONFIG_COPY"

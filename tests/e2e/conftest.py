@@ -87,8 +87,9 @@ class KindCluster(_it.Cluster):  # type: ignore[name-defined,misc]
       (``""``: the default one)
     - ``node_names``: the worker nodes (those that run worker pods; the control plane is
       tainted). ``node_name`` is the first of them.
-    - ``worker_image`` / ``operator_image``: built from ``images/*.Dockerfile``, loaded into
-      every node (``kind load``): use ``imagePullPolicy: Never`` or ``IfNotPresent``.
+    - ``worker_image`` / ``operator_image`` / ``user_image`` (a user pod's: python3 and the
+      client): built from ``images/*.Dockerfile``, loaded into every node (``kind load``):
+      use ``imagePullPolicy: Never`` or ``IfNotPresent``.
     - ``pod_logs(namespace, pod)``: a pod's log.
     - ``stop_kubelet(node)`` / ``start_kubelet(node)``: ``systemctl stop|start kubelet`` in the
       node: its pods keep running, the node goes NotReady after the node monitor's grace period
@@ -104,6 +105,7 @@ class KindCluster(_it.Cluster):  # type: ignore[name-defined,misc]
     node_names: list[str] = field(default_factory=list)
     worker_image: str = ""
     operator_image: str = ""
+    user_image: str = ""
 
     @property
     def node_name(self) -> str:
@@ -238,6 +240,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster]:
             node_names=[n for n in env.get("NODES", "").split(",") if n],
             worker_image=env["WORKER_IMAGE"],
             operator_image=env["OPERATOR_IMAGE"],
+            user_image=env["USER_IMAGE"],
         )
     finally:
         api_client.close()

@@ -593,6 +593,53 @@ def test_examples_are_valid_jobs(name: str) -> None:
     assert all("namespace" not in d["metadata"] for d in docs)
 
 
+CLIENT_KUBE = REPO_ROOT / "client" / "cerebras_appliance" / "kube.py"
+# Every call of the Kubernetes backend reports a refusal through _api_error(what, exc, VERB,
+# RESOURCE, namespace), or deletes the job it created (_abandon).
+_CLIENT_CALL = re.compile(
+    r'_api_error\(\s*(?:f?"[^"]*"|\w+),\s*exc,\s*"(?P<verb>\w+)",\s*(?P<resource>_EJ|"[\w/]+")'
+)
+
+
+def client_api_needs() -> set[tuple[str, str]]:
+    """(verb, group/resource) of every call the Python client's Kubernetes backend makes."""
+    text = CLIENT_KUBE.read_text()
+    needs = set()
+    for m in _CLIENT_CALL.finditer(text):
+        resource = m.group("resource")
+        key = "appliance.dev/executejobs" if resource == "_EJ" else f"/{resource.strip(chr(34))}"
+        needs.add((m.group("verb"), key))
+    assert "def _abandon" in text and "delete_namespaced_custom_object" in text
+    needs.add(("delete", "appliance.dev/executejobs"))
+    return needs
+
+
+def test_user_role_example_grants_exactly_what_the_client_calls() -> None:
+    """examples/user-rbac.yaml: every call of the client is granted, nothing else is, and no
+    Secret can be read."""
+    docs = list(_example_docs("user-rbac.yaml"))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"ServiceAccount", "Role", "RoleBinding"}
+    assert all("namespace" not in d["metadata"] for d in docs)  # `kubectl apply -n NS`
+    binding = kinds["RoleBinding"]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "appliance-user"
+    }  # fmt: skip
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "appliance-user"}]
+    assert kinds["Role"]["metadata"]["name"] == kinds["ServiceAccount"]["metadata"]["name"]
+    granted = {
+        (v, r) for r, verbs in rules_by_resource(kinds["Role"]["rules"]).items() for v in verbs
+    }
+    needs = client_api_needs()
+    assert ("create", "/secrets") in needs and ("get", "/pods/log") in needs, needs
+    assert granted == needs, (granted - needs, needs - granted)
+    assert not {v for v, r in granted if r == "/secrets"} - {"create"}
+    # The Role the client's messages name.
+    from cerebras_appliance.kube import USER_ROLE
+
+    assert kinds["Role"]["metadata"]["name"] == USER_ROLE
+
+
 def test_secret_example_references_its_secret() -> None:
     docs = list(_example_docs("executejob-secret.yaml"))
     secret = next(d for d in docs if d["kind"] == "Secret")
