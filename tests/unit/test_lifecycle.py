@@ -175,6 +175,8 @@ def test_local_suspend_resume_and_scale_are_not_failures(tmp_path: Path) -> None
     assert isinstance(job, LocalJob)
     try:
         wait_status(job, lambda s: s.ready_replicas == 3, "3 ready")
+        # Ready is the env applied; the user code's try block (its clean-up) starts after.
+        wait_status(job, lambda s: len(list(tmp_path.glob("*.started"))) == 3, "3 started")
         st = job.suspend()
         st = wait_status(
             job,
