@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -23,6 +23,9 @@ from cerebras_appliance.api import (
 )
 from cerebras_appliance.environment import ApplianceEnviron, appliance_environ
 from cerebras_appliance.handle import JobHandle, JobNotFoundError
+
+if TYPE_CHECKING:
+    from cerebras_appliance.pool import LocalPool
 
 Backend = Literal["local", "kubernetes"]
 
@@ -148,6 +151,7 @@ def submit(
     ttl_seconds_after_finished: int | None = None,
     workdir: str | os.PathLike[str] | None = None,
     environ: ApplianceEnviron | None = None,
+    pool: str | LocalPool | None = None,
 ) -> Job:
     """Create an execute job running ``entrypoint`` in ``replicas`` input workers.
 
@@ -159,7 +163,21 @@ def submit(
     ``namespace`` for the operator, with every value in a Secret the job owns (never inline:
     see :func:`build_job`). ``sensitive`` is accepted for compatibility: it must name tracked
     variables that are set, and changes nothing (every value is treated as sensitive).
+
+    ``pool``: warm workers. On the local backend a :class:`~cerebras_appliance.pool.LocalPool`
+    (its idle processes are claimed, the rest start cold); on Kubernetes the name of a
+    ``WorkerPool`` in the namespace (``spec.pool``), whose image must be the job's.
     """
+    from cerebras_appliance.pool import LocalPool
+
+    if backend == "local" and pool is not None and not isinstance(pool, LocalPool):
+        raise InvalidJobError(
+            [f"pool: {pool!r} is not a LocalPool; the local backend claims from a LocalPool"]
+        )
+    if backend == "kubernetes" and isinstance(pool, LocalPool):
+        raise InvalidJobError(
+            ["pool: a LocalPool serves the local backend; name a WorkerPool on Kubernetes"]
+        )
     source = appliance_environ if environ is None else environ
     snapshot = list(source.tracked().items())  # build_job refuses values that are not UTF-8
     job = build_job(
@@ -179,7 +197,9 @@ def submit(
     if backend == "local":
         from cerebras_appliance.local import LocalJob
 
-        return LocalJob(job, snapshot, workdir=workdir)
+        return LocalJob(
+            job, snapshot, workdir=workdir, pool=pool if isinstance(pool, LocalPool) else None
+        )
     if backend == "kubernetes":
         from cerebras_appliance.kube import KubernetesJob
 
