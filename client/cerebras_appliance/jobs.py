@@ -68,6 +68,7 @@ def build_job(
     ttl_seconds_after_finished: int | None = None,
     labels: Mapping[str, str] | None = None,
     inline: bool = False,
+    pool: str | None = None,
 ) -> ExecuteJob:
     """A validated ExecuteJob for a snapshot. Raises InvalidJobError naming each bad field.
 
@@ -106,6 +107,7 @@ def build_job(
                 "backoffLimit": backoff_limit,
                 "activeDeadlineSeconds": active_deadline_seconds,
                 "ttlSecondsAfterFinished": ttl_seconds_after_finished,
+                "pool": pool,
             }
         )
     except ValidationError as exc:
@@ -193,6 +195,7 @@ def submit(
         backoff_limit=backoff_limit,
         active_deadline_seconds=active_deadline_seconds,
         ttl_seconds_after_finished=ttl_seconds_after_finished,
+        pool=pool if isinstance(pool, str) else None,
     )
     if backend == "local":
         from cerebras_appliance.local import LocalJob

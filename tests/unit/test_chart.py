@@ -146,22 +146,28 @@ def rules_by_resource(rules: list[dict[str, Any]]) -> dict[str, set[str]]:
 # --- the CRD --------------------------------------------------------------------------------
 
 
-def test_crd_copy_is_identical_to_crds_dir() -> None:
-    source = REPO_ROOT / "crds" / "executejobs.yaml"
-    copy = CHART / "crds" / "executejobs.yaml"
-    assert source.exists(), "crds/executejobs.yaml is missing (make crds)"
+CRD_FILES = ["executejobs.yaml", "workerpools.yaml"]
+
+
+@pytest.mark.parametrize("name", CRD_FILES)
+def test_crd_copy_is_identical_to_crds_dir(name: str) -> None:
+    source = REPO_ROOT / "crds" / name
+    copy = CHART / "crds" / name
+    assert source.exists(), f"crds/{name} is missing (make crds)"
     assert copy.read_bytes() == source.read_bytes(), (
-        "charts/appliance-operator/crds/executejobs.yaml differs from crds/executejobs.yaml: "
-        "run `make chart-crds` (cp crds/executejobs.yaml charts/appliance-operator/crds/)"
+        f"charts/appliance-operator/crds/{name} differs from crds/{name}: "
+        "run `make chart-crds` (cp crds/*.yaml charts/appliance-operator/crds/)"
     )
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["executejobs.yaml"]
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == CRD_FILES
 
 
-def test_crd_is_rendered_with_include_crds(helm: Helm) -> None:
+def test_crds_are_rendered_with_include_crds(helm: Helm) -> None:
     docs = helm.template(include_crds=True)
-    crd = one(docs, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "executejobs.appliance.dev"
-    assert crd == yaml.safe_load((REPO_ROOT / "crds" / "executejobs.yaml").read_text())
+    crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
+    assert sorted(crds) == ["executejobs.appliance.dev", "workerpools.appliance.dev"]
+    for name in CRD_FILES:
+        crd = yaml.safe_load((REPO_ROOT / "crds" / name).read_text())
+        assert crds[crd["metadata"]["name"]] == crd
 
 
 # --- lint -----------------------------------------------------------------------------------
