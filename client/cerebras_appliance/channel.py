@@ -112,17 +112,29 @@ class ClaimServer:
 
     @classmethod
     def listen(cls, context: ssl.SSLContext, port: int, host: str = "") -> ClaimServer:
-        family = socket.AF_INET6 if socket.has_ipv6 and not host else socket.AF_INET
-        try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind((host or "::", port))
-            sock.listen(8)
-        except OSError as exc:
-            raise ChannelError(f"cannot listen on port {port}: {exc}") from None
-        return cls(context, sock)
+        """Listen on ``host`` (default: every address, IPv6 and IPv4 where there is IPv6)."""
+        candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")] if not host else []
+        if host:
+            candidates = [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)]
+        problem: OSError | None = None
+        for family, address in candidates:
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:  # no IPv6 in this network namespace
+                problem = exc
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and not host:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind((address, port))
+                sock.listen(8)
+            except OSError as exc:
+                sock.close()
+                problem = exc
+                continue
+            return cls(context, sock)
+        raise ChannelError(f"cannot listen on port {port}: {problem}")
 
     @property
     def port(self) -> int:
