@@ -217,6 +217,7 @@ def test_default_render(helm: Helm) -> None:
         "ClusterRole",  # aggregated into view
         "ClusterRoleBinding",
         "Deployment",
+        "NetworkPolicy",  # only the operator reaches idle pool workers
         "Service",
         "ServiceAccount",
     ]
@@ -447,6 +448,9 @@ def test_rbac_is_least_privilege(helm: Helm) -> None:
         "/pods": {"get", "list", "watch", "create", "patch", "delete"},
         "/secrets": {"get", "create"},
         "/events": {"create"},
+        "appliance.dev/workerpools": {"list", "watch"},
+        "appliance.dev/workerpools/status": {"patch"},
+        "appliance.dev/workerpools/finalizers": {"update"},
         "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
     }
     # Never list/watch secrets: that would hand every Secret of the cluster to the operator.
@@ -474,13 +478,15 @@ CONVENIENCE_READS = {
 
 def _resource_key(resource: str) -> str:
     """ "pods" -> "/pods", "executejobs/status" -> "appliance.dev/executejobs/status"."""
-    return f"appliance.dev/{resource}" if resource.startswith("executejobs") else f"/{resource}"
+    if resource.startswith(("executejobs", "workerpools")):
+        return f"appliance.dev/{resource}"
+    return f"/{resource}"
 
 
 def _kopf_resource(args: str) -> str:
     parts = [a.strip().strip("\"'") for a in args.split(",") if "=" not in a]
     if parts and parts[0] == "GROUP":
-        return "appliance.dev/executejobs"
+        return f"appliance.dev/{'workerpools' if parts[-1] == 'POOL_PLURAL' else 'executejobs'}"
     return _resource_key(parts[-1])
 
 
@@ -502,6 +508,7 @@ def operator_api_needs() -> set[tuple[str, str]]:
         # OwnerReferencesPermissionEnforcement: setting it needs update on the owner's
         # finalizers.
         needs.add(("update", "appliance.dev/executejobs/finalizers"))
+        needs.add(("update", "appliance.dev/workerpools/finalizers"))  # pool_owner_reference
     return needs
 
 
@@ -629,3 +636,32 @@ def test_submit_example_prints_a_valid_job() -> None:
     assert job.spec.entrypoint == "/opt/examples/show_env.py"
     assert [e.name for e in job.spec.env] == ["DATA_ROOT", "SHARD_COUNT", "API_TOKEN"]
     assert "LOCAL_ONLY" not in proc.stdout.split('"env"')[1]  # set through os.environ only
+
+
+def test_network_policy_admits_only_the_operator_to_idle_pool_workers(helm: Helm) -> None:
+    docs = helm.template()
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    deployment = one(docs, "Deployment")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "appliance-operator",
+        "appliance.dev/pool-state": "idle",
+    }
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    operator_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= operator_labels.items()
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": policy["metadata"]["namespace"]
+    }
+    assert rule["ports"] == [{"protocol": "TCP", "port": 7443}]
+    ns_docs = helm.template(
+        "--set", "rbac.scope=namespace", "--set", "watchNamespaces={ml,research}"
+    )
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(ns_docs, "NetworkPolicy")) == [
+        "ml",
+        "research",
+    ]
+    off = helm.template("--set", "workerPools.networkPolicy.enabled=false")
+    assert not by_kind(off, "NetworkPolicy")
