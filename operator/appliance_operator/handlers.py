@@ -58,10 +58,7 @@ logger = logging.getLogger("appliance_operator")
 
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
 #: The pods of warm pools (idle, and claimed ones, which keep the label).
-POOL_PODS: dict[str, str | kopf.MetaFilterToken] = {
-    MANAGED_BY_LABEL: MANAGED_BY,
-    POOL_NAME_LABEL: kopf.PRESENT,
-}
+POOL_PODS: dict[str, Any] = {MANAGED_BY_LABEL: MANAGED_BY, POOL_NAME_LABEL: kopf.PRESENT}
 #: Every this many resync periods the indexes are checked against the API server (with the
 #: default 60 s period: every 5 minutes, the watches' own renewal interval).
 DRIFT_EVERY = 5
