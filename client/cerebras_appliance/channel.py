@@ -29,6 +29,8 @@ from cerebras_appliance.claim import MAX_CLAIM_BYTES
 
 TLS_DIR_VAR = "APPLIANCE_CLAIM_TLS_DIR"
 PORT_VAR = "APPLIANCE_CLAIM_PORT"
+#: The address to listen on (default: every address of the pod).
+HOST_VAR = "APPLIANCE_CLAIM_HOST"
 DEFAULT_PORT = 7443
 OPERATOR_CN = "appliance-operator"
 WORKER_CN = "appliance-worker"
@@ -108,7 +110,7 @@ class ClaimServer:
             port = int(environ.get(PORT_VAR) or DEFAULT_PORT)
         except ValueError:
             raise ChannelError(f"{PORT_VAR} is not a port number") from None
-        return cls.listen(server_context(tls_dir), port)
+        return cls.listen(server_context(tls_dir), port, environ.get(HOST_VAR, ""))
 
     @classmethod
     def listen(cls, context: ssl.SSLContext, port: int, host: str = "") -> ClaimServer:

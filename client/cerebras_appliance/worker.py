@@ -79,6 +79,7 @@ WARM_VARS = (
     POOL_WORKER_VAR,
     "APPLIANCE_CLAIM_TLS_DIR",
     "APPLIANCE_CLAIM_PORT",
+    "APPLIANCE_CLAIM_HOST",
 )
 PREFIX = "appliance worker:"
 

@@ -254,7 +254,7 @@ class Controller:
         claimed: list[str] = []
         if self.pools is not None and job.job.spec.pool and steps.create and memory.env_hash:
             steps, claimed = self._claim(job, steps, memory, pool)
-        if self.pools is not None and job.job.spec.pool and memory.env_hash:
+        if self.pools is not None and job.job.spec.pool:
             problem = self._deliver(job, pods, memory, pool) or problem
         created, create_failed = self._create_pods(job, steps, memory)
         created = [*claimed, *created]
@@ -338,8 +338,7 @@ class Controller:
         if isinstance(prepared, str):
             logger.warning("[%s/%s] cannot deliver claims: %s", job.namespace, job.name, prepared)
             return True
-        context, text = prepared
-        env_hash = memory.env_hash or ""
+        context, text, env_hash = prepared
         pools = self.pools
         problems = list(
             self._pool.map(lambda p: pools.deliver_one(job, p, context, text, env_hash), todo)

@@ -66,10 +66,12 @@ class PoolController:
         metrics: Metrics,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        claim_port: int = desired.CLAIM_PORT,
     ) -> None:
         self.api = api
         self.metrics = metrics
         self.clock = clock
+        self.claim_port = claim_port
         self._lock = threading.Lock()
         self._contexts: dict[str, ssl.SSLContext] = {}  # pool uid -> operator TLS context
         self._creds_ready: set[str] = set()  # pool uids whose claim Secrets exist
@@ -244,18 +246,25 @@ class PoolController:
             self.metrics.pool_claims.labels(job.namespace, pool_name, "cold").inc(cold)
         return choice, adopted
 
-    def prepare_delivery(self, job: JobView, pool_uid: str) -> tuple[ssl.SSLContext, str] | str:
-        """The operator's TLS context for the job's pool and the job's env file content
-        (read back from ``<job>-env``, the very file a cold worker mounts), or a problem."""
+    def prepare_delivery(
+        self, job: JobView, pool_uid: str
+    ) -> tuple[ssl.SSLContext, str, str] | str:
+        """The operator's TLS context for the job's pool, the job's env file content (read
+        back from ``<job>-env``, the very file a cold worker mounts) and its hash; or the
+        problem."""
         secret = self.api.read_secret(job.namespace, desired.env_secret_name(job.name))
-        if secret is None:
+        meta = (secret or {}).get("metadata") or {}
+        if secret is None or job.uid not in {
+            str(r.get("uid")) for r in meta.get("ownerReferences") or []
+        }:
             return "the job's env Secret is not there yet"
         text = base64.b64decode((secret.get("data") or {})[envfile.SECRET_KEY]).decode("utf-8")
+        env_hash = str((meta.get("annotations") or {}).get(desired.ENV_HASH_ANNOTATION) or "")
         try:
             context = self.context_for(job.namespace, job.job.spec.pool or "", pool_uid)
         except (pooltls.ClaimRefusedError, channel.ChannelError) as exc:
             return str(exc)
-        return context, text
+        return context, text, env_hash
 
     def deliver_one(
         self, job: JobView, pod: PodView, context: ssl.SSLContext, text: str, env_hash: str
@@ -277,7 +286,7 @@ class PoolController:
             )
         )
         try:
-            pooltls.deliver(context, pod.ip, message, port=desired.CLAIM_PORT)
+            pooltls.deliver(context, pod.ip, message, port=self.claim_port)
         except pooltls.ClaimRefusedError as exc:
             if "ConnectionRefused" not in str(exc):
                 self.metrics.pool_claims.labels(job.namespace, pool_name, "failed").inc()
