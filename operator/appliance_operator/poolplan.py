@@ -7,8 +7,9 @@ pods a job claims (like :mod:`appliance_operator.reconcile`, no API call here).
   claimed once, by one job, whatever races. It never returns to the pool.
 * The pool counts only its idle pods toward ``spec.replicas``: every claim is refilled in the
   background; a job never waits for that (what it cannot claim starts cold at once).
-* A job naming a pool that does not exist, or whose image is not the pool's, gets a
-  ``PoolClaim=False`` condition saying so, and starts all its workers cold.
+* A job naming a pool that does not exist, or whose image or pod template is not the pool's
+  (an idle pod already runs with the pool's), gets a ``PoolClaim=False`` condition saying
+  so, and starts all its workers cold.
 """
 
 from __future__ import annotations
@@ -238,6 +239,17 @@ def choose_claims(
                 f"spec.image {spec.image!r} is not the image of WorkerPool {name!r} "
                 f"({pool.spec.image!r}); the workers start cold (use the pool's image, or "
                 "another pool)",
+            )
+        )
+    if spec.template != pool.spec.template:
+        return ClaimChoice(
+            condition=_condition(
+                POOL_CLAIM,
+                False,
+                "PoolTemplateMismatch",
+                f"spec.template differs from the template of WorkerPool {name!r}: its idle "
+                "workers already run with the pool's; the workers start cold (use the pool's "
+                "template, or another pool)",
             )
         )
     idle = sorted((p for p in pods if p.claimable), key=lambda p: (p.created, p.name))

@@ -143,6 +143,11 @@ def test_choose_claims_unknown_pool_and_image_mismatch_are_conditions_all_cold()
     assert other.claims == () and other.condition is not None
     assert other.condition.reason == "PoolImageMismatch"
     assert "'other'" in other.condition.message and "'img'" in other.condition.message
+    tpl = choose_claims(
+        spec(template={"nodeSelector": {"a": "b"}}), parse_pool(pool_body()), [view("a")], creates
+    )
+    assert tpl.claims == () and tpl.condition is not None
+    assert tpl.condition.reason == "PoolTemplateMismatch"
 
 
 def test_choose_claims_takes_only_warm_reachable_idle_pods_oldest_first() -> None:
