@@ -13,6 +13,8 @@ the same run, ``--jobs`` (>= 20) rounds each:
 The user code prints ``time.monotonic_ns()`` (CLOCK_MONOTONIC, shared by every process of the
 machine) and the env it sees is checked. p50/p90 are printed with the ratios warm/bare and
 warm/cold. The target (issue 12): warm p50 <= 0.25x bare.
+
+Kubernetes (``--kubernetes``): see :func:`kubernetes`; target warm p50 <= 100 ms, 8 workers.
 """
 
 from __future__ import annotations
@@ -78,8 +80,6 @@ def report(label: str, values: list[float]) -> str:
 
 
 def local(opts: argparse.Namespace) -> None:
-    for i in range(opts.vars):
-        appliance_environ[f"BENCH_VAR_{i}"] = f"value-{i}"
     with tempfile.TemporaryDirectory() as tmp, LocalPool(size=opts.replicas) as pool:
         script = Path(tmp, "user.py")
         script.write_text(USER_CODE)
@@ -108,15 +108,148 @@ def local(opts: argparse.Namespace) -> None:
     )
 
 
+# -- Kubernetes ------------------------------------------------------------------------------
+
+K8S_USER_CODE = (
+    "import time; t = time.monotonic_ns()\n"
+    "import os; print('entered', t, os.environ.get('BENCH_VAR_0'), flush=True)\n"
+)
+POOL = "bench"
+
+
+def kubernetes(opts: argparse.Namespace) -> None:
+    """The operator as the chart's pod in a fresh namespace of the cluster ``$KUBECONFIG``
+    names (kind: ``make kind-e2e-up``), a WorkerPool of ``--k8s-replicas`` idle workers, and
+    ``--jobs`` jobs of that many workers each way, alternately: warm (``submit(...,
+    pool=...)``) and cold (``submit(...)``). The pool is refilled between rounds, outside the
+    measured time. Times: ``submit()`` called -> the slowest worker's first line of user code
+    (its ``time.monotonic_ns()``: kind's nodes are containers of this machine's kernel, the
+    clock is shared)."""
+    import uuid
+
+    from kubernetes import client
+
+    from cerebras_appliance.kube import new_api_client
+
+    api = new_api_client()
+    core = client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    ns = f"bench-warm-{uuid.uuid4().hex[:6]}"
+    repo = Path(__file__).resolve().parents[1]
+
+    def sh(*args: str) -> str:
+        return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+
+    core.create_namespace({"metadata": {"name": ns}})
+    try:
+        for crd in ("executejobs", "workerpools"):
+            sh("kubectl", "apply", "--server-side", "-f", str(repo / "crds" / f"{crd}.yaml"))
+        repository, _, tag = opts.operator_image.rpartition(":")
+        sh(
+            "helm", "install", "appliance-operator", str(repo / "charts" / "appliance-operator"),
+            "--namespace", ns, "--set", "rbac.scope=namespace",
+            "--set", "rbac.aggregateToDefaultRoles=false",
+            "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+            "--set", "image.pullPolicy=Never", "--wait", "--timeout", "5m",
+        )  # fmt: skip
+        core.create_namespaced_config_map(
+            ns, {"metadata": {"name": "bench-user"}, "data": {"user.py": K8S_USER_CODE}}
+        )
+        template = {
+            "imagePullPolicy": "Never",
+            "volumes": [{"name": "user", "configMap": {"name": "bench-user"}}],
+            "volumeMounts": [{"name": "user", "mountPath": "/bench", "readOnly": True}],
+        }
+        replicas = opts.k8s_replicas
+        custom.create_namespaced_custom_object(
+            "appliance.dev", "v1alpha1", ns, "workerpools",
+            {"apiVersion": "appliance.dev/v1alpha1", "kind": "WorkerPool",
+             "metadata": {"name": POOL},
+             "spec": {"image": opts.worker_image, "replicas": replicas, "template": template}},
+        )  # fmt: skip
+
+        def idle() -> int:
+            pool = custom.get_namespaced_custom_object(
+                "appliance.dev", "v1alpha1", ns, "workerpools", POOL
+            )
+            return int((pool.get("status") or {}).get("idle", 0))
+
+        def wait_idle() -> None:
+            deadline = time.monotonic() + 300
+            while idle() < replicas:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the pool did not refill in 5 minutes")
+                time.sleep(0.2)  # poll interval of the pool's status
+
+        def one(pool: str | None) -> tuple[float, bool]:
+            start = time.monotonic_ns()
+            job = app.submit(
+                "/bench/user.py", replicas, backend="kubernetes", namespace=ns,
+                image=opts.worker_image, template=template, pool=pool,
+            )  # fmt: skip
+            try:
+                status = job.wait(timeout=300, progress=False)
+                if status.phase != "Succeeded":
+                    raise RuntimeError(f"bench job failed: {status}")
+                pods = core.list_namespaced_pod(
+                    ns, label_selector=f"appliance.dev/job-name={job.name}"
+                ).items
+                stamps = [
+                    entered_at(core.read_namespaced_pod_log(p.metadata.name, ns)) for p in pods
+                ]
+                warm = all("appliance.dev/pool-name" in (p.metadata.labels or {}) for p in pods)
+                return (max(stamps) - start) / 1e9, warm
+            finally:
+                job.delete()
+
+        warm_t: list[float] = []
+        cold_t: list[float] = []
+        wait_idle()
+        one(None)  # unmeasured: the image's page cache, the operator's connections
+        for _ in range(opts.jobs):
+            wait_idle()
+            seconds, all_warm = one(POOL)
+            if not all_warm:
+                raise RuntimeError("a warm round got cold workers")
+            warm_t.append(seconds)
+            cold_t.append(one(None)[0])
+    finally:
+        subprocess.run(["helm", "uninstall", "appliance-operator", "--namespace", ns],
+                       check=False, capture_output=True)  # fmt: skip
+        core.delete_namespace(ns)
+    w50, c50 = pct(warm_t, 50), pct(cold_t, 50)
+    print(f"Kubernetes, {replicas} workers, {opts.vars} vars, {opts.jobs} jobs per side")
+    print("  " + report("warm (pool)      ", warm_t))
+    print("  " + report("cold (submit)    ", cold_t))
+    print(
+        f"  warm p50 target <= 100 ms: {'met' if w50 <= 0.1 else 'NOT met'}; "
+        f"ratio warm/cold {w50 / c50:.3f}x"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--replicas", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--vars", type=int, default=20, help="tracked variables in the snapshot")
+    parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="also the Kubernetes part, on the cluster $KUBECONFIG names (kubectl/helm on PATH)",
+    )
+    parser.add_argument("--k8s-replicas", type=int, default=8)
+    parser.add_argument("--worker-image", default="appliance-operator/worker:0.1.0")
+    parser.add_argument("--operator-image", default="appliance-operator/operator:0.1.0")
+    parser.add_argument("--skip-local", action="store_true")
     opts = parser.parse_args()
     if opts.jobs < 20:
         parser.error("--jobs: p90 needs at least 20 jobs per side")
-    local(opts)
+    for i in range(opts.vars):
+        appliance_environ[f"BENCH_VAR_{i}"] = f"value-{i}"
+    if not opts.skip_local:
+        local(opts)
+    if opts.kubernetes:
+        kubernetes(opts)
     return 0
 
 
