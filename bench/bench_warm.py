@@ -181,6 +181,22 @@ def kubernetes(opts: argparse.Namespace) -> None:
                     raise RuntimeError("the pool did not refill in 5 minutes")
                 time.sleep(0.2)  # poll interval of the pool's status
 
+        def log_of(pod: str) -> str:
+            """The pod's log (the kubelet may need a moment to have all of a short one)."""
+            deadline = time.monotonic() + 30
+            while True:
+                text = str(core.read_namespaced_pod_log(pod, ns))
+                if "entered " in text or time.monotonic() > deadline:
+                    if "entered " not in text:
+                        got = core.read_namespaced_pod(pod, ns)
+                        print(
+                            f"{pod}: {got.status.phase} {got.metadata.labels} "
+                            f"{got.metadata.annotations} log={text!r}",
+                            file=sys.stderr,
+                        )
+                    return text
+                time.sleep(0.2)  # poll interval of the log
+
         def one(pool: str | None) -> tuple[float, bool]:
             start = time.monotonic_ns()
             job = app.submit(
@@ -191,12 +207,14 @@ def kubernetes(opts: argparse.Namespace) -> None:
                 status = job.wait(timeout=300, progress=False)
                 if status.phase != "Succeeded":
                     raise RuntimeError(f"bench job failed: {status}")
-                pods = core.list_namespaced_pod(
-                    ns, label_selector=f"appliance.dev/job-name={job.name}"
-                ).items
-                stamps = [
-                    entered_at(core.read_namespaced_pod_log(p.metadata.name, ns)) for p in pods
+                pods = [
+                    p
+                    for p in core.list_namespaced_pod(
+                        ns, label_selector=f"appliance.dev/job-name={job.name}"
+                    ).items
+                    if p.status.phase == "Succeeded"  # not a replaced (disrupted) attempt
                 ]
+                stamps = [entered_at(log_of(p.metadata.name)) for p in pods]
                 warm = all("appliance.dev/pool-name" in (p.metadata.labels or {}) for p in pods)
                 return (max(stamps) - start) / 1e9, warm
             finally:
@@ -213,6 +231,12 @@ def kubernetes(opts: argparse.Namespace) -> None:
                 raise RuntimeError("a warm round got cold workers")
             warm_t.append(seconds)
             cold_t.append(one(None)[0])
+            print(
+                f"  round {len(warm_t)}: warm {warm_t[-1] * 1e3:.0f} ms, "
+                f"cold {cold_t[-1] * 1e3:.0f} ms",
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         subprocess.run(["helm", "uninstall", "appliance-operator", "--namespace", ns],
                        check=False, capture_output=True)  # fmt: skip
