@@ -30,6 +30,7 @@ from pathlib import Path
 
 import cerebras_appliance as app
 from cerebras_appliance.environment import appliance_environ
+from cerebras_appliance.local import base_environment
 from cerebras_appliance.pool import LocalPool
 
 USER_CODE = (
@@ -64,8 +65,11 @@ def run_job(script: Path, replicas: int, pool: LocalPool | None) -> float:
 
 def run_bare(replicas: int) -> float:
     start = time.monotonic_ns()
+    env = base_environment(os.environ)  # what a local worker starts from
     procs = [
-        subprocess.Popen([sys.executable, "-c", BARE_CODE], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", BARE_CODE], stdout=subprocess.PIPE, text=True, env=env
+        )
         for _ in range(replicas)
     ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
@@ -94,6 +98,8 @@ def local(opts: argparse.Namespace) -> None:
             if not pool.wait_idle(timeout=120):
                 raise RuntimeError(f"the pool did not refill: {pool.counts()}")
             warm.append(run_job(script, opts.replicas, pool))
+            # The pool refills before each other side too: no side shares the CPU with it.
+            pool.wait_idle(timeout=120)
             cold.append(run_job(script, opts.replicas, None))
             bare.append(run_bare(opts.replicas))
         if pool.counts().cold_fallbacks:

@@ -36,6 +36,10 @@ if TYPE_CHECKING:
     from cerebras_appliance.handle import JobHandle
 
 
+#: The refill waits for the claimed workers' readiness markers at most this long.
+REFILL_DELAY_MAX_SECONDS = 5.0
+
+
 @dataclass
 class PoolWorker:
     """One warm process: its pipe (write end, ours only) and idle file."""
@@ -44,6 +48,14 @@ class PoolWorker:
     proc: subprocess.Popen[bytes]
     claim_fd: int
     idle_file: Path
+    #: The job's readiness marker, once claimed (the refill waits for it).
+    ready_file: str = ""
+
+    def started_its_job(self) -> bool:
+        """Claimed and past applying the env (or gone): it no longer needs the CPU first."""
+        if self.proc.poll() is not None:
+            return True
+        return bool(self.ready_file) and os.path.exists(self.ready_file)
 
     @property
     def idle(self) -> bool:
@@ -51,6 +63,7 @@ class PoolWorker:
 
     def send(self, claim: claims.Claim) -> None:
         """Write the claim and close the pipe: the worker reads to its end, once."""
+        self.ready_file = dict(claim.plumbing).get("APPLIANCE_READY_FILE", "")
         data = claims.dumps(claim)
         try:
             view = memoryview(data)
@@ -176,8 +189,20 @@ class LocalPool:
             self._claimed += len(taken)
             self._cold += count - len(taken)
         if taken:
-            threading.Thread(target=self.refill, name="appliance-pool-refill", daemon=True).start()
+            threading.Thread(
+                target=self._refill_after, args=(taken,), name="appliance-pool-refill", daemon=True
+            ).start()
         return taken
+
+    def _refill_after(self, taken: Sequence[PoolWorker]) -> None:
+        """Refill once the claimed workers have applied their env (at most 5 s later): new
+        interpreters starting would otherwise share the CPU with the job's first moments."""
+        import time
+
+        deadline = time.monotonic() + REFILL_DELAY_MAX_SECONDS
+        while time.monotonic() < deadline and not all(w.started_its_job() for w in taken):
+            time.sleep(0.002)  # poll interval of the readiness markers
+        self.refill()
 
     def refill(self) -> None:
         """Start workers until ``size`` are idle or starting."""

@@ -268,6 +268,9 @@ def _warm(argv: list[str]) -> int:
     if argv:
         _log(f"{WARM_FLAG} takes no other arguments (the claim names the entrypoint)")
         return EXIT_USAGE
+    # What the claim path imports later (snapshot file, HMAC check): loaded while idle.
+    for module in ("base64", "hashlib", "hmac", "tempfile", "json"):
+        importlib.import_module(module)
     for module in _names(WARM_IMPORTS_VAR):
         try:
             importlib.import_module(module)
