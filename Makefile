@@ -92,7 +92,7 @@ bench-cluster: $(STAMP) cluster-build
 # the chart's copy identical.
 crds: $(STAMP)
 	$(PY) -m appliance_operator.crdgen
-	cp crds/executejobs.yaml charts/appliance-operator/crds/executejobs.yaml
+	cp crds/executejobs.yaml crds/workerpools.yaml charts/appliance-operator/crds/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

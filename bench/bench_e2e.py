@@ -303,8 +303,9 @@ def main() -> int:
     operator: OperatorProcess | None = None
     pods = None
     try:
-        kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds/executejobs.yaml"))
-        kubectl("wait", "--for=condition=Established", "crd/executejobs.appliance.dev")
+        for crd in ("executejobs", "workerpools"):  # the operator watches both
+            kubectl("apply", "--server-side", "-f", str(REPO_ROOT / f"crds/{crd}.yaml"))
+            kubectl("wait", "--for=condition=Established", f"crd/{crd}.appliance.dev")
         wait_for(
             lambda: bool(kubectl("get", "sa", "-n", namespace, "--ignore-not-found", "-o", "name")),
             "the namespace's default ServiceAccount",

@@ -9,7 +9,7 @@
 #   make minikube-down  delete that minikube profile
 #   make chart-install  (re)install the chart into KUBE_CONTEXT (CRD applied first)
 #   make chart-lint     helm lint --strict (the chart tests: make unit)
-#   make chart-crds     copy crds/executejobs.yaml into the chart after `make crds`
+#   make chart-crds     copy crds/*.yaml into the chart after `make crds`
 #
 # Variables (override on the command line, e.g. `make kind-up KIND_CLUSTER=dev`):
 MINIKUBE ?= minikube
@@ -113,4 +113,4 @@ chart-lint:
 	$(HELM) lint --strict $(CHART_DIR)
 
 chart-crds:
-	cp $(CRD_SOURCE) $(CHART_DIR)/crds/executejobs.yaml
+	cp $(CRD_SOURCE) $(KIND_MK_REPO)/crds/workerpools.yaml $(CHART_DIR)/crds/

@@ -55,6 +55,12 @@ RESERVED_ENV_PREFIX = "APPLIANCE_"
 #: resolves nothing and starts no worker while it is there (value: that Secret's name).
 AWAITING_VALUES_ANNOTATION = "appliance.dev/awaiting-values"
 
+#: WorkerPool names: a DNS-1123 label, short enough to be a label value and a pod name part.
+MAX_POOL_NAME_LENGTH = 52
+MAX_POOL_SIZE = 1000
+MAX_POOL_IMPORTS = 64
+MODULE_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
 JOB_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 ENV_NAME_PATTERN = r"^[^=\x00]+$"
 SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
@@ -67,9 +73,9 @@ TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
 class InvalidJobError(ValueError):
     """A job the API would refuse. ``errors`` holds one ``"field: problem"`` line each."""
 
-    def __init__(self, errors: Sequence[str]) -> None:
+    def __init__(self, errors: Sequence[str], kind: str = "ExecuteJob") -> None:
         self.errors = list(errors)
-        super().__init__("invalid ExecuteJob:\n  " + "\n  ".join(self.errors))
+        super().__init__(f"invalid {kind}:\n  " + "\n  ".join(self.errors))
 
 
 class _Model(BaseModel):
@@ -249,6 +255,15 @@ class ExecuteJobSpec(_Model):
         default=None, ge=0, description="Delete the job this long after it finished."
     )
     suspend: bool = Field(default=False, description="Remove the workers but keep the job.")
+    pool: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_POOL_NAME_LENGTH,
+        pattern=JOB_NAME_PATTERN,
+        description="A WorkerPool in the job's namespace whose idle workers the job claims "
+        "(the rest start cold; an unknown pool or another image: all start cold, with a "
+        "condition saying why). Immutable.",
+    )
 
 
 class Condition(_Model):
@@ -334,6 +349,97 @@ class ExecuteJob(_Model):
         if template:
             spec["template"] = template
         return manifest
+
+
+# -- WorkerPool ------------------------------------------------------------------------
+
+POOL_KIND = "WorkerPool"
+POOL_PLURAL = "workerpools"
+POOL_SINGULAR = "workerpool"
+POOL_SHORT_NAMES = ["wp"]
+
+
+class WorkerPoolSpec(_Model):
+    """Warm workers kept idle for the jobs that name this pool."""
+
+    image: str = Field(
+        min_length=1,
+        description="Worker image (must contain the cerebras_appliance package). A job "
+        "claims from the pool only when its spec.image is this image.",
+    )
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=MAX_POOL_SIZE,
+        description="How many idle workers to keep (the scale subresource's replicas).",
+    )
+    imports: list[
+        Annotated[str, Field(min_length=1, max_length=253, pattern=MODULE_NAME_PATTERN)]
+    ] = Field(
+        default_factory=list,
+        max_length=MAX_POOL_IMPORTS,
+        description="Modules each worker imports while warming (e.g. numpy).",
+    )
+    startup_variables: list[
+        Annotated[
+            str, Field(min_length=1, max_length=MAX_ENV_NAME_LENGTH, pattern=ENV_NAME_PATTERN)
+        ]
+    ] = Field(
+        default_factory=list,
+        max_length=MAX_ENV_VARS,
+        description="Variables the preloaded modules read at import: a job whose snapshot "
+        "sets one of them to a new value re-executes its worker once, as for PYTHONPATH.",
+    )
+    template: WorkerTemplate = Field(
+        default_factory=WorkerTemplate,
+        description="Pod overrides of the pool's workers (a claimed worker keeps them).",
+    )
+
+
+class WorkerPoolStatus(_Model):
+    """Observed state of the pool, written by the operator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    replicas: int = 0
+    idle: int = 0
+    starting: int = 0
+    claimed: int = 0
+    selector: str = ""
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+class PoolMeta(ObjectMeta):
+    @field_validator("name")
+    @classmethod
+    def _job_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if len(value) > MAX_POOL_NAME_LENGTH or not re.match(JOB_NAME_PATTERN, value):
+            raise ValueError(
+                f"{value!r} is not a valid pool name: use at most {MAX_POOL_NAME_LENGTH} "
+                "lower-case letters, digits and '-', starting and ending with a letter or digit"
+            )
+        return value
+
+
+class WorkerPool(_Model):
+    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
+
+    api_version: Literal["appliance.dev/v1alpha1"] = "appliance.dev/v1alpha1"
+    kind: Literal["WorkerPool"] = "WorkerPool"
+    metadata: PoolMeta = Field(default_factory=PoolMeta)
+    spec: WorkerPoolSpec
+    status: WorkerPoolStatus | None = None
+
+
+def parse_pool(manifest: dict[str, Any]) -> WorkerPool:
+    """Validate a WorkerPool manifest; raise :class:`InvalidJobError` naming each bad field."""
+    try:
+        return WorkerPool.model_validate(manifest)
+    except ValidationError as exc:
+        raise InvalidJobError(format_validation_error(exc), kind=POOL_KIND) from None
 
 
 def worker_name(job_name: str, index: int, attempt: int = 0) -> str:

@@ -6,7 +6,7 @@ import os
 import secrets
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -25,6 +25,9 @@ from cerebras_appliance.api import (
 )
 from cerebras_appliance.environment import ApplianceEnviron, appliance_environ
 from cerebras_appliance.handle import JobHandle, JobNotFoundError
+
+if TYPE_CHECKING:
+    from cerebras_appliance.pool import LocalPool
 
 Backend = Literal["auto", "local", "kubernetes"]
 
@@ -68,6 +71,7 @@ def build_job(
     ttl_seconds_after_finished: int | None = None,
     labels: Mapping[str, str] | None = None,
     inline: bool = False,
+    pool: str | None = None,
 ) -> ExecuteJob:
     """A validated ExecuteJob for a snapshot. Raises InvalidJobError naming each bad field.
     ``image``: default ``$APPLIANCE_WORKER_IMAGE``, then :data:`DEFAULT_IMAGE` (read now).
@@ -107,6 +111,7 @@ def build_job(
                 "backoffLimit": backoff_limit,
                 "activeDeadlineSeconds": active_deadline_seconds,
                 "ttlSecondsAfterFinished": ttl_seconds_after_finished,
+                "pool": pool,
             }
         )
     except ValidationError as exc:
@@ -152,6 +157,7 @@ def submit(
     ttl_seconds_after_finished: int | None = None,
     workdir: str | os.PathLike[str] | None = None,
     environ: ApplianceEnviron | None = None,
+    pool: str | LocalPool | None = None,
 ) -> Job:
     """Create an execute job running ``entrypoint`` in ``replicas`` input workers.
 
@@ -174,15 +180,36 @@ def submit(
     Kubernetes errors are ``kube.KubernetesError``s: ``NoCredentialsError``,
     ``ForbiddenError`` (naming the verb, the resource and the Role that grants it),
     ``NotInstalledError`` (no CRD); the chosen backend and namespace are in their notes.
+
+    ``pool``: warm workers. On the local backend a :class:`~cerebras_appliance.pool.LocalPool`
+    (its idle processes are claimed, the rest start cold; with ``backend`` "auto", a
+    ``LocalPool`` means the local backend); on Kubernetes the name of a ``WorkerPool`` in the
+    namespace (``spec.pool``), whose image must be the job's.
     """
+    from cerebras_appliance.pool import LocalPool
+
     source = appliance_environ if environ is None else environ
     # build_job refuses values that are not UTF-8
     snapshot = [(k, v) for k, v in source.tracked().items() if k not in settings.CONFIG_VARS]
     wanted = settings.backend_setting(backend)
-    if wanted.value == "auto":
+    if wanted.value == "auto" and isinstance(pool, LocalPool):
+        chosen = _Decision("local", "pool= (a LocalPool)", None)
+    elif wanted.value == "auto":
         chosen = _decide_auto(namespace)
     else:
         chosen = _Decision(wanted.value, wanted.source, None)
+    problem = None
+    if chosen.value == "local" and pool is not None and not isinstance(pool, LocalPool):
+        problem = (
+            f"pool: {pool!r} names a WorkerPool, but the backend is local (from "
+            f"{chosen.source}); the local backend claims from a LocalPool"
+        )
+    if chosen.value == "kubernetes" and isinstance(pool, LocalPool):
+        problem = "pool: a LocalPool serves the local backend; name a WorkerPool on Kubernetes"
+    if problem is not None:
+        if chosen.api_client is not None:
+            chosen.api_client.close()
+        raise InvalidJobError([problem])
     ns: settings.Setting | None = None
     if chosen.value == "kubernetes":
         from cerebras_appliance import kube
@@ -202,13 +229,16 @@ def submit(
         backoff_limit=backoff_limit,
         active_deadline_seconds=active_deadline_seconds,
         ttl_seconds_after_finished=ttl_seconds_after_finished,
+        pool=pool if isinstance(pool, str) else None,
     )
     if chosen.value == "local":
         if api_client is not None:
             api_client.close()
         from cerebras_appliance.local import LocalJob
 
-        return LocalJob(job, snapshot, workdir=workdir)
+        return LocalJob(
+            job, snapshot, workdir=workdir, pool=pool if isinstance(pool, LocalPool) else None
+        )
     from cerebras_appliance.kube import KubernetesError, KubernetesJob
 
     try:

@@ -30,12 +30,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from cerebras_appliance import claim as claims
 from cerebras_appliance import envfile
 from cerebras_appliance.api import ExecuteJob, ExecuteJobStatus, worker_name
 from cerebras_appliance.handle import AttemptRef, JobDeletedError, JobHandle, _split_lines
 from cerebras_appliance.lifecycle import Attempt, decide
+
+if TYPE_CHECKING:
+    from cerebras_appliance.pool import LocalPool, PoolWorker
 
 #: The only variables a local worker inherits from the caller (when the caller has them):
 #: what a process needs to run at all. Everything else reaches it through the snapshot.
@@ -146,8 +150,9 @@ def sweep_stale(root: Path, *, now: float | None = None) -> list[Path]:
     return removed
 
 
-def _job_dir(name: str) -> Path:
-    """A new private directory for one job, owned by this process (stale ones swept)."""
+def private_dir_for(name: str) -> Path:
+    """A new private directory for one job (or pool), owned by this process (stale ones
+    swept)."""
     root = state_root()
     if root is None:
         return Path(tempfile.mkdtemp(prefix=f"appliance-{name}-"))
@@ -182,6 +187,8 @@ class _Worker:
     exit_code: int | None = None
     stop_sent: float | None = None  # monotonic time of the SIGTERM we sent
     counted: bool = False
+    #: Claimed from a warm pool (its process started before the job).
+    warm: bool = False
 
     def observe(self) -> Attempt:
         """Poll the process; the attempt as :func:`lifecycle.decide` sees it."""
@@ -224,6 +231,7 @@ class LocalJob(JobHandle):
         workdir: str | os.PathLike[str] | None = None,
         python: str = sys.executable,
         caller_environ: Mapping[str, str] | None = None,
+        pool: LocalPool | None = None,
     ) -> None:
         if job.metadata.name is None:
             raise ValueError("metadata.name: a local job needs a name")
@@ -232,10 +240,11 @@ class LocalJob(JobHandle):
         self.manifest: dict[str, Any] = job.to_manifest()
         self._env_key, self.env_hash = envfile.seal(env)
         self._python = python
+        self._pool = pool
         self._workdir = os.fspath(workdir) if workdir is not None else os.getcwd()
         self._base_env = base_environment(os.environ if caller_environ is None else caller_environ)
         self._lock = threading.RLock()
-        self._dir = _job_dir(self.name)
+        self._dir = private_dir_for(self.name)
         self._env_file = self._dir / "env.json"
         envfile.write(self._env_file, list(env), self.env_hash, self._env_key)
         self._workers: list[_Worker] = []
@@ -383,12 +392,14 @@ class LocalJob(JobHandle):
                 return decision.status
             for attempt in decision.stop:
                 self._stop(by_name[attempt.name])
-            for index, number in decision.create:
-                self._start(index, number)
+            creates = list(decision.create)
+            warm = self._pool.take(len(creates)) if self._pool is not None and creates else []
+            for position, (index, number) in enumerate(creates):
+                self._start(index, number, warm[position] if position < len(warm) else None)
             self._escalate()
             return decision.status
 
-    def _start(self, index: int, attempt: int) -> None:
+    def _start(self, index: int, attempt: int, warm: PoolWorker | None = None) -> None:
         name = worker_name(self.name, index, attempt)
         worker = _Worker(
             index=index,
@@ -396,12 +407,32 @@ class LocalJob(JobHandle):
             name=name,
             ready_file=self._dir / f"{name}.ready",
             log_file=self._dir / f"{name}.log",
+            warm=warm is not None,
         )
-        env = dict(self._base_env)
-        env[envfile.ENV_FILE_VAR] = str(self._env_file)
-        env[envfile.READY_FILE_VAR] = str(worker.ready_file)
-        env.update(zip(WORKER_VARS, (self.name, name, str(index)), strict=True))
+        plumbing = {
+            envfile.ENV_FILE_VAR: str(self._env_file),
+            envfile.READY_FILE_VAR: str(worker.ready_file),
+            **dict(zip(WORKER_VARS, (self.name, name, str(index)), strict=True)),
+        }
         spec = self.job.spec
+        if warm is not None:
+            # The same plumbing as a cold worker's environment, over the worker's own pipe.
+            worker.log_file.touch(mode=0o600)
+            warm.send(
+                claims.Claim(
+                    worker=warm.name,
+                    entrypoint=spec.entrypoint,
+                    args=tuple(spec.args),
+                    plumbing=tuple(plumbing.items()),
+                    log_file=str(worker.log_file),
+                    cwd=self._workdir,
+                )
+            )
+            worker.proc = warm.proc
+            self._workers.append(worker)
+            return
+        env = dict(self._base_env)
+        env.update(plumbing)
         worker.log_handle = worker.log_file.open("a", encoding="utf-8")
         worker.proc = subprocess.Popen(
             [self._python, "-m", "cerebras_appliance.worker", spec.entrypoint, *spec.args],

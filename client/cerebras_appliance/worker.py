@@ -19,6 +19,18 @@ raises); 2 for a usage error; 78 when the env snapshot file is missing or malfor
 code does not run); 128 + N when the worker was stopped by signal N (143 for SIGTERM, 130 for
 SIGINT), whatever the user code returned after it.
 
+Warm mode: ``python -m cerebras_appliance.worker --warm``. The worker of a pool, started
+before any job exists: it imports the modules named in ``APPLIANCE_WARM_IMPORTS``
+(comma-separated), writes the file named by ``APPLIANCE_IDLE_FILE`` (idle and ready to be
+claimed), and waits for exactly one claim (:mod:`cerebras_appliance.claim`) on its channel:
+the pipe ``APPLIANCE_CLAIM_FD`` (local backend: only the pool's owner holds its other end) or
+a mutually authenticated TLS listener (Kubernetes, :mod:`cerebras_appliance.channel`). The
+channel is closed once a claim arrives (a second or replayed claim finds nothing to talk to);
+the claim's plumbing variables are set, its snapshot written to a private file, and from there
+the worker runs steps 1-5 above unchanged. ``APPLIANCE_WARM_STARTUP_VARS`` (comma-separated)
+names variables the preloaded modules read at import: a snapshot that sets one of them to a
+new value re-executes like a start-up variable. A warm worker serves one job and exits.
+
 Stopping. SIGTERM raises ``SystemExit(143)`` in the user's code (``finally`` blocks, context
 managers and ``atexit`` run) and SIGINT raises ``KeyboardInterrupt``, as in any Python
 program; a handler the user code installs replaces ours and decides for itself (it should
@@ -37,16 +49,38 @@ import runpy
 import signal
 import sys
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
+from cerebras_appliance import claim as claims
 from cerebras_appliance import envfile
 from cerebras_appliance.entrypoints import entrypoint_problem, is_script_entrypoint
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
 REEXEC_MARKER = "APPLIANCE_WORKER_REEXECUTED"
+WARM_FLAG = "--warm"
+WARM_IMPORTS_VAR = "APPLIANCE_WARM_IMPORTS"
+WARM_STARTUP_VARS_VAR = "APPLIANCE_WARM_STARTUP_VARS"
+IDLE_FILE_VAR = "APPLIANCE_IDLE_FILE"
+CLAIM_FD_VAR = "APPLIANCE_CLAIM_FD"
+#: Where a warm worker writes a snapshot it received (default: the temp directory).
+STATE_DIR_VAR = "APPLIANCE_STATE_DIR"
+#: The warm worker's own name: a claim naming another worker is refused.
+POOL_WORKER_VAR = "APPLIANCE_POOL_WORKER"
+#: Warm-mode plumbing removed before the user's code runs.
+WARM_VARS = (
+    WARM_IMPORTS_VAR,
+    WARM_STARTUP_VARS_VAR,
+    IDLE_FILE_VAR,
+    CLAIM_FD_VAR,
+    STATE_DIR_VAR,
+    POOL_WORKER_VAR,
+    "APPLIANCE_CLAIM_TLS_DIR",
+    "APPLIANCE_CLAIM_PORT",
+    "APPLIANCE_CLAIM_HOST",
+)
 PREFIX = "appliance worker:"
 
 
@@ -115,12 +149,17 @@ def run_as_init() -> int | None:
                 return code if code >= 0 else 128 - code
 
 
-def needs_reexec(env: tuple[tuple[str, str], ...], current: Mapping[str, str]) -> list[str]:
-    """Start-up variables of the snapshot whose value the running process does not have."""
+def needs_reexec(
+    env: tuple[tuple[str, str], ...],
+    current: Mapping[str, str],
+    extra: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Start-up variables of the snapshot whose value the running process does not have
+    (``extra``: more names that count as start-up variables, a warm pool's)."""
     return [
         name
         for name, value in env
-        if envfile.is_startup_variable(name) and current.get(name) != value
+        if (envfile.is_startup_variable(name) or name in extra) and current.get(name) != value
     ]
 
 
@@ -195,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             return code
     install_stop_handlers()
     try:
+        if argv[0] == WARM_FLAG:
+            return _stopped_code(_warm(argv[1:]))
         return _stopped_code(_main(argv))
     except SystemExit as exc:  # a stop signal before the user's code started
         return _stopped_code(_exit_code(exc.code))
@@ -202,7 +243,114 @@ def main(argv: list[str] | None = None) -> int:
         return _stopped_code(1)
 
 
-def _main(argv: list[str]) -> int:
+def _names(variable: str) -> list[str]:
+    return [n.strip() for n in os.environ.get(variable, "").split(",") if n.strip()]
+
+
+def _read_claim_fd(fd: int) -> bytes:
+    """The claim written to the pipe: everything up to its end (the claimer closes it)."""
+    chunks: list[bytes] = []
+    size = 0
+    with contextlib.suppress(OSError):
+        while size <= claims.MAX_CLAIM_BYTES:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _warm(argv: list[str]) -> int:
+    """Warm mode: preload, become idle, accept one claim, then run the cold path."""
+    if argv:
+        _log(f"{WARM_FLAG} takes no other arguments (the claim names the entrypoint)")
+        return EXIT_USAGE
+    # What the claim path imports later (snapshot file, HMAC check): loaded while idle.
+    for module in ("base64", "hashlib", "hmac", "tempfile", "json"):
+        importlib.import_module(module)
+    for module in _names(WARM_IMPORTS_VAR):
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # any import failure makes the pool unusable
+            _log(f"{WARM_IMPORTS_VAR}: cannot import {module!r}: {type(exc).__name__}: {exc}")
+            return EXIT_CONFIG
+    idle = os.environ.get(IDLE_FILE_VAR, "")
+    me = os.environ.get(POOL_WORKER_VAR, "")
+    fd_text = os.environ.get(CLAIM_FD_VAR, "")
+    reply: Callable[[Mapping[str, object]], None] | None
+    if fd_text:
+        if idle:
+            write_ready_marker(idle, "idle")
+        data = _read_claim_fd(int(fd_text))
+        reply = None
+    else:
+        from cerebras_appliance import channel
+
+        try:
+            server = channel.ClaimServer.from_environ(os.environ)
+        except channel.ChannelError as exc:
+            _log(f"{exc}")
+            return EXIT_CONFIG
+        if idle:
+            write_ready_marker(idle, "idle")
+        data, reply = server.accept_one()
+    if idle:
+        with contextlib.suppress(OSError):
+            os.unlink(idle)
+    if not data:
+        _log("the claim channel closed without a claim; exiting")
+        return 0
+    try:
+        claim = claims.parse(data, expected_worker=me)
+        env_hash = _take_claim(claim)
+    except (claims.ClaimError, envfile.EnvFileError, OSError) as exc:
+        _log(f"claim refused: {exc}")
+        if reply is not None:
+            reply({"accepted": False, "reason": str(exc)})
+        return EXIT_CONFIG
+    if reply is not None:
+        reply({"accepted": True, "envHash": env_hash})
+    extra = frozenset(_names(WARM_STARTUP_VARS_VAR))
+    for name in WARM_VARS:
+        os.environ.pop(name, None)
+    return _main([claim.entrypoint, *claim.args], extra_startup=extra)
+
+
+def _take_claim(claim: claims.Claim) -> str:
+    """Set the claim's plumbing, write its snapshot; return the snapshot's (checked) hash."""
+    if claim.log_file:
+        fd = os.open(claim.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    if claim.cwd:
+        os.chdir(claim.cwd)
+        if sys.path and sys.path[0] != claim.cwd:
+            sys.path[0] = claim.cwd  # as `python -m` started there would have it
+    for name, value in claim.plumbing:
+        os.environ[name] = value
+    if claim.snapshot:
+        snapshot = envfile.parse(claim.snapshot, "in the claim")
+        import tempfile
+
+        directory = os.environ.get(STATE_DIR_VAR) or None
+        fd, path = tempfile.mkstemp(prefix="env-", suffix=".json", dir=directory)  # 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(claim.snapshot)
+        os.environ[envfile.ENV_FILE_VAR] = path
+    else:
+        snapshot = envfile.read(os.environ[envfile.ENV_FILE_VAR])
+    if not envfile.verify(snapshot):
+        raise claims.ClaimError("the snapshot's envHash is not its values' HMAC under its key")
+    return snapshot.env_hash
+
+
+def _main(argv: list[str], extra_startup: frozenset[str] = frozenset()) -> int:
     entrypoint, args = argv[0], argv[1:]
     problem = entrypoint_problem(entrypoint)
     if problem:
@@ -219,7 +367,7 @@ def _main(argv: list[str]) -> int:
         _log(f"{exc}; not running {entrypoint!r}")
         return EXIT_CONFIG
 
-    pending = needs_reexec(snapshot.env, os.environ)
+    pending = needs_reexec(snapshot.env, os.environ, extra_startup)
     if pending and os.environ.get(REEXEC_MARKER) != snapshot.env_hash:
         _log(f"re-executing once so start-up variables take effect: {', '.join(pending)}")
         apply(snapshot.env)

@@ -26,6 +26,7 @@ from appliance_operator import desired
 from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import JobView, PodView, job_view, pod_view
+from appliance_operator.poolcontroller import PoolController, PoolSnapshot, pool_uid_of
 from appliance_operator.reconcile import (
     ENV_RESOLVED,
     REPLICA_FAILURE,
@@ -77,6 +78,8 @@ class JobMemory:
     retries: int = 0
     last_warning: str = ""
     invalid: str = ""  # the parse error last reported for this job
+    pool_condition: Condition | None = None  # PoolClaim, once a claim was decided
+    env_observed: bool = False  # the time-to-env histogram has this job
 
 
 def status_patch(status: ExecuteJobStatus) -> dict[str, Any]:
@@ -127,8 +130,10 @@ class Controller:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         create_workers: int = MAX_CREATE_BATCH,
+        pools: PoolController | None = None,
     ) -> None:
         self.api = api
+        self.pools = pools
         self.metrics = metrics
         self.clock = clock
         self._lock = threading.Lock()
@@ -162,7 +167,11 @@ class Controller:
     # -- reconcile -----------------------------------------------------------------------
 
     def reconcile(
-        self, key: JobKey, body: Mapping[str, Any] | None, pods: Sequence[PodView]
+        self,
+        key: JobKey,
+        body: Mapping[str, Any] | None,
+        pods: Sequence[PodView],
+        pool: PoolSnapshot | None = None,
     ) -> float | None:
         """Reconcile one job from its cached body and pods; returns when to look again
         (seconds), or None. Raises ApiError when the API failed (the caller retries)."""
@@ -183,7 +192,7 @@ class Controller:
                 return None
             memory = self._memory_for(key, job.uid)
             try:
-                return self._reconcile(job, pods, memory)
+                return self._reconcile(job, pods, memory, pool)
             except ApiError:
                 memory.retries += 1
                 raise
@@ -216,6 +225,7 @@ class Controller:
             last_status_write=memory.last_write,
             previous=previous,
             replica_failure=memory.replica_condition,
+            pool_condition=memory.pool_condition,
         )
 
     @staticmethod
@@ -226,7 +236,13 @@ class Controller:
             return memory.written[2]
         return job.resource_version
 
-    def _reconcile(self, job: JobView, pods: Sequence[PodView], memory: JobMemory) -> float | None:
+    def _reconcile(
+        self,
+        job: JobView,
+        pods: Sequence[PodView],
+        memory: JobMemory,
+        pool: PoolSnapshot | None = None,
+    ) -> float | None:
         steps = plan(self._inputs(job, pods, memory))
         problem = False
         if steps.ensure_secret:
@@ -235,7 +251,13 @@ class Controller:
             steps = plan(self._inputs(job, pods, memory))
             if outcome is not True:
                 steps = dataclasses.replace(steps, ensure_secret=False, create=())
+        claimed: list[str] = []
+        if self.pools is not None and job.job.spec.pool and steps.create and memory.env_hash:
+            steps, claimed = self._claim(job, steps, memory, pool)
+        if self.pools is not None and job.job.spec.pool:
+            problem = self._deliver(job, pods, memory, pool) or problem
         created, create_failed = self._create_pods(job, steps, memory)
+        created = [*claimed, *created]
         problem = problem or create_failed
         failing = memory.replica_condition
         if created and not create_failed and failing is not None and failing.status == "True":
@@ -274,12 +296,82 @@ class Controller:
         if done:
             logger.info("[%s/%s] %s", job.namespace, job.name, "; ".join(done))
         self.metrics.jobs.set(job.uid, steps.phase)
+        self._observe_env_applied(job, pods, steps, memory)
         if problem:
             memory.retries += 1
             retry = float(min(RETRY_BASE * 2 ** (memory.retries - 1), RETRY_MAX))
             return min(retry, steps.requeue_after or retry)
         memory.retries = 0
         return steps.requeue_after
+
+    # -- warm pools ----------------------------------------------------------------------
+
+    def _claim(
+        self, job: JobView, steps: Plan, memory: JobMemory, pool: PoolSnapshot | None
+    ) -> tuple[Plan, list[str]]:
+        """Adopt idle pool pods for the workers about to be created; the rest stay cold."""
+        assert self.pools is not None
+        choice, adopted = self.pools.claim(job, steps.create, pool, memory.env_hash or "")
+        memory.pool_condition = choice.condition
+        now = time.monotonic()
+        for view in adopted:
+            memory.created[view.name] = (view, now)
+        taken = {(v.index, v.attempt) for v in adopted}
+        rest = tuple(w for w in steps.create if (w.index, w.attempt) not in taken)
+        return dataclasses.replace(steps, create=rest), [v.name for v in adopted]
+
+    def _deliver(
+        self, job: JobView, pods: Sequence[PodView], memory: JobMemory, pool: PoolSnapshot | None
+    ) -> bool:
+        """Send the snapshot to the job's adopted workers not confirmed yet (in parallel);
+        a worker it cannot reach is deleted, so the job replaces it. True on a problem."""
+        assert self.pools is not None
+        observed = merge_observed(pods, memory, time.monotonic())
+        todo = [
+            p
+            for p in observed
+            if p.owner_uid == job.uid and p.warm and not p.confirmed and p.active and p.ip
+        ]
+        if not todo:
+            return False
+        prepared = self.pools.prepare_delivery(job, pool_uid_of(pool))
+        if isinstance(prepared, str):
+            logger.warning("[%s/%s] cannot deliver claims: %s", job.namespace, job.name, prepared)
+            return True
+        context, text, env_hash = prepared
+        pools = self.pools
+        problems = list(
+            self._pool.map(lambda p: pools.deliver_one(job, p, context, text, env_hash), todo)
+        )
+        now = time.monotonic()
+        failed = False
+        for pod, issue in zip(todo, problems, strict=True):
+            if not issue:
+                memory.created[pod.name] = (dataclasses.replace(pod, confirmed=True), now)
+                continue
+            failed = True
+            self._warn(job, memory, "ClaimNotDelivered", f"worker pod {pod.name}: {issue}")
+            self._delete_pods(job, [pod], memory)
+        return failed
+
+    def _observe_env_applied(
+        self, job: JobView, pods: Sequence[PodView], steps: Plan, memory: JobMemory
+    ) -> None:
+        """Job created -> every worker confirmed the env, once per job, warm or cold."""
+        status = steps.status
+        if memory.env_observed or status is None or status.replicas == 0:
+            return
+        if status.ready_replicas < status.replicas:
+            return
+        memory.env_observed = True
+        before = job.status
+        if before is not None and before.ready_replicas >= before.replicas > 0:
+            return  # already all ready before this process saw it (a restart)
+        observed = merge_observed(pods, memory, time.monotonic())
+        mine = [p for p in observed if p.owner_uid == job.uid and p.active]
+        start = "warm" if mine and all(p.warm for p in mine) else "cold"
+        seconds = (self.clock() - job.created).total_seconds()
+        self.metrics.env_applied_seconds.labels(start).observe(max(seconds, 0.0))
 
     # -- actions -------------------------------------------------------------------------
 

@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from cerebras_appliance import envfile
-from cerebras_appliance.api import API_VERSION, KIND, EnvVar, ExecuteJob, worker_name
+from cerebras_appliance.api import (
+    API_VERSION,
+    KIND,
+    POOL_KIND,
+    EnvVar,
+    ExecuteJob,
+    WorkerPool,
+    worker_name,
+)
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "appliance-operator"
@@ -283,3 +291,159 @@ def _job_name(job: ExecuteJob) -> str:
     if not job.metadata.name:
         raise ValueError("metadata.name: the job has no name")
     return job.metadata.name
+
+
+# -- warm pools -----------------------------------------------------------------------------
+
+#: On every pod of a pool (idle or claimed): the WorkerPool's name.
+POOL_NAME_LABEL = "appliance.dev/pool-name"
+#: ``idle`` until a job claims the pod, then ``claimed`` (never back).
+POOL_STATE_LABEL = "appliance.dev/pool-state"
+IDLE, CLAIMED = "idle", "claimed"
+#: On a claimed pod once its worker confirmed the snapshot over the claim channel: the
+#: snapshot's keyed hash (publishable, like the env-hash annotation; never a value).
+CLAIM_CONFIRMED_ANNOTATION = "appliance.dev/claim-confirmed"
+CLAIM_TLS_VOLUME = "appliance-claim-tls"
+CLAIM_TLS_DIR = "/var/run/appliance/claim-tls"
+CLAIM_PORT = 7443
+CLAIM_PORT_NAME = "claim"
+
+
+def pool_labels(pool_name: str) -> dict[str, str]:
+    return {MANAGED_BY_LABEL: MANAGED_BY, POOL_NAME_LABEL: pool_name}
+
+
+def pool_selector(pool_name: str) -> str:
+    """The scale subresource's label selector: the pool's idle pods."""
+    return f"{MANAGED_SELECTOR},{POOL_NAME_LABEL}={pool_name},{POOL_STATE_LABEL}={IDLE}"
+
+
+def pool_owner_reference(pool: WorkerPool, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": POOL_KIND,
+        "name": pool.metadata.name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def pool_pod(pool: WorkerPool, uid: str, suffix: str) -> dict[str, Any]:
+    """An idle pod of ``pool``: ``python -m cerebras_appliance.worker --warm`` with the
+    pool's imports, Ready while idle (its readiness file says ``idle``), listening for one
+    claim on :data:`CLAIM_PORT` with the pool's worker certificate. No env value: a claim
+    brings the job's snapshot; until then the pod holds none."""
+    from appliance_operator.pooltls import worker_secret_name
+    from cerebras_appliance import channel
+    from cerebras_appliance import worker as worker_mod
+
+    name = pool.metadata.name or ""
+    tpl = pool.spec.template
+    plumbing = [
+        {"name": envfile.READY_FILE_VAR, "value": READY_FILE},
+        {"name": worker_mod.IDLE_FILE_VAR, "value": READY_FILE},
+        {"name": worker_mod.STATE_DIR_VAR, "value": STATE_DIR},
+        {"name": worker_mod.WARM_IMPORTS_VAR, "value": ",".join(pool.spec.imports)},
+        {
+            "name": worker_mod.WARM_STARTUP_VARS_VAR,
+            "value": ",".join(pool.spec.startup_variables),
+        },
+        {"name": channel.TLS_DIR_VAR, "value": CLAIM_TLS_DIR},
+        {"name": channel.PORT_VAR, "value": str(CLAIM_PORT)},
+        {
+            "name": worker_mod.POOL_WORKER_VAR,
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+        },
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": pool.spec.image,
+        "imagePullPolicy": tpl.image_pull_policy or DEFAULT_IMAGE_PULL_POLICY,
+        "command": ["python3", "-m", "cerebras_appliance.worker", "--warm"],
+        "env": plumbing,
+        "ports": [{"name": CLAIM_PORT_NAME, "containerPort": CLAIM_PORT, "protocol": "TCP"}],
+        "volumeMounts": [
+            {"name": CLAIM_TLS_VOLUME, "mountPath": CLAIM_TLS_DIR, "readOnly": True},
+            {"name": STATE_VOLUME, "mountPath": STATE_DIR},
+            *tpl.volume_mounts,
+        ],
+        # Ready = idle (the file says "idle"), then = env applied (the cold path's marker in
+        # the same file): a readiness probe, as the file changes once after the pod started.
+        "readinessProbe": {
+            "exec": {"command": ["cat", READY_FILE]},
+            "periodSeconds": 1,
+        },
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if tpl.resources is not None:
+        container["resources"] = tpl.resources
+    container["securityContext"] = (
+        tpl.security_context
+        if tpl.security_context is not None
+        else copy.deepcopy(dict(DEFAULT_CONTAINER_SECURITY_CONTEXT))
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [
+            {
+                "name": CLAIM_TLS_VOLUME,
+                "secret": {"secretName": worker_secret_name(name), "defaultMode": 0o444},
+            },
+            {"name": STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            *tpl.volumes,
+        ],
+    }
+    optional: Mapping[str, Any] = {
+        "serviceAccountName": tpl.service_account_name,
+        "nodeSelector": tpl.node_selector or None,
+        "tolerations": tpl.tolerations or None,
+        "affinity": tpl.affinity,
+        "securityContext": tpl.pod_security_context,
+        "priorityClassName": tpl.priority_class_name,
+        "imagePullSecrets": tpl.image_pull_secrets or None,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value is not None})
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"{name}-{suffix}",
+            "namespace": pool.metadata.namespace,
+            "labels": {**tpl.labels, **pool_labels(name), POOL_STATE_LABEL: IDLE},
+            "annotations": dict(tpl.annotations),
+            "ownerReferences": [pool_owner_reference(pool, uid)],
+        },
+        "spec": pod_spec,
+    }
+
+
+def claim_patch(
+    job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str, resource_version: str
+) -> dict[str, Any]:
+    """The merge patch that adopts an idle pool pod as worker ``worker`` of ``job``.
+
+    ``metadata.resourceVersion`` makes it a compare-and-swap: the API server applies it only
+    to the version the operator saw idle, so of two claims of one pod (two operators, or a
+    retry after a crash) exactly one succeeds and the other gets 409. The job becomes the
+    pod's only controller (deleting the job deletes the pod; the pool no longer counts it),
+    the tracking finalizer is added as on a cold worker."""
+    name = _job_name(job)
+    return {
+        "metadata": {
+            "resourceVersion": resource_version,
+            "labels": {
+                **job_labels(name),
+                WORKER_INDEX_LABEL: str(worker.index),
+                ATTEMPT_LABEL: str(worker.attempt),
+                POOL_STATE_LABEL: CLAIMED,
+            },
+            "annotations": {ENV_HASH_ANNOTATION: env_hash},
+            "ownerReferences": [owner_reference(job, uid)],
+            "finalizers": [TRACKING_FINALIZER],
+        }
+    }

@@ -38,16 +38,27 @@ from appliance_operator.desired import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MANAGED_SELECTOR,
+    POOL_NAME_LABEL,
 )
 from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import PodView, pod_view
+from appliance_operator.poolcontroller import PoolController, PoolKey, PoolSnapshot
+from appliance_operator.poolplan import PoolPodView, pool_pod_view
 from appliance_operator.workqueue import QueueShutDownError, WorkQueue
-from cerebras_appliance.api import AWAITING_VALUES_ANNOTATION, GROUP, PLURAL, VERSION
+from cerebras_appliance.api import (
+    AWAITING_VALUES_ANNOTATION,
+    GROUP,
+    PLURAL,
+    POOL_PLURAL,
+    VERSION,
+)
 
 logger = logging.getLogger("appliance_operator")
 
 MANAGED = {MANAGED_BY_LABEL: MANAGED_BY}
+#: The pods of warm pools (idle, and claimed ones, which keep the label).
+POOL_PODS: dict[str, Any] = {MANAGED_BY_LABEL: MANAGED_BY, POOL_NAME_LABEL: kopf.PRESENT}
 #: Every this many resync periods the indexes are checked against the API server (with the
 #: default 60 s period: every 5 minutes, the watches' own renewal interval).
 DRIFT_EVERY = 5
@@ -106,6 +117,10 @@ class _Runtime:
     pods: Any  # kopf.Index[JobKey, PodView]
     jobs: Any  # kopf.Index[JobKey, dict]
     executor: ThreadPoolExecutor
+    pools: PoolController
+    pool_queue: WorkQueue[PoolKey]
+    pool_pods: Any  # kopf.Index[PoolKey, PoolPodView]
+    pool_bodies: Any  # kopf.Index[PoolKey, dict]
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: uids of objects that no longer exist but that kopf's indexes still hold (a watch
     #: re-listed after 410 Gone delivers no DELETED for what vanished meanwhile)
@@ -188,6 +203,28 @@ def execute_jobs(
     return {(namespace or "", name): record}
 
 
+@kopf.index("v1", "pods", labels=POOL_PODS)
+def pool_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[PoolKey, PoolPodView]:
+    view = pool_pod_view(body)
+    return {} if view is None else {(namespace or "", view.pool): view}
+
+
+@kopf.index(GROUP, VERSION, POOL_PLURAL)
+def worker_pools(
+    body: kopf.Body, namespace: str | None, name: str, **_: Any
+) -> dict[PoolKey, dict[str, Any]]:
+    meta = body.get("metadata", {})
+    record = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: copy.deepcopy(meta[k]) for k in _JOB_META if k in meta},
+        "spec": copy.deepcopy(dict(body.get("spec", {}))),
+    }
+    if body.get("status"):
+        record["status"] = copy.deepcopy(dict(body["status"]))
+    return {(namespace or "", name): record}
+
+
 # -- events: enqueue the job -----------------------------------------------------------------
 
 
@@ -207,6 +244,15 @@ async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) 
     job_name = labels.get(JOB_NAME_LABEL)
     if job_name:
         _enqueue((namespace or "", job_name))
+    pool = labels.get(POOL_NAME_LABEL)
+    if pool and _runtime is not None:
+        _runtime.pool_queue.add((namespace or "", pool))  # its idle count may have changed
+
+
+@kopf.on.event(GROUP, VERSION, POOL_PLURAL)
+async def pool_event(namespace: str | None, name: str, **_: Any) -> None:
+    if _runtime is not None:
+        _runtime.pool_queue.add((namespace or "", name))
 
 
 # -- lifecycle -------------------------------------------------------------------------------
@@ -222,6 +268,33 @@ def _snapshot(rt: _Runtime, key: JobKey) -> tuple[dict[str, Any] | None, list[Po
     return body, [p for p in rt.pods.get(key, ()) if p.uid not in gone]
 
 
+def _pool_snapshot(rt: _Runtime, key: PoolKey) -> PoolSnapshot:
+    """A pool and its pods, copied out of the indexes (on the event loop)."""
+    bodies = [b for b in rt.pool_bodies.get(key, ()) if not b["metadata"].get("deletionTimestamp")]
+    body = max(bodies, key=lambda b: b["metadata"].get("creationTimestamp", ""), default=None)
+    return PoolSnapshot(body=body, pods=tuple(rt.pool_pods.get(key, ())))
+
+
+async def _pool_worker(rt: _Runtime) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            key = await rt.pool_queue.get()
+        except QueueShutDownError:
+            return
+        try:
+            snap = _pool_snapshot(rt, key)
+            pods = [p for p in snap.pods if p.uid not in rt.tombstones]
+            await loop.run_in_executor(rt.executor, rt.pools.reconcile, key, snap.body, pods)
+            if snap.body is None:
+                rt.pool_queue.forget(key)
+        except Exception:
+            logger.exception("[%s/%s] pool reconcile failed; retrying in 2s", *key)
+            rt.pool_queue.add_after(key, 2.0)
+        finally:
+            rt.pool_queue.done(key)
+
+
 async def _worker(rt: _Runtime) -> None:
     loop = asyncio.get_running_loop()
     while True:
@@ -232,8 +305,10 @@ async def _worker(rt: _Runtime) -> None:
         rt.metrics.queue_depth.set(len(rt.queue))
         try:
             body, pods = _snapshot(rt, key)
+            pool_name = ((body or {}).get("spec") or {}).get("pool")
+            pool = _pool_snapshot(rt, (key[0], pool_name)) if pool_name else None
             delay = await loop.run_in_executor(
-                rt.executor, rt.controller.reconcile, key, body, pods
+                rt.executor, rt.controller.reconcile, key, body, pods, pool
             )
             if body is None:
                 rt.queue.forget(key)
@@ -338,7 +413,9 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     config = _config or Config.from_env()
     metrics = Metrics()
     api_client = await asyncio.to_thread(_api_client)
-    controller = Controller(KubeApi(api_client, metrics), metrics)
+    kube = KubeApi(api_client, metrics)
+    pools = PoolController(kube, metrics)
+    controller = Controller(kube, metrics, pools=pools)
     rt = _Runtime(
         config=config,
         controller=controller,
@@ -347,6 +424,10 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         pods=kwargs["worker_pods"],  # the indexes, by their function names
         jobs=kwargs["execute_jobs"],
         executor=ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="reconcile"),
+        pools=pools,
+        pool_queue=WorkQueue(),
+        pool_pods=kwargs["pool_pods"],
+        pool_bodies=kwargs["worker_pools"],
     )
     if config.metrics_port:
         from prometheus_client import start_http_server
@@ -356,6 +437,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         )
         logger.info("metrics on http://%s:%d/metrics", config.metrics_address, config.metrics_port)
     rt.tasks = [asyncio.create_task(_worker(rt)) for _ in range(config.workers)]
+    rt.tasks.append(asyncio.create_task(_pool_worker(rt)))
     rt.tasks.append(asyncio.create_task(_resync(rt)))
     _runtime = rt
     logger.info("appliance-operator started: %d reconcile workers", config.workers)
@@ -380,6 +462,7 @@ async def cleanup(**_: Any) -> None:
     if rt is None:
         return
     rt.queue.shutdown()
+    rt.pool_queue.shutdown()
     for task in rt.tasks[-1:]:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

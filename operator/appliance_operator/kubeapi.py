@@ -16,7 +16,7 @@ from kubernetes import client
 
 from appliance_operator.desired import MANAGED_SELECTOR
 from appliance_operator.metrics import Metrics
-from cerebras_appliance.api import GROUP, PLURAL, VERSION
+from cerebras_appliance.api import GROUP, PLURAL, POOL_PLURAL, VERSION
 
 
 class ApiError(Exception):
@@ -108,6 +108,22 @@ class KubeApi:
             ),
         )
 
+    def patch_pod(self, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """JSON merge patch of a pod (a claim: with ``metadata.resourceVersion`` as
+        precondition, 409 when the pod changed since it was observed)."""
+        result: dict[str, Any] = self._call(
+            "patch",
+            "pods",
+            lambda **kw: self.core.patch_namespaced_pod(
+                name,
+                namespace,
+                dict(body),
+                _content_type="application/merge-patch+json",
+                **kw,
+            ),
+        )
+        return result
+
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
         """Delete the pod with this uid (not a newer pod with the same name)."""
         options = _delete_options(uid, "Background")
@@ -161,6 +177,23 @@ class KubeApi:
             PLURAL,
             name,
             body,
+        )
+        return result
+
+    def patch_pool_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """JSON merge patch of a WorkerPool's status subresource."""
+        result: dict[str, Any] = self._call(
+            "patch",
+            "workerpools/status",
+            self.custom.patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            POOL_PLURAL,
+            name,
+            {"status": dict(status)},
         )
         return result
 

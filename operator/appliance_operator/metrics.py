@@ -5,7 +5,11 @@
 * ``appliance_operator_api_requests_total{verb,resource}``: every Kubernetes API call the
   reconcile loop makes (the benchmark divides it by the number of jobs);
 * ``appliance_operator_api_errors_total{verb,resource,code}``: those that failed;
-* ``appliance_operator_workqueue_depth``: job keys waiting for a worker.
+* ``appliance_operator_workqueue_depth``: job keys waiting for a worker;
+* ``appliance_operator_env_applied_seconds{start}``: job creation -> every worker confirmed
+  the env, ``start`` = warm | cold (histogram);
+* ``appliance_operator_pool_workers{namespace,pool,state}``: idle / refilling / claimed;
+* ``appliance_operator_pool_claims_total{namespace,pool,outcome}``.
 """
 
 from __future__ import annotations
@@ -79,5 +83,28 @@ class Metrics:
         self.queue_depth = Gauge(
             "appliance_operator_workqueue_depth",
             "Job keys waiting for a reconcile worker",
+            registry=self.registry,
+        )
+        # Warm pools (docs/design.md, "Warm pools").
+        self.env_applied_seconds = Histogram(
+            "appliance_operator_env_applied_seconds",
+            "From an ExecuteJob's creation to all of its workers having confirmed the env "
+            "(warm: every worker claimed from a pool; cold: at least one started cold)",
+            ["start"],
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+            registry=self.registry,
+        )
+        self.pool_workers = Gauge(
+            "appliance_operator_pool_workers",
+            "Workers of each WorkerPool by state: idle (warm, Ready), refilling (started, "
+            "not warm yet), claimed (running a job)",
+            ["namespace", "pool", "state"],
+            registry=self.registry,
+        )
+        self.pool_claims = Counter(
+            "appliance_operator_pool_claims",
+            "Claims of pool workers by outcome: claimed (adopted and confirmed), conflict "
+            "(another claim won the pod), failed (not delivered), cold (no idle worker)",
+            ["namespace", "pool", "outcome"],
             registry=self.registry,
         )

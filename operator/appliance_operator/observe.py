@@ -15,10 +15,12 @@ from typing import Any
 
 from appliance_operator.desired import (
     ATTEMPT_LABEL,
+    CLAIM_CONFIRMED_ANNOTATION,
     CONTAINER_NAME,
     JOB_NAME_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
+    POOL_NAME_LABEL,
     TRACKING_FINALIZER,
     WORKER_INDEX_LABEL,
 )
@@ -70,6 +72,11 @@ class PodView:
     disrupted: bool = False  # DisruptionTarget condition, or evicted by the kubelet
     waiting: str = ""  # why it cannot start (ImagePullBackOff, Unschedulable, ...)
     waiting_message: str = ""
+    #: Claimed from a warm pool: Ready only once its worker confirmed the snapshot over the
+    #: claim channel (``confirmed``); ``ip`` is where the claim goes.
+    warm: bool = False
+    confirmed: bool = False
+    ip: str = ""
 
     @property
     def active(self) -> bool:
@@ -131,6 +138,8 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         if stuck.get("reason") in STUCK_REASONS:
             waiting = str(stuck["reason"])
             waiting_message = str(stuck.get("message") or "")
+    warm = POOL_NAME_LABEL in labels
+    confirmed = bool((meta.get("annotations") or {}).get(CLAIM_CONFIRMED_ANNOTATION))
     return PodView(
         name=str(meta.get("name")),
         uid=str(meta.get("uid") or ""),
@@ -139,7 +148,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         index=index,
         attempt=attempt,
         phase=phase,
-        ready=ready and phase == "Running",
+        ready=ready and phase == "Running" and (confirmed or not warm),
         exit_code=exit_code,
         reason=reason,
         terminating=meta.get("deletionTimestamp") is not None,
@@ -148,6 +157,9 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         disrupted=disrupted,
         waiting=waiting if phase == "Pending" else "",
         waiting_message=waiting_message[:MESSAGE_LIMIT] if phase == "Pending" else "",
+        warm=warm,
+        confirmed=confirmed,
+        ip=str(status.get("podIP") or ""),
     )
 
 

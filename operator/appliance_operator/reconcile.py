@@ -28,6 +28,7 @@ from typing import Literal
 
 from appliance_operator.desired import WorkerId, pod_name
 from appliance_operator.observe import JobView, PodView, attempt_of, parse_time
+from appliance_operator.poolplan import POOL_CLAIM
 from cerebras_appliance.api import Condition, ExecuteJobStatus
 from cerebras_appliance.lifecycle import decide
 from cerebras_appliance.status import FAILED, WORKERS_READY, describe_failure, now_rfc3339
@@ -87,6 +88,7 @@ class Inputs:
     last_status_write: datetime | None = None  # when this operator last wrote the status
     previous: ExecuteJobStatus | None = None  # the status as last written, if newer than job's
     replica_failure: Condition | None = None  # ReplicaFailure to record, if any
+    pool_condition: Condition | None = None  # PoolClaim to record, if any (spec.pool)
 
 
 def _upsert_condition(
@@ -183,6 +185,11 @@ def plan(inputs: Inputs) -> Plan:
         replica = previous.condition(REPLICA_FAILURE)
     if replica is not None and not (previous is not None and previous.finished):
         status = _upsert_condition(status, replica, previous, stamp)
+    pool_condition = inputs.pool_condition
+    if pool_condition is None and previous is not None:
+        pool_condition = previous.condition(POOL_CLAIM)
+    if pool_condition is not None:
+        status = _upsert_condition(status, pool_condition, previous, stamp)
 
     requeue: list[float] = []
     if decision.requeue_after is not None:

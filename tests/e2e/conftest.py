@@ -252,18 +252,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster]:
 
 
 def apply_crds(cluster: KindCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds" / "executejobs.yaml"))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/executejobs.appliance.dev",
-        "--timeout=60s",
-        timeout=90,
-    )
+    for crd in ("executejobs", "workerpools"):
+        cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds" / f"{crd}.yaml"))
+        cluster.kubectl(
+            "wait",
+            "--for=condition=Established",
+            f"crd/{crd}.appliance.dev",
+            "--timeout=60s",
+            timeout=90,
+        )
 
 
-#: Namespaces of tests/e2e/test_helm_e2e.py (the namespace fixture names them after the test).
+#: Namespaces of tests/e2e/test_helm_e2e.py and test_pool_e2e.py, whose operator runs in a pod
+#: (the namespace fixture names them after the test).
 CHART_TEST_NAMESPACES = "it-test-chart-*"
+POOL_TEST_NAMESPACES = "it-test-pool-*"
 
 
 @pytest.fixture(scope="package")
@@ -276,7 +279,12 @@ def operator(cluster: KindCluster, tmp_path_factory: pytest.TempPathFactory) -> 
     op = Operator(
         cluster.kubeconfig,
         tmp_path_factory.mktemp("operator") / "operator.log",
-        ["--namespace", f"!{CHART_TEST_NAMESPACES}", "--metrics-port", "0"],
+        [
+            "--namespace",
+            f"!{CHART_TEST_NAMESPACES},!{POOL_TEST_NAMESPACES}",
+            "--metrics-port",
+            "0",
+        ],
     )
     try:
         op.start(timeout=OPERATOR_START_TIMEOUT_S)

@@ -75,10 +75,11 @@ class Operator(OperatorProcess):
 
 @pytest.fixture(scope="module")
 def crd(cluster: Cluster) -> None:
-    cluster.kubectl("apply", "-f", str(REPO / "crds" / "executejobs.yaml"))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/executejobs.appliance.dev", "--timeout=60s"
-    )
+    for crd in ("executejobs", "workerpools"):  # the operator watches both
+        cluster.kubectl("apply", "-f", str(REPO / "crds" / f"{crd}.yaml"))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd}.appliance.dev", "--timeout=60s"
+        )
 
 
 @pytest.fixture(scope="module")

@@ -146,22 +146,28 @@ def rules_by_resource(rules: list[dict[str, Any]]) -> dict[str, set[str]]:
 # --- the CRD --------------------------------------------------------------------------------
 
 
-def test_crd_copy_is_identical_to_crds_dir() -> None:
-    source = REPO_ROOT / "crds" / "executejobs.yaml"
-    copy = CHART / "crds" / "executejobs.yaml"
-    assert source.exists(), "crds/executejobs.yaml is missing (make crds)"
+CRD_FILES = ["executejobs.yaml", "workerpools.yaml"]
+
+
+@pytest.mark.parametrize("name", CRD_FILES)
+def test_crd_copy_is_identical_to_crds_dir(name: str) -> None:
+    source = REPO_ROOT / "crds" / name
+    copy = CHART / "crds" / name
+    assert source.exists(), f"crds/{name} is missing (make crds)"
     assert copy.read_bytes() == source.read_bytes(), (
-        "charts/appliance-operator/crds/executejobs.yaml differs from crds/executejobs.yaml: "
-        "run `make chart-crds` (cp crds/executejobs.yaml charts/appliance-operator/crds/)"
+        f"charts/appliance-operator/crds/{name} differs from crds/{name}: "
+        "run `make chart-crds` (cp crds/*.yaml charts/appliance-operator/crds/)"
     )
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == ["executejobs.yaml"]
+    assert sorted(p.name for p in (CHART / "crds").iterdir()) == CRD_FILES
 
 
-def test_crd_is_rendered_with_include_crds(helm: Helm) -> None:
+def test_crds_are_rendered_with_include_crds(helm: Helm) -> None:
     docs = helm.template(include_crds=True)
-    crd = one(docs, "CustomResourceDefinition")
-    assert crd["metadata"]["name"] == "executejobs.appliance.dev"
-    assert crd == yaml.safe_load((REPO_ROOT / "crds" / "executejobs.yaml").read_text())
+    crds = {d["metadata"]["name"]: d for d in by_kind(docs, "CustomResourceDefinition")}
+    assert sorted(crds) == ["executejobs.appliance.dev", "workerpools.appliance.dev"]
+    for name in CRD_FILES:
+        crd = yaml.safe_load((REPO_ROOT / "crds" / name).read_text())
+        assert crds[crd["metadata"]["name"]] == crd
 
 
 # --- lint -----------------------------------------------------------------------------------
@@ -211,6 +217,7 @@ def test_default_render(helm: Helm) -> None:
         "ClusterRole",  # aggregated into view
         "ClusterRoleBinding",
         "Deployment",
+        "NetworkPolicy",  # only the operator reaches idle pool workers
         "Service",
         "ServiceAccount",
     ]
@@ -441,6 +448,9 @@ def test_rbac_is_least_privilege(helm: Helm) -> None:
         "/pods": {"get", "list", "watch", "create", "patch", "delete"},
         "/secrets": {"get", "create"},
         "/events": {"create"},
+        "appliance.dev/workerpools": {"list", "watch"},
+        "appliance.dev/workerpools/status": {"patch"},
+        "appliance.dev/workerpools/finalizers": {"update"},
         "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
     }
     # Never list/watch secrets: that would hand every Secret of the cluster to the operator.
@@ -468,13 +478,15 @@ CONVENIENCE_READS = {
 
 def _resource_key(resource: str) -> str:
     """ "pods" -> "/pods", "executejobs/status" -> "appliance.dev/executejobs/status"."""
-    return f"appliance.dev/{resource}" if resource.startswith("executejobs") else f"/{resource}"
+    if resource.startswith(("executejobs", "workerpools")):
+        return f"appliance.dev/{resource}"
+    return f"/{resource}"
 
 
 def _kopf_resource(args: str) -> str:
     parts = [a.strip().strip("\"'") for a in args.split(",") if "=" not in a]
     if parts and parts[0] == "GROUP":
-        return "appliance.dev/executejobs"
+        return f"appliance.dev/{'workerpools' if parts[-1] == 'POOL_PLURAL' else 'executejobs'}"
     return _resource_key(parts[-1])
 
 
@@ -496,6 +508,7 @@ def operator_api_needs() -> set[tuple[str, str]]:
         # OwnerReferencesPermissionEnforcement: setting it needs update on the owner's
         # finalizers.
         needs.add(("update", "appliance.dev/executejobs/finalizers"))
+        needs.add(("update", "appliance.dev/workerpools/finalizers"))  # pool_owner_reference
     return needs
 
 
@@ -670,3 +683,32 @@ def test_submit_example_prints_a_valid_job() -> None:
     assert job.spec.entrypoint == "/opt/examples/show_env.py"
     assert [e.name for e in job.spec.env] == ["DATA_ROOT", "SHARD_COUNT", "API_TOKEN"]
     assert "LOCAL_ONLY" not in proc.stdout.split('"env"')[1]  # set through os.environ only
+
+
+def test_network_policy_admits_only_the_operator_to_idle_pool_workers(helm: Helm) -> None:
+    docs = helm.template()
+    (policy,) = by_kind(docs, "NetworkPolicy")
+    deployment = one(docs, "Deployment")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/managed-by": "appliance-operator",
+        "appliance.dev/pool-state": "idle",
+    }
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    (peer,) = rule["from"]
+    operator_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"].items() <= operator_labels.items()
+    assert peer["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": policy["metadata"]["namespace"]
+    }
+    assert rule["ports"] == [{"protocol": "TCP", "port": 7443}]
+    ns_docs = helm.template(
+        "--set", "rbac.scope=namespace", "--set", "watchNamespaces={ml,research}"
+    )
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(ns_docs, "NetworkPolicy")) == [
+        "ml",
+        "research",
+    ]
+    off = helm.template("--set", "workerPools.networkPolicy.enabled=false")
+    assert not by_kind(off, "NetworkPolicy")

@@ -136,3 +136,64 @@ def test_client_refuses_what_admission_refuses(case: Any) -> None:
     assert any(line.startswith(case.field) for line in refused.value.errors), (
         f"no error names {case.field}: {refused.value.errors}"
     )
+
+
+# -- WorkerPool ------------------------------------------------------------------------------
+
+
+def _pool_crd() -> dict[str, Any]:
+    crd: dict[str, Any] = yaml.safe_load((REPO / "crds" / "workerpools.yaml").read_text())
+    return crd
+
+
+def test_checked_in_pool_crd_matches_the_models() -> None:
+    current = (REPO / "crds" / "workerpools.yaml").read_text()
+    assert current == crdgen.render(api.POOL_KIND), "crds/workerpools.yaml is stale: make crds"
+
+
+def test_pool_crd_names_scale_subresource_and_columns() -> None:
+    crd = _pool_crd()
+    assert crd["metadata"]["name"] == "workerpools.appliance.dev"
+    assert crd["spec"]["names"]["shortNames"] == ["wp"]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    }
+    columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
+    assert columns["Idle"] == ".status.idle" and columns["Claimed"] == ".status.claimed"
+    assert not [p for p in columns.values() if re.search(r"env|value", p, re.I)]
+    schema = version["schema"]["openAPIV3Schema"]
+    for path, node in _nodes(schema):
+        for banned in ("$ref", "$defs", "anyOf", "title", "nullable"):
+            assert banned not in node, f"{path or '<root>'} has {banned}"
+    spec = schema["properties"]["spec"]["properties"]
+    assert spec["replicas"]["minimum"] == 0 and spec["replicas"]["default"] == 1
+    assert "idle workers" in spec["replicas"]["x-kubernetes-validations"][0]["message"]
+    assert "module name" in spec["imports"]["items"]["x-kubernetes-validations"][0]["message"]
+
+
+def test_job_spec_pool_is_an_immutable_name() -> None:
+    pool = _schema()["properties"]["spec"]["properties"]["pool"]
+    assert pool["pattern"] == api.JOB_NAME_PATTERN
+    assert {"rule": "self == oldSelf", "message": f"spec.pool {crdgen._IMMUTABLE}"} in pool[
+        "x-kubernetes-validations"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"image": "i", "replicas": -1}, "spec.replicas"),
+        ({"image": "i", "imports": ["not a module"]}, "spec.imports[0]"),
+        ({"image": ""}, "spec.image"),
+        ({"image": "i", "startupVariables": ["A=B"]}, "spec.startupVariables[0]"),
+        ({"image": "i", "size": 3}, "spec.size"),
+    ],
+)
+def test_client_refuses_bad_pools_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidJobError) as refused:
+        api.parse_pool({"metadata": {"name": "p"}, "spec": spec})
+    assert "invalid WorkerPool" in str(refused.value)
+    assert any(line.startswith(field) for line in refused.value.errors), refused.value.errors

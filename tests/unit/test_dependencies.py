@@ -49,6 +49,17 @@ def check_apis() -> list[str]:
     ]:
         if param not in inspect.signature(method).parameters:
             problems.append(f"kubernetes: {method.__qualname__}({param}=)")
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    for owner, attr in [  # pooltls.new_pool_credentials
+        (x509, "CertificateBuilder"),
+        (x509, "ExtendedKeyUsage"),
+        (x509, "random_serial_number"),
+        (ec, "SECP256R1"),
+    ]:
+        if not hasattr(owner, attr):
+            problems.append(f"cryptography: {owner.__name__}.{attr}")
     return problems
 
 

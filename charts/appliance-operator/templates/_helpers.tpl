@@ -100,6 +100,17 @@ a Role per namespace in namespace scope): exactly the calls of operator/applianc
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "create"]
+# WorkerPools: kopf lists+watches them (its index); the operator writes their status. Their
+# idle pods and claim Secrets name the pool as owner with blockOwnerDeletion (finalizers).
+- apiGroups: ["appliance.dev"]
+  resources: ["workerpools"]
+  verbs: ["list", "watch"]
+- apiGroups: ["appliance.dev"]
+  resources: ["workerpools/status"]
+  verbs: ["patch"]
+- apiGroups: ["appliance.dev"]
+  resources: ["workerpools/finalizers"]
+  verbs: ["update"]
 # Phase-transition Events (the operator's and kopf's warnings).
 - apiGroups: [""]
   resources: ["events"]

@@ -1,0 +1,195 @@
+"""The claim channel of a warm worker pod: mutual TLS, one claim, then closed.
+
+The worker listens on ``APPLIANCE_CLAIM_PORT`` with the pool's worker certificate (files
+``ca.crt``, ``tls.crt``, ``tls.key`` in ``APPLIANCE_CLAIM_TLS_DIR``, a Secret volume) and
+accepts a connection only from a client whose certificate the pool's CA signed for the
+operator (subject CN :data:`OPERATOR_CN`). The operator checks the worker's certificate the
+same way (CN :data:`WORKER_CN`). TLS 1.3 only: both sides authenticated, the claim encrypted,
+and a recorded connection cannot be replayed (fresh session keys). The worker reads one
+length-prefixed claim, answers it, and closes its listener: a second (or replayed) claim finds
+no one listening. The handshake and framing are the standard library's ``ssl`` (OpenSSL);
+nothing here is hand-written cryptography. The operator's side (certificates, connecting) is
+``appliance_operator.pooltls``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import ssl
+import struct
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cerebras_appliance.claim import MAX_CLAIM_BYTES
+
+TLS_DIR_VAR = "APPLIANCE_CLAIM_TLS_DIR"
+PORT_VAR = "APPLIANCE_CLAIM_PORT"
+#: The address to listen on (default: every address of the pod).
+HOST_VAR = "APPLIANCE_CLAIM_HOST"
+DEFAULT_PORT = 7443
+OPERATOR_CN = "appliance-operator"
+WORKER_CN = "appliance-worker"
+#: A peer must finish the handshake and send its claim within this many seconds.
+IO_TIMEOUT_SECONDS = 10.0
+CA_FILE = "ca.crt"
+CERT_FILE = "tls.crt"
+KEY_FILE = "tls.key"
+
+Reply = Callable[[Mapping[str, Any]], None]
+
+
+class ChannelError(RuntimeError):
+    """The channel cannot be set up or a peer broke the protocol (never holds a value)."""
+
+
+def peer_common_name(conn: ssl.SSLSocket) -> str:
+    cert: dict[str, Any] = dict(conn.getpeercert() or {})
+    for rdn in cert.get("subject", ()):
+        for pair in rdn:
+            if pair[0] == "commonName":
+                return str(pair[1])
+    return ""
+
+
+def send_frame(conn: ssl.SSLSocket, payload: bytes) -> None:
+    conn.sendall(struct.pack("!I", len(payload)) + payload)
+
+
+def recv_frame(conn: ssl.SSLSocket, limit: int = MAX_CLAIM_BYTES) -> bytes:
+    header = _recv_exactly(conn, 4)
+    (size,) = struct.unpack("!I", header)
+    if size > limit:
+        raise ChannelError(f"frame of {size} bytes is larger than {limit}")
+    return _recv_exactly(conn, size)
+
+
+def _recv_exactly(conn: ssl.SSLSocket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = conn.recv(min(65536, size - len(data)))
+        if not chunk:
+            raise ChannelError("the peer closed the connection mid-frame")
+        data += chunk
+    return bytes(data)
+
+
+def server_context(tls_dir: str | os.PathLike[str]) -> ssl.SSLContext:
+    """TLS 1.3, client certificate required and checked against the pool's CA."""
+    folder = Path(tls_dir)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        context.load_verify_locations(cafile=str(folder / CA_FILE))
+        context.load_cert_chain(str(folder / CERT_FILE), str(folder / KEY_FILE))
+    except (OSError, ssl.SSLError) as exc:
+        raise ChannelError(f"{TLS_DIR_VAR}: cannot load the pool's TLS files: {exc}") from None
+    return context
+
+
+class ClaimServer:
+    """A listener that hands out the first authenticated claim and then closes."""
+
+    def __init__(self, context: ssl.SSLContext, sock: socket.socket) -> None:
+        self._context = context
+        self._sock = sock
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> ClaimServer:
+        tls_dir = environ.get(TLS_DIR_VAR)
+        if not tls_dir:
+            raise ChannelError(
+                f"warm mode needs a claim channel: set APPLIANCE_CLAIM_FD or {TLS_DIR_VAR}"
+            )
+        try:
+            port = int(environ.get(PORT_VAR) or DEFAULT_PORT)
+        except ValueError:
+            raise ChannelError(f"{PORT_VAR} is not a port number") from None
+        return cls.listen(server_context(tls_dir), port, environ.get(HOST_VAR, ""))
+
+    @classmethod
+    def listen(cls, context: ssl.SSLContext, port: int, host: str = "") -> ClaimServer:
+        """Listen on ``host`` (default: every address, IPv6 and IPv4 where there is IPv6)."""
+        candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")] if not host else []
+        if host:
+            candidates = [(socket.AF_INET6 if ":" in host else socket.AF_INET, host)]
+        problem: OSError | None = None
+        for family, address in candidates:
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:  # no IPv6 in this network namespace
+                problem = exc
+                continue
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6 and not host:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind((address, port))
+                sock.listen(8)
+            except OSError as exc:
+                sock.close()
+                problem = exc
+                continue
+            return cls(context, sock)
+        raise ChannelError(f"cannot listen on port {port}: {problem}")
+
+    @property
+    def port(self) -> int:
+        return int(self._sock.getsockname()[1])
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def accept_one(self) -> tuple[bytes, Reply]:
+        """Wait for the first peer that is the operator and sends a claim; close the listener.
+
+        Connections that fail the handshake (no certificate, another CA, another name) or
+        break the framing are dropped and the wait goes on.
+        """
+        while True:
+            raw, address = self._sock.accept()
+            raw.settimeout(IO_TIMEOUT_SECONDS)
+            try:
+                conn = self._context.wrap_socket(raw, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                _log(f"refused a claim connection from {address[0]}: {type(exc).__name__}")
+                with contextlib.suppress(OSError):
+                    raw.close()
+                continue
+            if peer_common_name(conn) != OPERATOR_CN:
+                _log(f"refused a claim connection from {address[0]}: not the operator")
+                with contextlib.suppress(OSError):
+                    conn.close()
+                continue
+            try:
+                data = recv_frame(conn)
+            except (OSError, ChannelError) as exc:
+                _log(f"dropped a claim connection from {address[0]}: {exc}")
+                with contextlib.suppress(OSError):
+                    conn.close()
+                continue
+            self.close()  # one claim: nobody can connect again
+            return data, _replier(conn)
+
+
+def _replier(conn: ssl.SSLSocket) -> Reply:
+    def reply(message: Mapping[str, Any]) -> None:
+        try:
+            send_frame(conn, json.dumps(dict(message)).encode("utf-8"))
+        except OSError as exc:
+            _log(f"could not answer the claim: {exc}")
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    return reply
+
+
+def _log(message: str) -> None:
+    print(f"appliance worker: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,266 @@
+"""Warm pools, the pure part: what a pool's pods are, how many to start or remove, which idle
+pods a job claims (like :mod:`appliance_operator.reconcile`, no API call here).
+
+* A pool pod is idle (label ``appliance.dev/pool-state=idle``, owned by the WorkerPool) until
+  a job claims it: one merge patch with the observed ``resourceVersion`` as precondition
+  (:func:`appliance_operator.desired.claim_patch`) makes it the job's worker, so a pod is
+  claimed once, by one job, whatever races. It never returns to the pool.
+* The pool counts only its idle pods toward ``spec.replicas``: every claim is refilled in the
+  background; a job never waits for that (what it cannot claim starts cold at once).
+* A job naming a pool that does not exist, or whose image or pod template is not the pool's
+  (an idle pod already runs with the pool's), gets a ``PoolClaim=False`` condition saying
+  so, and starts all its workers cold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from appliance_operator.desired import (
+    CLAIMED,
+    CONTAINER_NAME,
+    IDLE,
+    JOB_NAME_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    POOL_NAME_LABEL,
+    POOL_STATE_LABEL,
+    WorkerId,
+    pool_selector,
+)
+from cerebras_appliance.api import Condition, ExecuteJobSpec, WorkerPool, WorkerPoolStatus
+
+#: The job condition about its pool.
+POOL_CLAIM = "PoolClaim"
+#: The pool's conditions: Ready (all idle workers warm), WarmStartFailed (an idle pod died).
+POOL_READY = "Ready"
+WARM_START_FAILED = "WarmStartFailed"
+
+
+@dataclass(frozen=True)
+class PoolPodView:
+    name: str
+    uid: str
+    resource_version: str
+    pool: str
+    state: str  # idle | claimed
+    phase: str
+    ready: bool = False
+    ip: str = ""
+    terminating: bool = False
+    created: str = ""
+    image: str = ""
+    reason: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ("Pending", "Running") and not self.terminating
+
+    @property
+    def claimable(self) -> bool:
+        """Idle, warm (Ready: imports done, listening), reachable."""
+        return self.state == IDLE and self.active and self.ready and bool(self.ip)
+
+
+def pool_pod_view(pod: Mapping[str, Any]) -> PoolPodView | None:
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    pool = labels.get(POOL_NAME_LABEL)
+    if labels.get(MANAGED_BY_LABEL) != MANAGED_BY or not pool:
+        return None
+    state = CLAIMED if labels.get(JOB_NAME_LABEL) else str(labels.get(POOL_STATE_LABEL) or IDLE)
+    status = pod.get("status") or {}
+    phase = str(status.get("phase") or "Pending")
+    ready = any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )
+    image = next(
+        (
+            str(c.get("image") or "")
+            for c in (pod.get("spec") or {}).get("containers") or []
+            if c.get("name") == CONTAINER_NAME
+        ),
+        "",
+    )
+    reason = str(status.get("reason") or "")
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER_NAME:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term:
+                reason = f"{term.get('reason') or 'Terminated'} (exit code {term.get('exitCode')})"
+    return PoolPodView(
+        name=str(meta.get("name") or ""),
+        uid=str(meta.get("uid") or ""),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        pool=str(pool),
+        state=state,
+        phase=phase,
+        ready=ready and phase == "Running",
+        ip=str(status.get("podIP") or ""),
+        terminating=meta.get("deletionTimestamp") is not None,
+        created=str(meta.get("creationTimestamp") or ""),
+        image=image,
+        reason=reason,
+    )
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    create: int = 0
+    delete: tuple[PoolPodView, ...] = ()
+    status: WorkerPoolStatus | None = None  # None: unchanged
+
+
+def _condition(type_: str, ok: bool, reason: str, message: str) -> Condition:
+    return Condition(type=type_, status="True" if ok else "False", reason=reason, message=message)
+
+
+def plan_pool(
+    pool: WorkerPool,
+    pods: Sequence[PoolPodView],
+    previous: WorkerPoolStatus | None,
+    *,
+    generation: int | None,
+    now: str,
+) -> PoolPlan:
+    """Keep ``spec.replicas`` idle pods: start the missing ones, remove the surplus (those
+    not yet warm first, then the newest) and idle pods that ended (a failed import, a node
+    lost: an idle pod holds no job's value, so nothing is lost with it)."""
+    name = pool.metadata.name or ""
+    idle = [p for p in pods if p.state == IDLE and p.active]
+    ended = [p for p in pods if p.state == IDLE and not p.active and not p.terminating]
+    claimed = [p for p in pods if p.state == CLAIMED and p.active]
+    want = pool.spec.replicas
+    # Not yet warm first, then the newest (a stable sort by readiness of newest-first).
+    newest_first = sorted(idle, key=lambda p: (p.created, p.name), reverse=True)
+    surplus = sorted(newest_first, key=lambda p: p.ready)[: max(0, len(idle) - want)]
+    warm = [p for p in idle if p.ready]
+    create = max(0, want - len(idle))
+    conditions = [
+        _condition(
+            POOL_READY,
+            len(warm) >= want,
+            "Warm" if len(warm) >= want else "Refilling",
+            f"{len(warm)}/{want} idle workers warm",
+        )
+    ]
+    if ended:
+        conditions.append(
+            _condition(
+                WARM_START_FAILED,
+                True,
+                "IdleWorkerEnded",
+                "; ".join(f"{p.name}: {p.reason or p.phase}" for p in ended[:5])
+                + " (see the pod's log: an import of spec.imports failing ends it)",
+            )
+        )
+    status = WorkerPoolStatus(
+        replicas=len(idle),
+        idle=len(warm),
+        starting=len(idle) - len(warm),
+        claimed=len(claimed),
+        selector=pool_selector(name),
+        conditions=_stamp(conditions, previous, now, generation),
+        observed_generation=generation,
+    )
+    return PoolPlan(
+        create=create,
+        delete=tuple(surplus) + tuple(ended),
+        status=None if previous is not None and _same(previous, status) else status,
+    )
+
+
+def _same(a: WorkerPoolStatus, b: WorkerPoolStatus) -> bool:
+    def shape(s: WorkerPoolStatus) -> tuple[object, ...]:
+        return (
+            s.replicas,
+            s.idle,
+            s.starting,
+            s.claimed,
+            s.selector,
+            s.observed_generation,
+            sorted((c.type, c.status, c.reason, c.message) for c in s.conditions),
+        )
+
+    return shape(a) == shape(b)
+
+
+def _stamp(
+    conditions: list[Condition], previous: WorkerPoolStatus | None, now: str, generation: int | None
+) -> list[Condition]:
+    out = []
+    for c in conditions:
+        old = next((o for o in previous.conditions if o.type == c.type), None) if previous else None
+        kept = old is not None and old.status == c.status and old.last_transition_time
+        out.append(
+            c.model_copy(
+                update={
+                    "last_transition_time": old.last_transition_time if kept and old else now,
+                    "observed_generation": generation,
+                }
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class ClaimChoice:
+    claims: tuple[tuple[WorkerId, PoolPodView], ...] = ()
+    condition: Condition | None = None
+
+
+def choose_claims(
+    spec: ExecuteJobSpec,
+    pool: WorkerPool | None,
+    pods: Sequence[PoolPodView],
+    creates: Sequence[WorkerId],
+) -> ClaimChoice:
+    """Which idle pods become which of the workers about to be created (the rest go cold)."""
+    name = spec.pool or ""
+    if pool is None:
+        return ClaimChoice(
+            condition=_condition(
+                POOL_CLAIM,
+                False,
+                "PoolNotFound",
+                f"spec.pool: WorkerPool {name!r} does not exist in the job's namespace; the "
+                "workers start cold (create the pool, or leave spec.pool out)",
+            )
+        )
+    if pool.spec.image != spec.image:
+        return ClaimChoice(
+            condition=_condition(
+                POOL_CLAIM,
+                False,
+                "PoolImageMismatch",
+                f"spec.image {spec.image!r} is not the image of WorkerPool {name!r} "
+                f"({pool.spec.image!r}); the workers start cold (use the pool's image, or "
+                "another pool)",
+            )
+        )
+    if spec.template != pool.spec.template:
+        return ClaimChoice(
+            condition=_condition(
+                POOL_CLAIM,
+                False,
+                "PoolTemplateMismatch",
+                f"spec.template differs from the template of WorkerPool {name!r}: its idle "
+                "workers already run with the pool's; the workers start cold (use the pool's "
+                "template, or another pool)",
+            )
+        )
+    idle = sorted((p for p in pods if p.claimable), key=lambda p: (p.created, p.name))
+    claims = tuple(zip(creates, idle, strict=False))
+    cold = len(creates) - len(claims)
+    return ClaimChoice(
+        claims=claims,
+        condition=_condition(
+            POOL_CLAIM,
+            True,
+            "Claimed" if not cold else "PartlyCold",
+            f"{len(claims)} worker(s) claimed warm from WorkerPool {name!r}, {cold} started cold",
+        ),
+    )

@@ -1,0 +1,223 @@
+"""The operator's side of the claim channel: a pool's certificates, and delivering a claim.
+
+Each WorkerPool gets its own CA, made by the operator when it first sees the pool (the
+``cryptography`` package). The CA signs two certificates, then its private key is thrown
+away (nobody can issue another certificate of that pool, the operator included):
+
+* the workers' (CN ``appliance-worker``, serverAuth), in the Secret ``<pool>-claim-worker``
+  that the pool's pods mount (``ca.crt``, ``tls.crt``, ``tls.key``);
+* the operator's (CN ``appliance-operator``, clientAuth), in the Secret
+  ``<pool>-claim-operator``, which only the operator reads (no pod mounts it).
+
+A worker accepts a claim only over TLS 1.3 from a peer holding the operator's certificate;
+the operator sends a claim only to a peer holding the workers' certificate.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from cerebras_appliance import channel
+
+CERT_DAYS = 3650
+CA_CN_PREFIX = "appliance-pool-ca"
+
+
+def worker_secret_name(pool: str) -> str:
+    return f"{pool}-claim-worker"
+
+
+def operator_secret_name(pool: str) -> str:
+    return f"{pool}-claim-operator"
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A PEM certificate and its PEM private key, plus the CA certificate that signed it."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+    def secret_data(self) -> dict[str, str]:
+        """The Secret's ``data`` (base64): ``ca.crt``, ``tls.crt``, ``tls.key``."""
+        return {
+            channel.CA_FILE: base64.b64encode(self.ca_pem).decode("ascii"),
+            channel.CERT_FILE: base64.b64encode(self.cert_pem).decode("ascii"),
+            channel.KEY_FILE: base64.b64encode(self.key_pem).decode("ascii"),
+        }
+
+    @classmethod
+    def from_secret_data(cls, data: Mapping[str, str]) -> KeyPair:
+        try:
+            return cls(
+                ca_pem=base64.b64decode(data[channel.CA_FILE]),
+                cert_pem=base64.b64decode(data[channel.CERT_FILE]),
+                key_pem=base64.b64decode(data[channel.KEY_FILE]),
+            )
+        except (KeyError, ValueError) as exc:
+            raise channel.ChannelError(f"a claim Secret lacks {exc}") from None
+
+
+@dataclass(frozen=True)
+class PoolCredentials:
+    worker: KeyPair
+    operator: KeyPair
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _leaf(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    cn: str,
+    usage: x509.ObjectIdentifier,
+    now: dt.datetime,
+) -> tuple[bytes, bytes]:
+    key = _key()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+
+
+def new_pool_credentials(pool: str, now: dt.datetime | None = None) -> PoolCredentials:
+    """A new CA for ``pool``, its two certificates; the CA's key is not kept."""
+    now = now or dt.datetime.now(dt.UTC)
+    ca_key = _key()
+    ca_name = _name(f"{CA_CN_PREFIX}-{pool}")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    worker = _leaf(ca_key, ca_name, channel.WORKER_CN, ExtendedKeyUsageOID.SERVER_AUTH, now)
+    operator = _leaf(ca_key, ca_name, channel.OPERATOR_CN, ExtendedKeyUsageOID.CLIENT_AUTH, now)
+    return PoolCredentials(
+        worker=KeyPair(ca_pem, *worker),
+        operator=KeyPair(ca_pem, *operator),
+    )
+
+
+def client_context(pair: KeyPair) -> ssl.SSLContext:
+    """TLS 1.3 client context presenting ``pair`` and trusting only its CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.check_hostname = False  # pods have no stable names: the CN is checked instead
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=pair.ca_pem.decode("ascii"))
+    # load_cert_chain reads files only: a private file, removed as soon as it is loaded.
+    fd, path = tempfile.mkstemp(prefix="claim-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pair.cert_pem + pair.key_pem)
+        context.load_cert_chain(path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return context
+
+
+class ClaimRefusedError(RuntimeError):
+    """The worker could not be reached, was not a worker of the pool, or refused the claim."""
+
+
+def deliver(
+    context: ssl.SSLContext,
+    host: str,
+    claim_bytes: bytes,
+    *,
+    port: int = channel.DEFAULT_PORT,
+    timeout: float = channel.IO_TIMEOUT_SECONDS,
+) -> dict[str, Any]:
+    """Send one claim to the worker at ``host``; return its answer (``accepted``, ``envHash``).
+
+    Raises :class:`ClaimRefusedError` (message without values) when it is not delivered."""
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw) as conn,
+        ):
+            if channel.peer_common_name(conn) != channel.WORKER_CN:
+                raise ClaimRefusedError(f"{host}: the peer is not a worker of the pool")
+            channel.send_frame(conn, claim_bytes)
+            answer = json.loads(channel.recv_frame(conn, limit=65536))
+    except (OSError, ssl.SSLError, channel.ChannelError, ValueError) as exc:
+        raise ClaimRefusedError(f"{host}:{port}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(answer, dict) or not answer.get("accepted"):
+        reason = answer.get("reason", "?") if isinstance(answer, dict) else "?"
+        raise ClaimRefusedError(f"{host}: the worker refused the claim: {reason}")
+    return answer

@@ -1,0 +1,290 @@
+"""Warm pools on kind: real kubelets, real warm worker pods, the operator in a pod (the chart).
+
+The operator runs as the chart's Deployment here, not on the host: it sends each claim to the
+pod's IP, which only the cluster's network reaches (and the chart's NetworkPolicy admits only
+the operator's pod to idle workers). The namespace (``it-test-pool-*``) is one the package's
+host operator leaves alone (conftest.py, ``OPERATOR_EXCLUDED_NAMESPACES``).
+
+One pool of 8 idle workers, then, in order (each step asserts what issue 12 asks):
+
+1. an 8-worker job claims 8 warm workers; each sees its inline and ``secretKeyRef`` variables
+   (its child process too), never an untracked one, and ``PYTHONPATH`` from the snapshot took
+   effect (the loader module is importable only through it: the warm worker re-executed);
+2. a second job gets fresh workers (other pods) and none of the first job's variables;
+3. a job larger than the pool (10) gets 8 warm and 2 cold workers and succeeds;
+4. the operator pod killed right after a job was created: after its restart no pod is claimed
+   twice and the job has all its workers, and succeeds;
+5. a pod that is not the operator cannot claim an idle worker (TLS refuses it; the
+   NetworkPolicy may drop it first) and the worker stays idle;
+6. the sentinel values appear in no pod spec, annotation, Event or log of the operator.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+if TYPE_CHECKING:
+    from conftest import KindCluster, Loader, WaitUntil
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "charts" / "appliance-operator"
+POOL = "warm"
+POOL_SIZE = 8
+INLINE_SENTINEL = "e2e-pool-inline-4c1f"
+SECRET_SENTINEL = "e2e-pool-secret-9a7d"
+JOB_TIMEOUT_S = 240
+RELEASE = "appliance-operator"
+
+
+def _json(cluster: KindCluster, *args: str) -> Any:
+    return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+def _apply(cluster: KindCluster, namespace: str, doc: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+
+def _install_operator(cluster: KindCluster, namespace: str, wait_until: WaitUntil) -> str:
+    for crd in ("executejobs", "workerpools"):
+        cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds" / f"{crd}.yaml"))
+        cluster.kubectl(
+            "wait", "--for=condition=Established", f"crd/{crd}.appliance.dev", "--timeout=60s"
+        )
+    repository, _, tag = cluster.operator_image.rpartition(":")
+    cluster.helm(
+        "install", RELEASE, str(CHART), "--namespace", namespace,
+        "--set", "rbac.scope=namespace",
+        "--set", "rbac.aggregateToDefaultRoles=false",
+        "--set", f"image.repository={repository}",
+        "--set", f"image.tag={tag}",
+        "--set", "image.pullPolicy=Never",
+    )  # fmt: skip
+    return str(wait_until(lambda: _operator_pod(cluster, namespace), timeout=180,
+                          what="the operator pod to be Ready"))  # fmt: skip
+
+
+def _operator_pod(cluster: KindCluster, namespace: str) -> str | None:
+    items = _json(cluster, "get", "pods", "-n", namespace,
+                  "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]  # fmt: skip
+    for pod in items:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        if any(c.get("ready") for c in pod["status"].get("containerStatuses", [])):
+            return str(pod["metadata"]["name"])
+    return None
+
+
+def _pool_status(cluster: KindCluster, namespace: str) -> dict[str, Any]:
+    return dict(_json(cluster, "get", "wp", POOL, "-n", namespace).get("status") or {})
+
+
+def _job(
+    name: str,
+    replicas: int,
+    image: str,
+    loader: Loader,
+    env: list[dict[str, Any]],
+    names: list[str],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "appliance.dev/v1alpha1",
+        "kind": "ExecuteJob",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "image": image,
+            "entrypoint": loader.entrypoint,
+            "args": names,
+            "pool": POOL,
+            "template": loader.template,
+            "env": [{"name": "PYTHONPATH", "value": loader.path}, *env],
+        },
+    }
+
+
+def _wait_succeeded(
+    cluster: KindCluster, namespace: str, name: str, wait_until: WaitUntil
+) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        status = _json(cluster, "get", "ej", name, "-n", namespace).get("status") or {}
+        if status.get("phase") == "Failed":
+            pytest.fail(f"job {name} failed: {json.dumps(status, indent=2)}")
+        return status if status.get("phase") == "Succeeded" else None
+
+    return dict(wait_until(done, timeout=JOB_TIMEOUT_S, what=f"job {name} to succeed"))
+
+
+def _job_pods(cluster: KindCluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    return list(
+        _json(cluster, "get", "pods", "-n", namespace, "-l", f"appliance.dev/job-name={name}")[
+            "items"
+        ]
+    )
+
+
+def _logs(cluster: KindCluster, namespace: str, pod: str) -> str:
+    return cluster.pod_logs(namespace, pod)
+
+
+def test_pool_warm_claims_cold_remainder_restart_and_security(
+    cluster: KindCluster, namespace: str, loader: Loader, wait_until: WaitUntil
+) -> None:
+    ns = namespace  # it-test-pool-*: the host operator leaves it to the chart's
+    operator_pod = _install_operator(cluster, ns, wait_until)
+    try:
+        _run(cluster, ns, loader, wait_until, operator_pod)
+    finally:
+        cluster.helm("uninstall", RELEASE, "--namespace", ns, check=False)
+
+
+def _run(
+    cluster: KindCluster, ns: str, loader: Loader, wait_until: WaitUntil, operator_pod: str
+) -> None:
+    image = cluster.worker_image
+    _apply(cluster, ns, {
+        "apiVersion": "appliance.dev/v1alpha1", "kind": "WorkerPool",
+        "metadata": {"name": POOL},
+        "spec": {"image": image, "replicas": POOL_SIZE, "imports": ["json", "subprocess"],
+                 "template": {**loader.template, "imagePullPolicy": "Never"}},
+    })  # fmt: skip
+    loader.template = {**loader.template, "imagePullPolicy": "Never"}
+
+    def full() -> bool:
+        return int(_pool_status(cluster, ns).get("idle", 0)) >= POOL_SIZE
+
+    wait_until(full, timeout=240, what=f"{POOL_SIZE} idle warm workers")
+    idle_before = {
+        p["metadata"]["name"]
+        for p in _json(cluster, "get", "pods", "-n", ns, "-l", "appliance.dev/pool-state=idle")[
+            "items"
+        ]
+    }
+    assert len(idle_before) == POOL_SIZE
+
+    cluster.kubectl(
+        "create", "secret", "generic", "creds", "-n", ns, f"--from-literal=token={SECRET_SENTINEL}"
+    )
+    tracked = ["INLINE", "TOKEN", "PYTHONPATH"]
+    env = [
+        {"name": "INLINE", "value": INLINE_SENTINEL},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+    ]
+
+    # 1. an 8-worker job on the pool: 8 warm workers, every variable, PYTHONPATH effective.
+    _apply(cluster, ns, _job("first", 8, image, loader, env, ["INLINE", "TOKEN"]))
+    status = _wait_succeeded(cluster, ns, "first", wait_until)
+    claim = next(c for c in status["conditions"] if c["type"] == "PoolClaim")
+    assert claim["reason"] == "Claimed", claim
+    first_pods = _job_pods(cluster, ns, "first")
+    assert {p["metadata"]["name"] for p in first_pods} <= idle_before
+    assert len(first_pods) == 8
+    for pod in first_pods:
+        name = pod["metadata"]["name"]
+        seen = loader.parse(_logs(cluster, ns, name))
+        assert seen.get("env INLINE") == INLINE_SENTINEL, (name, seen)
+        assert seen.get("env TOKEN") == SECRET_SENTINEL, (name, seen)
+        assert seen.get("child INLINE") == INLINE_SENTINEL, (name, seen)
+        assert seen.get("ready-marker", "").startswith("hmac-sha256:"), (name, seen)
+        names = set(seen.get("names", "").split(","))
+        assert not loader.untracked(names, set(tracked)), (name, names)
+
+    # 2. a second job: fresh workers, none of the first job's variables.
+    _apply(cluster, ns, _job("second", 4, image, loader, [{"name": "SECOND", "value": "2"}],
+                             ["SECOND", "INLINE", "TOKEN"]))  # fmt: skip
+    _wait_succeeded(cluster, ns, "second", wait_until)
+    second_pods = _job_pods(cluster, ns, "second")
+    assert not {p["metadata"]["name"] for p in second_pods} & {
+        p["metadata"]["name"] for p in first_pods
+    }
+    for pod in second_pods:
+        seen = loader.parse(_logs(cluster, ns, pod["metadata"]["name"]))
+        assert seen.get("env SECOND") == "2" and seen.get("env INLINE") == "<unset>", seen
+        assert seen.get("env TOKEN") == "<unset>", seen
+
+    # 3. larger than the pool: warm and cold workers, success.
+    wait_until(full, timeout=240, what="the pool to refill")
+    _apply(cluster, ns, _job("large", POOL_SIZE + 2, image, loader, env, ["INLINE"]))
+    status = _wait_succeeded(cluster, ns, "large", wait_until)
+    claim = next(c for c in status["conditions"] if c["type"] == "PoolClaim")
+    assert claim["reason"] == "PartlyCold", claim
+    large = _job_pods(cluster, ns, "large")
+    warm = [p for p in large if "appliance.dev/pool-name" in p["metadata"]["labels"]]
+    cold = [p for p in large if "appliance.dev/pool-name" not in p["metadata"]["labels"]]
+    assert len(warm) == POOL_SIZE and len(cold) == 2, [p["metadata"]["name"] for p in large]
+
+    # 4. the operator killed mid-claim.
+    wait_until(full, timeout=240, what="the pool to refill")
+    _apply(cluster, ns, _job("restart", 6, image, loader, env, ["INLINE"]))
+    cluster.kubectl("delete", "pod", operator_pod, "-n", ns, "--grace-period=0", "--force")
+    wait_until(lambda: _operator_pod(cluster, ns), timeout=180, what="the operator to restart")
+    _wait_succeeded(cluster, ns, "restart", wait_until)
+    pods = _job_pods(cluster, ns, "restart")
+    indexes = [p["metadata"]["labels"]["appliance.dev/worker-index"] for p in pods]
+    assert sorted(indexes) == [str(i) for i in range(6)], indexes  # each index once
+    every = _json(cluster, "get", "pods", "-n", ns, "-l", "appliance.dev/pool-name")["items"]
+    for pod in every:
+        owners = [r for r in pod["metadata"].get("ownerReferences", []) if r.get("controller")]
+        assert len(owners) == 1, pod["metadata"]["name"]
+
+    # 5. a pod that is not the operator cannot claim an idle worker.
+    wait_until(full, timeout=240, what="the pool to refill")
+    target = next(
+        p
+        for p in _json(cluster, "get", "pods", "-n", ns, "-l", "appliance.dev/pool-state=idle")[
+            "items"
+        ]
+        if p["status"].get("podIP")
+    )
+    probe = (
+        "import socket, ssl, json, struct, sys\n"
+        "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); ctx.check_hostname = False\n"
+        "ctx.verify_mode = ssl.CERT_NONE\n"
+        "claim = json.dumps({'kind': 'WorkerClaim', 'worker': sys.argv[2], 'entrypoint': 'x.py',"
+        " 'plumbing': {'APPLIANCE_ENV_FILE': '/etc/hostname'}}).encode()\n"
+        "try:\n"
+        "    raw = socket.create_connection((sys.argv[1], 7443), timeout=5)\n"
+        "    c = ctx.wrap_socket(raw); c.sendall(struct.pack('!I', len(claim)) + claim)\n"
+        "    print('ANSWER', c.recv(100))\n"
+        "except Exception as exc:\n"
+        "    print('REFUSED', type(exc).__name__)\n"
+    )
+    cluster.kubectl(
+        "run", "intruder", "-n", ns, "--image", image, "--image-pull-policy=Never",
+        "--restart=Never", "--command", "--", "python3", "-c", probe,
+        target["status"]["podIP"], target["metadata"]["name"],
+    )  # fmt: skip
+
+    def intruder_done() -> str | None:
+        phase = _json(cluster, "get", "pod", "intruder", "-n", ns)["status"].get("phase")
+        return _logs(cluster, ns, "intruder") if phase in ("Succeeded", "Failed") else None
+
+    out = wait_until(intruder_done, timeout=120, what="the intruder pod to finish")
+    assert "REFUSED" in out or "ANSWER b''" in out, out
+    assert "accepted" not in out
+    again = _json(cluster, "get", "pod", target["metadata"]["name"], "-n", ns)
+    assert again["metadata"]["labels"]["appliance.dev/pool-state"] == "idle"
+    assert again["status"]["phase"] == "Running"
+
+    # 6. no sentinel in pod specs, annotations, Events or the operator's log.
+    pods_yaml = cluster.kubectl("get", "pods", "-n", ns, "-o", "yaml").stdout
+    events = cluster.kubectl("get", "events", "-n", ns, "-o", "yaml").stdout
+    pools = cluster.kubectl("get", "wp", "-n", ns, "-o", "yaml").stdout
+    operator_log = "".join(
+        cluster.kubectl("logs", "-n", ns, p["metadata"]["name"], check=False).stdout
+        for p in _json(cluster, "get", "pods", "-n", ns,
+                       "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+    )  # fmt: skip
+    secret_b64 = base64.b64encode(SECRET_SENTINEL.encode()).decode()
+    for text in (pods_yaml, events, pools, operator_log):
+        for sentinel in (SECRET_SENTINEL, secret_b64):
+            assert sentinel not in text
+    assert INLINE_SENTINEL not in pods_yaml and INLINE_SENTINEL not in operator_log
+    assert INLINE_SENTINEL not in events

@@ -1,0 +1,569 @@
+"""Warm pools in the operator: the pure plan, and the controller claiming real warm workers.
+
+The claim tests run a real warm worker process (``python -m cerebras_appliance.worker
+--warm``) listening on loopback with the pool's real certificates, behind a fake API that
+applies a merge patch's ``metadata.resourceVersion`` precondition as the API server does.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance_operator import desired, pooltls
+from appliance_operator.controller import Controller
+from appliance_operator.kubeapi import ApiError
+from appliance_operator.metrics import Metrics
+from appliance_operator.observe import pod_view
+from appliance_operator.poolcontroller import PoolController, PoolSnapshot
+from appliance_operator.poolplan import (
+    POOL_CLAIM,
+    WARM_START_FAILED,
+    PoolPodView,
+    choose_claims,
+    plan_pool,
+    pool_pod_view,
+)
+from cerebras_appliance import channel, envfile
+from cerebras_appliance import worker as worker_mod
+from cerebras_appliance.api import ExecuteJobSpec, parse_pool
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+SENTINEL = "pool-sentinel-61d2"
+SECRET_SENTINEL = "pool-secret-sentinel-0b7e"
+
+
+def pool_body(replicas: int = 2, image: str = "img", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "appliance.dev/v1alpha1",
+        "kind": "WorkerPool",
+        "metadata": {"name": "warm", "namespace": "ml", "uid": "uid-pool", "generation": 1},
+        "spec": {"image": image, "replicas": replicas, **spec},
+    }
+
+
+def view(
+    name: str,
+    *,
+    ready: bool = True,
+    state: str = "idle",
+    phase: str = "Running",
+    created: str = "2026-03-01T11:00:00Z",
+    ip: str = "10.0.0.1",
+) -> PoolPodView:
+    return PoolPodView(
+        name=name,
+        uid=f"u-{name}",
+        resource_version="1",
+        pool="warm",
+        state=state,
+        phase=phase,
+        ready=ready,
+        ip=ip,
+        created=created,
+    )
+
+
+# -- the pure part ---------------------------------------------------------------------------
+
+
+def test_plan_pool_starts_the_missing_idle_workers_and_counts_claimed_apart() -> None:
+    pool = parse_pool(pool_body(replicas=3))
+    steps = plan_pool(pool, [view("a"), view("b", state="claimed")], None, generation=1, now="t")
+    assert steps.create == 2 and steps.delete == ()
+    assert steps.status is not None
+    assert (steps.status.idle, steps.status.starting, steps.status.claimed) == (1, 0, 1)
+    assert steps.status.replicas == 1  # the scale subresource counts idle workers
+    assert steps.status.selector.endswith("appliance.dev/pool-state=idle")
+    ready = steps.status.conditions[0]
+    assert (ready.type, ready.status, ready.reason) == ("Ready", "False", "Refilling")
+
+
+def test_plan_pool_removes_the_surplus_not_warm_first_then_the_newest() -> None:
+    pool = parse_pool(pool_body(replicas=1))
+    pods = [
+        view("old", created="2026-03-01T10:00:00Z"),
+        view("new", created="2026-03-01T11:00:00Z"),
+        view("cold", ready=False, created="2026-03-01T09:00:00Z"),
+    ]
+    steps = plan_pool(pool, pods, None, generation=1, now="t")
+    assert [p.name for p in steps.delete] == ["cold", "new"] and steps.create == 0
+
+
+def test_plan_pool_replaces_an_idle_worker_that_ended_and_says_why() -> None:
+    pool = parse_pool(pool_body(replicas=1))
+    dead = PoolPodView(
+        name="dead",
+        uid="u",
+        resource_version="1",
+        pool="warm",
+        state="idle",
+        phase="Failed",
+        reason="Error (exit code 78)",
+    )
+    steps = plan_pool(pool, [dead], None, generation=1, now="t")
+    assert steps.create == 1 and [p.name for p in steps.delete] == ["dead"]
+    assert steps.status is not None
+    failed = next(c for c in steps.status.conditions if c.type == WARM_START_FAILED)
+    assert "dead: Error (exit code 78)" in failed.message and "spec.imports" in failed.message
+
+
+def test_plan_pool_writes_nothing_when_nothing_changed() -> None:
+    pool = parse_pool(pool_body(replicas=1))
+    first = plan_pool(pool, [view("a")], None, generation=1, now="t1")
+    assert first.status is not None
+    again = plan_pool(pool, [view("a")], first.status, generation=1, now="t2")
+    assert again.status is None
+
+
+def spec(**changes: Any) -> ExecuteJobSpec:
+    return ExecuteJobSpec.model_validate(
+        {"image": "img", "entrypoint": "u.py", "replicas": 3, "pool": "warm", **changes}
+    )
+
+
+def test_choose_claims_unknown_pool_and_image_mismatch_are_conditions_all_cold() -> None:
+    creates = [desired.WorkerId(0), desired.WorkerId(1)]
+    missing = choose_claims(spec(), None, [view("a")], creates)
+    assert missing.claims == () and missing.condition is not None
+    assert missing.condition.reason == "PoolNotFound" and "spec.pool" in missing.condition.message
+    other = choose_claims(spec(image="other"), parse_pool(pool_body()), [view("a")], creates)
+    assert other.claims == () and other.condition is not None
+    assert other.condition.reason == "PoolImageMismatch"
+    assert "'other'" in other.condition.message and "'img'" in other.condition.message
+    tpl = choose_claims(
+        spec(template={"nodeSelector": {"a": "b"}}), parse_pool(pool_body()), [view("a")], creates
+    )
+    assert tpl.claims == () and tpl.condition is not None
+    assert tpl.condition.reason == "PoolTemplateMismatch"
+
+
+def test_choose_claims_takes_only_warm_reachable_idle_pods_oldest_first() -> None:
+    pods = [
+        view("b", created="2026-03-01T11:00:00Z"),
+        view("a", created="2026-03-01T10:00:00Z"),
+        view("cold", ready=False),
+        view("taken", state="claimed"),
+        view("noip", ip=""),
+    ]
+    creates = [desired.WorkerId(i) for i in range(3)]
+    choice = choose_claims(spec(), parse_pool(pool_body()), pods, creates)
+    assert [(w.index, p.name) for w, p in choice.claims] == [(0, "a"), (1, "b")]
+    assert choice.condition is not None and choice.condition.reason == "PartlyCold"
+
+
+def test_claim_patch_is_a_compare_and_swap_that_makes_the_job_the_only_owner() -> None:
+    from cerebras_appliance.api import parse_job
+
+    job = parse_job(
+        {
+            "metadata": {"name": "demo", "namespace": "ml"},
+            "spec": {"image": "img", "entrypoint": "u.py", "pool": "warm"},
+        }
+    )
+    patch = desired.claim_patch(job, "uid-job", desired.WorkerId(3), "hmac-sha256:x", "42")
+    meta = patch["metadata"]
+    assert meta["resourceVersion"] == "42"
+    assert [r["uid"] for r in meta["ownerReferences"]] == ["uid-job"]
+    assert meta["labels"][desired.POOL_STATE_LABEL] == desired.CLAIMED
+    assert meta["labels"][desired.WORKER_INDEX_LABEL] == "3"
+    assert meta["finalizers"] == [desired.TRACKING_FINALIZER]
+
+
+def test_pool_pod_holds_no_value_and_listens_only_with_the_pool_certificate() -> None:
+    pool = parse_pool(pool_body(imports=["json"], startupVariables=["OMP_X"]))
+    pod = desired.pool_pod(pool, "uid-pool", "abcde")
+    container = pod["spec"]["containers"][0]
+    assert container["command"][-1] == "--warm"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env[worker_mod.WARM_IMPORTS_VAR] == "json"
+    assert env[worker_mod.WARM_STARTUP_VARS_VAR] == "OMP_X"
+    assert all(name.startswith(("APPLIANCE_", "PYTHONUNBUFFERED")) for name in env)
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    secret = next(v for v in pod["spec"]["volumes"] if v["name"] == desired.CLAIM_TLS_VOLUME)
+    assert secret["secret"]["secretName"] == pooltls.worker_secret_name("warm")
+    assert pod["metadata"]["labels"][desired.POOL_STATE_LABEL] == desired.IDLE
+    view_ = pool_pod_view(
+        {
+            **pod,
+            "status": {
+                "phase": "Running",
+                "podIP": "10.1.1.1",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
+    )
+    assert view_ is not None and view_.claimable
+
+
+# -- the controller, with real warm workers --------------------------------------------------
+
+
+class FakeApi:
+    """The KubeApi surface in memory; a patch with metadata.resourceVersion is a precondition
+    (409 when the object changed), and every change bumps resourceVersion, as on a server."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.secrets: dict[str, dict[str, Any]] = {}
+        self.statuses: list[dict[str, Any]] = []
+        self.pool_statuses: list[dict[str, Any]] = []
+        self.bodies: list[str] = []  # every request body except Secrets' (checked for values)
+        self.events: list[dict[str, Any]] = []
+        self.deleted: list[str] = []
+        self._rv = itertools.count(100)
+        self._uid = itertools.count(1)
+        self.job_version = 10
+
+    def _record(self, body: Any) -> None:
+        self.bodies.append(json.dumps(body))
+
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._record(body)
+        created = json.loads(json.dumps(body))
+        meta = created["metadata"]
+        if "name" not in meta:
+            meta["name"] = meta.pop("generateName") + f"{next(self._uid):05d}"
+        if meta["name"] in self.pods:
+            raise ApiError(409, "AlreadyExists", "exists")
+        meta["uid"] = f"pod-uid-{next(self._uid)}"
+        meta["resourceVersion"] = str(next(self._rv))
+        created["status"] = {"phase": "Pending"}
+        self.pods[meta["name"]] = created
+        return created
+
+    def patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._record(body)
+        pod = self.pods.get(name)
+        if pod is None:
+            raise ApiError(404, "NotFound", "not found")
+        patch = json.loads(json.dumps(body))
+        want = patch["metadata"].pop("resourceVersion", None)
+        if want is not None and want != pod["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", "the object has been modified")
+        meta = pod["metadata"]
+        for key, value in patch["metadata"].items():
+            if isinstance(value, dict):
+                meta[key] = {**meta.get(key, {}), **value}  # merge patch: maps merge
+            else:
+                meta[key] = value  # lists are replaced
+        meta["resourceVersion"] = str(next(self._rv))
+        return json.loads(json.dumps(pod))
+
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        self.deleted.append(name)
+
+    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.pods.get(name)
+
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        if name in self.secrets:
+            raise ApiError(409, "AlreadyExists", "exists")
+        self.secrets[name] = json.loads(json.dumps(body))
+        return self.secrets[name]
+
+    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.secrets.get(name)
+
+    def patch_job_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        self._record(status)
+        self.statuses.append(status)
+        self.job_version += 1
+        return {"metadata": {"resourceVersion": str(self.job_version)}}
+
+    def patch_pool_status(
+        self, namespace: str, name: str, status: dict[str, Any]
+    ) -> dict[str, Any]:
+        self._record(status)
+        self.pool_statuses.append(status)
+        return {}
+
+    def remove_finalizer(self, namespace: str, name: str, uid: str, finalizer: str) -> None:
+        pass
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        pass
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        self._record(body)
+        self.events.append(body)
+
+
+def job_body(replicas: int = 2, name: str = "demo", uid: str = "uid-job") -> dict[str, Any]:
+    return {
+        "apiVersion": "appliance.dev/v1alpha1",
+        "kind": "ExecuteJob",
+        "metadata": {
+            "name": name,
+            "namespace": "ml",
+            "uid": uid,
+            "resourceVersion": "10",
+            "generation": 1,
+            "creationTimestamp": "2026-03-01T11:59:59Z",
+        },
+        "spec": {
+            "replicas": replicas,
+            "image": "img",
+            "entrypoint": "user.py",
+            "pool": "warm",
+            "env": [
+                {"name": "INLINE", "value": SENTINEL},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "t"}}},
+            ],
+        },
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """A fake API plus real warm worker processes standing in for the pool's pods."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.api = FakeApi()
+        self.api.secrets["creds"] = {
+            "metadata": {"name": "creds"},
+            "data": {"t": base64.b64encode(SECRET_SENTINEL.encode()).decode()},
+        }
+        self.port = free_port()  # every "pod" has its own loopback address, same port
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+        self.metrics = Metrics()
+        self.pools = PoolController(
+            self.api,
+            self.metrics,
+            clock=lambda: NOW,
+            claim_port=self.port,  # type: ignore[arg-type]
+        )
+        (tmp / "user.py").write_text(
+            "import os, subprocess, sys\n"
+            "print('INLINE', os.environ.get('INLINE'), 'TOKEN', os.environ.get('TOKEN'))\n"
+            "subprocess.run([sys.executable, '-c', "
+            '\'import os; print("child", os.environ.get("TOKEN"))\'], check=True)\n'
+        )
+        self.pool = pool_body(replicas=0)
+
+    def reconcile_pool(self) -> None:
+        self.pools.reconcile(("ml", "warm"), self.pool, self.pool_views())
+
+    def start_idle(self, count: int) -> None:
+        """Pods the pool controller created, each run by a real warm worker on 127.0.0.N."""
+        self.pool = pool_body(replicas=count)
+        self.reconcile_pool()
+        tls = self.tmp / "tls"
+        tls.mkdir(exist_ok=True)
+        for key, value in self.api.secrets[pooltls.worker_secret_name("warm")]["data"].items():
+            (tls / key).write_bytes(base64.b64decode(value))
+        for number, (name, pod) in enumerate(sorted(self.api.pods.items()), start=2):
+            if name in self.procs:
+                continue
+            ip = f"127.0.0.{number}"
+            state = self.tmp / name
+            state.mkdir()
+            env = {
+                "PATH": os.environ["PATH"],
+                channel.TLS_DIR_VAR: str(tls),
+                channel.PORT_VAR: str(self.port),
+                worker_mod.IDLE_FILE_VAR: str(state / "ready"),
+                envfile.READY_FILE_VAR: str(state / "ready"),
+                worker_mod.STATE_DIR_VAR: str(state),
+                worker_mod.POOL_WORKER_VAR: name,
+            }
+            env[channel.HOST_VAR] = ip  # its "pod IP"
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cerebras_appliance.worker", "--warm"],
+                env=env,
+                cwd=self.tmp,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            self.procs[name] = proc
+            deadline = time.monotonic() + 60
+            while not (state / "ready").exists():
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the warm worker never became idle"
+                time.sleep(0.01)  # poll interval of the idle file
+            pod["status"] = {
+                "phase": "Running",
+                "podIP": ip,
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
+
+    def pool_views(self) -> list[PoolPodView]:
+        return [v for p in self.api.pods.values() if (v := pool_pod_view(p)) is not None]
+
+    def snapshot(self) -> PoolSnapshot:
+        return PoolSnapshot(body=self.pool, pods=tuple(self.pool_views()))
+
+    def job_pods(self, uid: str = "uid-job") -> list[Any]:
+        out = []
+        for pod in self.api.pods.values():
+            v = pod_view(pod)
+            if v is not None and v.owner_uid == uid:
+                out.append(v)
+        return out
+
+    def controller(self) -> Controller:
+        return Controller(self.api, self.metrics, clock=lambda: NOW, pools=self.pools)  # type: ignore[arg-type]
+
+    def output(self, name: str) -> tuple[int, str, str]:
+        proc = self.procs[name]
+        out, err = proc.communicate(timeout=60)
+        return proc.returncode, out, err
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    yield c
+    c.close()
+
+
+def _claimed(c: Cluster) -> dict[str, dict[str, Any]]:
+    return {
+        n: p
+        for n, p in c.api.pods.items()
+        if p["metadata"]["labels"].get(desired.POOL_STATE_LABEL) == desired.CLAIMED
+    }
+
+
+def test_a_job_larger_than_the_pool_gets_warm_and_cold_workers(cluster: Cluster) -> None:
+    cluster.start_idle(2)
+    ctl = cluster.controller()
+    ctl.reconcile(("ml", "demo"), job_body(replicas=3), [], cluster.snapshot())
+    claimed = _claimed(cluster)
+    assert len(claimed) == 2
+    cold = [n for n in cluster.api.pods if n.startswith("demo-worker-")]
+    assert cold == ["demo-worker-2"]  # the remainder started cold at once
+    for name, pod in claimed.items():
+        meta = pod["metadata"]
+        assert [r["uid"] for r in meta["ownerReferences"]] == ["uid-job"]
+        assert meta["annotations"][desired.CLAIM_CONFIRMED_ANNOTATION].startswith("hmac-sha256:")
+        code, out, err = cluster.output(name)
+        assert code == 0, err
+        assert f"INLINE {SENTINEL} TOKEN {SECRET_SENTINEL}" in out
+        assert f"child {SECRET_SENTINEL}" in out
+        assert SENTINEL not in err and SECRET_SENTINEL not in err
+    # Every request body but the env Secret's is free of values.
+    for body in cluster.api.bodies:
+        assert SENTINEL not in body and SECRET_SENTINEL not in body
+    # The next reconcile records the claim on the job.
+    ctl.reconcile(("ml", "demo"), job_body(replicas=3), cluster.job_pods(), cluster.snapshot())
+    last = cluster.api.statuses[-1]
+    condition = next(c for c in last["conditions"] if c["type"] == POOL_CLAIM)
+    assert (
+        condition["reason"] == "PartlyCold" and "2 worker(s) claimed warm" in condition["message"]
+    )
+    claims = cluster.metrics.pool_claims
+    assert claims.labels("ml", "warm", "claimed")._value.get() == 2
+    assert claims.labels("ml", "warm", "cold")._value.get() == 1
+
+
+def test_a_second_job_gets_fresh_workers_and_none_of_the_first_jobs_values(
+    cluster: Cluster,
+) -> None:
+    cluster.start_idle(1)
+    cluster.controller().reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
+    (first,) = _claimed(cluster)
+    cluster.start_idle(1)  # the pool refilled: a new pod, a new process
+    second_body = job_body(replicas=1, name="other", uid="uid-other")
+    second_body["spec"]["env"] = [{"name": "ONLY_SECOND", "value": "2"}]
+    cluster.controller().reconcile(("ml", "other"), second_body, [], cluster.snapshot())
+    (second,) = [n for n in _claimed(cluster) if n != first]
+    code, out, err = cluster.output(second)
+    assert code == 0, err
+    assert "INLINE None TOKEN None" in out and SENTINEL not in out
+    assert cluster.procs[first].pid != cluster.procs[second].pid
+
+
+def test_two_operators_racing_claim_each_pod_once(cluster: Cluster) -> None:
+    cluster.start_idle(1)
+    stale = cluster.snapshot()  # both operators saw the same idle pod at the same version
+    one = cluster.controller()
+    two = Controller(
+        cluster.api,
+        Metrics(),
+        clock=lambda: NOW,
+        pools=PoolController(cluster.api, Metrics(), claim_port=cluster.port),  # type: ignore[arg-type]
+    )  # type: ignore[arg-type]
+    one.reconcile(("ml", "demo"), job_body(replicas=1), [], stale)
+    two.reconcile(("ml", "other"), job_body(replicas=1, name="other", uid="uid-other"), [], stale)
+    (pod,) = _claimed(cluster).values()
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-job"
+    assert "other-worker-0" in cluster.api.pods  # the loser went cold, it did not wait
+
+
+class Killed(BaseException):
+    """The operator process dying at this point."""
+
+
+class DiesBeforeDelivery(PoolController):
+    def deliver_one(self, *args: Any, **kwargs: Any) -> str:
+        raise Killed
+
+
+def test_operator_killed_between_adoption_and_delivery_delivers_after_restart(
+    cluster: Cluster,
+) -> None:
+    cluster.start_idle(1)
+    dying = Controller(
+        cluster.api,
+        Metrics(),
+        clock=lambda: NOW,
+        pools=DiesBeforeDelivery(cluster.api, Metrics(), claim_port=cluster.port),  # type: ignore[arg-type]
+    )  # type: ignore[arg-type]
+    with pytest.raises(Killed):
+        dying.reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
+    (name,) = _claimed(cluster)  # adopted, nothing sent
+    assert desired.CLAIM_CONFIRMED_ANNOTATION not in cluster.api.pods[name]["metadata"].get(
+        "annotations", {}
+    )
+    assert cluster.procs[name].poll() is None  # still waiting for its one claim
+    restarted = cluster.controller()  # empty memory, as after a restart
+    restarted.reconcile(
+        ("ml", "demo"), job_body(replicas=1), cluster.job_pods(), cluster.snapshot()
+    )
+    meta = cluster.api.pods[name]["metadata"]
+    assert meta["annotations"][desired.CLAIM_CONFIRMED_ANNOTATION].startswith("hmac-sha256:")
+    code, out, err = cluster.output(name)
+    assert code == 0 and f"TOKEN {SECRET_SENTINEL}" in out, err
+    # No pod claimed twice, no cold duplicate: the job has exactly its one worker.
+    assert len(_claimed(cluster)) == 1
+    assert not [n for n in cluster.api.pods if n.startswith("demo-worker-")]
+
+
+def test_unknown_pool_is_a_condition_and_every_worker_starts_cold(cluster: Cluster) -> None:
+    ctl = cluster.controller()
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), [], PoolSnapshot(body=None))
+    assert sorted(cluster.api.pods) == ["demo-worker-0", "demo-worker-1"]
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), cluster.job_pods(), PoolSnapshot(None))
+    condition = next(
+        c for s in cluster.api.statuses for c in s.get("conditions", []) if c["type"] == POOL_CLAIM
+    )
+    assert condition["status"] == "False" and condition["reason"] == "PoolNotFound"
