@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -298,24 +299,13 @@ def _merge(node: dict[str, Any], extra: dict[str, Any]) -> None:
 
 
 def pool_root_schema() -> dict[str, Any]:
-    spec = openapi_schema(api.WorkerPoolSpec, keep_defaults=True)
-    status = openapi_schema(api.WorkerPoolStatus, keep_defaults=False)
-    root: dict[str, Any] = {
-        "type": "object",
-        "description": "A pool of warm input workers: running, modules imported, idle until "
+    return _root(
+        api.WorkerPoolSpec,
+        api.WorkerPoolStatus,
+        "A pool of warm input workers: running, modules imported, idle until "
         "an ExecuteJob naming the pool claims them (each serves one job).",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
-    }
-    for path, extra in POOL_HAND_KEPT.items():
-        _merge(_node_at(root, path), extra)
-    return root
+        POOL_HAND_KEPT,
+    )
 
 
 def pool_crd() -> dict[str, Any]:
@@ -356,24 +346,37 @@ def pool_crd() -> dict[str, Any]:
 
 
 def root_schema() -> dict[str, Any]:
-    # Spec defaults (replicas: 1, backoffLimit: 0, suspend: false) are applied by the API
-    # server too; the status is written whole by the operator, so its defaults are left out.
-    spec = openapi_schema(api.ExecuteJobSpec, keep_defaults=True)
-    status = openapi_schema(api.ExecuteJobStatus, keep_defaults=False)
+    return _root(
+        api.ExecuteJobSpec,
+        api.ExecuteJobStatus,
+        "An execute job: input workers that run an entrypoint with the "
+        "environment snapshot taken when the job was created.",
+        HAND_KEPT,
+    )
+
+
+def _root(
+    spec_model: type[BaseModel],
+    status_model: type[BaseModel],
+    description: str,
+    hand_kept: Mapping[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """A custom resource's schema: ``spec`` and ``status`` from the models, then what is
+    hand-kept merged in at its paths. Spec defaults are applied by the API server too; the
+    status is written whole by the operator, so its defaults are left out."""
     root: dict[str, Any] = {
         "type": "object",
-        "description": "An execute job: input workers that run an entrypoint with the "
-        "environment snapshot taken when the job was created.",
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
+            "spec": openapi_schema(spec_model, keep_defaults=True),
+            "status": openapi_schema(status_model, keep_defaults=False),
         },
     }
-    for path, extra in HAND_KEPT.items():
+    for path, extra in hand_kept.items():
         _merge(_node_at(root, path), extra)
     return root
 

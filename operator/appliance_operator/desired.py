@@ -27,6 +27,7 @@ from cerebras_appliance.api import (
     EnvVar,
     ExecuteJob,
     WorkerPool,
+    WorkerTemplate,
     worker_name,
 )
 
@@ -237,41 +238,9 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str) -> di
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if tpl.resources is not None:
-        container["resources"] = tpl.resources
-    # Hardened unless the job says otherwise: what almost every dataloader runs with, and what
-    # the "restricted" Pod Security profile asks of a container beyond a non-root user.
-    container["securityContext"] = (
-        tpl.security_context
-        if tpl.security_context is not None
-        else copy.deepcopy(dict(DEFAULT_CONTAINER_SECURITY_CONTEXT))
-    )
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        # Workers need no Kubernetes API access, and no other Service's address in their env.
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "containers": [container],
-        "volumes": [
-            # 0444: readable whatever user the image runs as; nobody writes it.
-            {
-                "name": ENV_VOLUME,
-                "secret": {"secretName": env_secret_name(name), "defaultMode": 0o444},
-            },
-            {"name": STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
-            *tpl.volumes,
-        ],
-    }
-    optional: Mapping[str, Any] = {
-        "serviceAccountName": tpl.service_account_name,
-        "nodeSelector": tpl.node_selector or None,
-        "tolerations": tpl.tolerations or None,
-        "affinity": tpl.affinity,
-        "securityContext": tpl.pod_security_context,
-        "priorityClassName": tpl.priority_class_name,
-        "imagePullSecrets": tpl.image_pull_secrets or None,
-    }
-    pod_spec.update({key: value for key, value in optional.items() if value is not None})
+    # 0444: readable whatever user the image runs as; nobody writes it.
+    secret = {"secretName": env_secret_name(name), "defaultMode": 0o444}
+    pod_spec = _pod_spec(tpl, container, {"name": ENV_VOLUME, "secret": secret})
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -377,37 +346,8 @@ def pool_pod(pool: WorkerPool, uid: str, suffix: str) -> dict[str, Any]:
         },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if tpl.resources is not None:
-        container["resources"] = tpl.resources
-    container["securityContext"] = (
-        tpl.security_context
-        if tpl.security_context is not None
-        else copy.deepcopy(dict(DEFAULT_CONTAINER_SECURITY_CONTEXT))
-    )
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "containers": [container],
-        "volumes": [
-            {
-                "name": CLAIM_TLS_VOLUME,
-                "secret": {"secretName": worker_secret_name(name), "defaultMode": 0o444},
-            },
-            {"name": STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
-            *tpl.volumes,
-        ],
-    }
-    optional: Mapping[str, Any] = {
-        "serviceAccountName": tpl.service_account_name,
-        "nodeSelector": tpl.node_selector or None,
-        "tolerations": tpl.tolerations or None,
-        "affinity": tpl.affinity,
-        "securityContext": tpl.pod_security_context,
-        "priorityClassName": tpl.priority_class_name,
-        "imagePullSecrets": tpl.image_pull_secrets or None,
-    }
-    pod_spec.update({key: value for key, value in optional.items() if value is not None})
+    secret = {"secretName": worker_secret_name(name), "defaultMode": 0o444}
+    pod_spec = _pod_spec(tpl, container, {"name": CLAIM_TLS_VOLUME, "secret": secret})
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -447,3 +387,43 @@ def claim_patch(
             "finalizers": [TRACKING_FINALIZER],
         }
     }
+
+
+def _pod_spec(
+    tpl: WorkerTemplate, container: dict[str, Any], secret_volume: dict[str, Any]
+) -> dict[str, Any]:
+    """The pod spec of a worker (a job's or a pool's) around ``container``: the template's
+    resources and security contexts, the worker's Secret and state volumes, then the
+    template's own volumes and scheduling fields."""
+    if tpl.resources is not None:
+        container["resources"] = tpl.resources
+    # Hardened unless the job says otherwise: what almost every dataloader runs with, and what
+    # the "restricted" Pod Security profile asks of a container beyond a non-root user.
+    container["securityContext"] = (
+        tpl.security_context
+        if tpl.security_context is not None
+        else copy.deepcopy(dict(DEFAULT_CONTAINER_SECURITY_CONTEXT))
+    )
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        # Workers need no Kubernetes API access, and no other Service's address in their env.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [
+            secret_volume,
+            {"name": STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            *tpl.volumes,
+        ],
+    }
+    optional: Mapping[str, Any] = {
+        "serviceAccountName": tpl.service_account_name,
+        "nodeSelector": tpl.node_selector or None,
+        "tolerations": tpl.tolerations or None,
+        "affinity": tpl.affinity,
+        "securityContext": tpl.pod_security_context,
+        "priorityClassName": tpl.priority_class_name,
+        "imagePullSecrets": tpl.image_pull_secrets or None,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value is not None})
+    return pod_spec
