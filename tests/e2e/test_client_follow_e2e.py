@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from kubernetes import client
+from user_client import UserClient
 
 if TYPE_CHECKING:
     from conftest import NodeCluster, Operator, WaitUntil
@@ -155,30 +153,8 @@ def test_ctrl_c_in_wait_leaves_no_worker_running_and_get_job_reattaches(
         "entrypoint": f"{MOUNT}/hold.py",
     }
     env = {"PATH": os.environ.get("PATH", ""), "KUBECONFIG": cluster.kubeconfig}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, json.dumps(cfg)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    seen: list[str] = []
-    deadline = time.monotonic() + 180
-    while not any(f"{namespace}/{name}: Running: 2/2 ready" in x for x in seen):
-        assert time.monotonic() < deadline, seen
-        try:
-            seen.append(lines.get(timeout=1))
-        except queue.Empty:
-            assert proc.poll() is None, seen
+    user = UserClient(CLIENT, [json.dumps(cfg)], env)
+    user.wait_for(f"{namespace}/{name}: Running: 2/2 ready", timeout=180)
 
     # A second process reattaches to the running job by name.
     second = subprocess.run(
@@ -192,13 +168,8 @@ def test_ctrl_c_in_wait_leaves_no_worker_running_and_get_job_reattaches(
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout) == {"phase": "Running", "ready": 2, "holding": 2}
 
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
-    reader.join(timeout=30)
-    while not lines.empty():
-        seen.append(lines.get())
-    err = "".join(seen)
-    assert proc.returncode in (-signal.SIGINT, 130), err
+    code, err = user.interrupt()
+    assert code in (-signal.SIGINT, 130), err
     assert f"{namespace}/{name}: interrupted: job deleted, its workers stopped" in err
 
     core = client.CoreV1Api(cluster.api_client)

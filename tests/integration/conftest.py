@@ -158,6 +158,36 @@ class Cluster:
         answer = client.AuthorizationV1Api(self.api_client).create_subject_access_review(review)
         return bool(answer.status.allowed)
 
+    def finish_pod(self, namespace: str, pod: str, exit_code: int) -> None:
+        """Make a (kwok) worker pod Succeeded (exit 0) or Failed (any other code), as the
+        kubelet would report it."""
+        from kubernetes import client
+
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "startedAt": now,
+            "finishedAt": now,
+        }
+        status = {
+            "phase": "Succeeded" if exit_code == 0 else "Failed",
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [
+                {
+                    "name": "worker",
+                    "image": "appliance-operator/worker:test",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {"terminated": terminated},
+                }
+            ],
+        }
+        client.CoreV1Api(self.api_client).patch_namespaced_pod_status(
+            pod, namespace, {"status": status}
+        )
+
     def _resource_names(self) -> list[str]:
         """``kubectl api-resources -o name`` (``plural[.group]``), asked once."""
         if not self._api_resources:

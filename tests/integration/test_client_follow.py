@@ -10,12 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from user_client import UserClient
 
 from appliance_operator.testing import OperatorProcess
 
@@ -92,31 +90,6 @@ def job_exists(cluster: Cluster, namespace: str, name: str) -> bool:
     return True
 
 
-def finish(cluster: Cluster, namespace: str, pod: str, exit_code: int) -> None:
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    state = {"exitCode": exit_code, "reason": "Error", "startedAt": now, "finishedAt": now}
-    client.CoreV1Api(cluster.api_client).patch_namespaced_pod_status(
-        pod,
-        namespace,
-        {
-            "status": {
-                "phase": "Succeeded" if exit_code == 0 else "Failed",
-                "conditions": [{"type": "Ready", "status": "False"}],
-                "containerStatuses": [
-                    {
-                        "name": "worker",
-                        "image": "appliance-operator/worker:test",
-                        "imageID": "",
-                        "ready": False,
-                        "restartCount": 0,
-                        "state": {"terminated": state},
-                    }
-                ],
-            }
-        },
-    )
-
-
 def test_progress_and_timeout_name_an_unschedulable_worker(
     cluster: Cluster, operator: None, kubeconfig: str, namespace: str, wait_until: WaitUntil
 ) -> None:
@@ -168,7 +141,7 @@ def test_failure_raises_and_get_job_reattaches_from_a_second_process(
         seen = json.loads(second.stdout)
         assert seen == {"name": job.name, "phase": "Running", "ready": 2, "spec": 2}
 
-        finish(cluster, namespace, f"{job.name}-worker-1", 3)
+        cluster.finish_pod(namespace, f"{job.name}-worker-1", 3)
         with pytest.raises(app.JobFailedError) as caught:
             job.result(timeout=60, progress=False)
         assert caught.value.reason == "BackoffLimitExceeded"
@@ -194,40 +167,15 @@ def test_ctrl_c_during_wait_deletes_the_job_and_its_pods(
 ) -> None:
     name = f"sig-{uuid.uuid4().hex[:6]}"
     cfg = {"name": name, "namespace": namespace, "template": cluster.kwok_pod_spec}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, json.dumps(cfg)],
-        env={"PATH": os.environ["PATH"], "KUBECONFIG": kubeconfig},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    user = UserClient(
+        CLIENT, [json.dumps(cfg)], {"PATH": os.environ["PATH"], "KUBECONFIG": kubeconfig}
     )
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.put(line)
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    seen: list[str] = []
-    deadline = time.monotonic() + 90
     # Inside wait(), with both workers running: its progress line says so.
-    while not any(f"{namespace}/{name}: Running: 2/2 ready" in x for x in seen):
-        assert time.monotonic() < deadline, seen
-        try:
-            seen.append(lines.get(timeout=1))
-        except queue.Empty:
-            assert proc.poll() is None, seen
+    user.wait_for(f"{namespace}/{name}: Running: 2/2 ready", timeout=90)
     running = [p.metadata.name for p in pods(cluster, namespace, name)]
     assert sorted(running) == [f"{name}-worker-0", f"{name}-worker-1"]
-    proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=60)
-    reader.join(timeout=30)  # stderr read to its end
-    while not lines.empty():
-        seen.append(lines.get())
-    err = "".join(seen)
-    assert proc.returncode in (-signal.SIGINT, 130), err
+    code, err = user.interrupt()
+    assert code in (-signal.SIGINT, 130), err
     assert f"{namespace}/{name}: interrupted: job deleted, its workers stopped" in err
     assert not job_exists(cluster, namespace, name)
     wait_until(lambda: not pods(cluster, namespace, name), timeout=60, what="worker pods gone")

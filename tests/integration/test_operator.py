@@ -165,34 +165,7 @@ class Kube:
 
     def finish(self, pod: str, exit_code: int) -> None:
         """Make a worker pod Succeeded (exit 0) or Failed (any other code)."""
-        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.core.patch_namespaced_pod_status(
-            pod,
-            self.ns,
-            {
-                "status": {
-                    "phase": "Succeeded" if exit_code == 0 else "Failed",
-                    "conditions": [{"type": "Ready", "status": "False"}],
-                    "containerStatuses": [
-                        {
-                            "name": "worker",
-                            "image": "appliance-operator/worker:test",
-                            "imageID": "",
-                            "ready": False,
-                            "restartCount": 0,
-                            "state": {
-                                "terminated": {
-                                    "exitCode": exit_code,
-                                    "reason": "Completed" if exit_code == 0 else "Error",
-                                    "startedAt": now,
-                                    "finishedAt": now,
-                                }
-                            },
-                        }
-                    ],
-                }
-            },
-        )
+        self.cluster.finish_pod(self.ns, pod, exit_code)
 
     def events(self, job: str) -> list[Any]:
         return [
@@ -389,7 +362,12 @@ def test_failed_worker_is_replaced_under_backoff_limit(
     wait_until(lambda: kube.status("retry").get("readyReplicas") == 2, timeout=60, what="ready")
     kube.finish("retry-worker-0", 7)
     wait_until(lambda: "retry-worker-0-1" in kube.pod_names("retry"), what="replacement")
-    wait_until(lambda: kube.status("retry").get("readyReplicas") == 2, what="ready again")
+    # The replacement is created before the status write that counts the failure: wait for
+    # that write, not for the readyReplicas the job already had.
+    wait_until(
+        lambda: (s := kube.status("retry")).get("readyReplicas") == 2 and s.get("failed") == 1,
+        what="ready again, the failure counted",
+    )
     status = kube.status("retry")
     assert status["phase"] == "Running" and status["failed"] == 1
     assert kube.pod_names("retry") == {"retry-worker-0", "retry-worker-0-1", "retry-worker-1"}
