@@ -182,8 +182,13 @@ def kubernetes(opts: argparse.Namespace) -> None:
             return int((pool.get("status") or {}).get("idle", 0))
 
         def wait_idle() -> None:
+            """Between rounds, outside the measured time: the pool full again and the last
+            round's pods gone (their shutdown would share the CPU with the next round)."""
             deadline = time.monotonic() + 300
-            while idle() < replicas:
+            while (
+                idle() < replicas
+                or core.list_namespaced_pod(ns, label_selector="appliance.dev/job-name").items
+            ):
                 if time.monotonic() > deadline:
                     raise RuntimeError("the pool did not refill in 5 minutes")
                 time.sleep(0.2)  # poll interval of the pool's status
@@ -243,6 +248,7 @@ def kubernetes(opts: argparse.Namespace) -> None:
                     raise RuntimeError("most warm rounds got cold workers")
                 continue
             warm_t.append(seconds)
+            wait_idle()
             cold_t.append(one(None)[0])
             print(
                 f"  round {len(warm_t)}: warm {warm_t[-1] * 1e3:.0f} ms, "

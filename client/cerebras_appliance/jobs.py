@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
@@ -193,11 +192,11 @@ def submit(
     snapshot = [(k, v) for k, v in source.tracked().items() if k not in settings.CONFIG_VARS]
     wanted = settings.backend_setting(backend)
     if wanted.value == "auto" and isinstance(pool, LocalPool):
-        chosen = _Decision("local", "pool= (a LocalPool)", None)
+        chosen = settings.Setting("local", "pool= (a LocalPool)")
     elif wanted.value == "auto":
         chosen = _decide_auto(namespace)
     else:
-        chosen = _Decision(wanted.value, wanted.source, None)
+        chosen = wanted
     problem = None
     if chosen.value == "local" and pool is not None and not isinstance(pool, LocalPool):
         problem = (
@@ -207,15 +206,12 @@ def submit(
     if chosen.value == "kubernetes" and isinstance(pool, LocalPool):
         problem = "pool: a LocalPool serves the local backend; name a WorkerPool on Kubernetes"
     if problem is not None:
-        if chosen.api_client is not None:
-            chosen.api_client.close()
         raise InvalidJobError([problem])
     ns: settings.Setting | None = None
     if chosen.value == "kubernetes":
         from cerebras_appliance import kube
 
         ns = kube.namespace_setting(namespace)
-    api_client = chosen.api_client
     job = build_job(
         entrypoint,
         replicas,
@@ -232,8 +228,6 @@ def submit(
         pool=pool if isinstance(pool, str) else None,
     )
     if chosen.value == "local":
-        if api_client is not None:
-            api_client.close()
         from cerebras_appliance.local import LocalJob
 
         return LocalJob(
@@ -242,23 +236,16 @@ def submit(
     from cerebras_appliance.kube import KubernetesError, KubernetesJob
 
     try:
-        return KubernetesJob.create(job, snapshot, api_client=api_client)
+        return KubernetesJob.create(job, snapshot)
     except KubernetesError as exc:
         exc.add_note(f"backend 'kubernetes' from {chosen.source}; namespace {ns}")
         raise
 
 
-@dataclass(frozen=True)
-class _Decision:
-    value: str
-    source: str
-    api_client: Any  # the API client the access review used (kept for the job), or None
-
-
-def _decide_auto(namespace: str | None) -> _Decision:
-    """``"auto"`` decided (``settings.decide_auto``), with the API client it made, if any.
-    Outside a pod nothing Kubernetes is imported (a local submit stays light)."""
-    made: list[Any] = []
+def _decide_auto(namespace: str | None) -> settings.Setting:
+    """``"auto"`` decided (``settings.decide_auto``). Outside a pod nothing Kubernetes is
+    imported (a local submit stays light); in one, the access review uses the process's
+    API client, which the job then uses too."""
 
     def ns() -> settings.Setting:
         from cerebras_appliance import kube
@@ -269,13 +256,12 @@ def _decide_auto(namespace: str | None) -> _Decision:
         from cerebras_appliance import kube
 
         try:
-            made.append(kube.new_api_client())
+            api_client = kube.shared_api_client()
         except kube.KubernetesError as exc:
             return False, str(exc)
-        return kube.may_create_executejobs(name, made[0])
+        return kube.may_create_executejobs(name, api_client)
 
-    chosen = settings.decide_auto(ns, may_create)
-    return _Decision(chosen.value, chosen.source, made[0] if made else None)
+    return settings.decide_auto(ns, may_create)
 
 
 def get_job(

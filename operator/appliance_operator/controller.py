@@ -60,6 +60,10 @@ RETRY_BASE, RETRY_MAX = 0.5, 60.0
 #: API server refuses costs one failed call, not `replicas` of them).
 MAX_CREATE_BATCH = 16
 EVENT_MESSAGE_LIMIT = 1024
+#: A new job's client normally releases it within milliseconds: its first status (Pending,
+#: AwaitingValues) is written only if it is still awaiting its values after this long, so
+#: the usual submit costs the API server no write and the release no wait behind one.
+AWAITING_STATUS_DELAY = 1.0
 
 
 @dataclass
@@ -72,6 +76,7 @@ class JobMemory:
     created: dict[str, tuple[PodView, float]] = field(default_factory=dict)
     deleted: dict[str, float] = field(default_factory=dict)  # pod uid -> when
     released: dict[str, float] = field(default_factory=dict)  # pod uid -> finalizer removed
+    confirmed: dict[str, float] = field(default_factory=dict)  # pod uid -> claim delivered
     #: (job version planned on, status written, job version our write produced)
     written: tuple[str, ExecuteJobStatus, str] | None = None
     last_write: datetime | None = None
@@ -80,6 +85,10 @@ class JobMemory:
     invalid: str = ""  # the parse error last reported for this job
     pool_condition: Condition | None = None  # PoolClaim, once a claim was decided
     env_observed: bool = False  # the time-to-env histogram has this job
+    awaiting_since: float | None = None  # when this process first saw it awaiting values
+    #: The <job>-env Secret this reconcile created (warm delivery needs no read-back); only
+    #: for the reconcile that wrote it: no value stays in the operator's memory after it.
+    fresh_secret: Mapping[str, Any] | None = None
 
 
 def status_patch(status: ExecuteJobStatus) -> dict[str, Any]:
@@ -110,11 +119,17 @@ def merge_observed(pods: Sequence[PodView], memory: JobMemory, now: float) -> li
     for uid, since in list(memory.released.items()):
         if uid not in present_uids or now - since > EXPECTATION_TTL:
             del memory.released[uid]
+    for uid, since in list(memory.confirmed.items()):
+        if uid not in present_uids or now - since > EXPECTATION_TTL:
+            del memory.confirmed[uid]
     merged = [
         dataclasses.replace(p, terminating=True) if p.uid in memory.deleted else p for p in pods
     ]
     merged = [
         dataclasses.replace(p, tracked=False) if p.uid in memory.released else p for p in merged
+    ]
+    merged = [
+        dataclasses.replace(p, confirmed=True) if p.uid in memory.confirmed else p for p in merged
     ]
     merged.extend(view for view, _ in memory.created.values())
     return merged
@@ -196,6 +211,8 @@ class Controller:
             except ApiError:
                 memory.retries += 1
                 raise
+            finally:
+                memory.fresh_secret = None
         finally:
             self.metrics.reconcile_seconds.observe(time.perf_counter() - started)
 
@@ -252,10 +269,25 @@ class Controller:
             if outcome is not True:
                 steps = dataclasses.replace(steps, ensure_secret=False, create=())
         claimed: list[str] = []
-        if self.pools is not None and job.job.spec.pool and steps.create and memory.env_hash:
-            steps, claimed = self._claim(job, steps, memory, pool)
-        if self.pools is not None and job.job.spec.pool:
-            problem = self._deliver(job, pods, memory, pool) or problem
+        warm = ""
+        # Idle pool pods are adopted as soon as the job exists, while its client still writes
+        # the values (they get the snapshot once <job>-env exists), not for a job whose env
+        # cannot be resolved (it could wait forever).
+        claiming = memory.secret_ready or _awaiting_values(job)
+        if self.pools is not None and job.job.spec.pool and steps.needed and claiming:
+            began = time.perf_counter()
+            rest, claimed = self._claim(job, steps.needed, memory, pool)
+            if memory.secret_ready:
+                steps = dataclasses.replace(steps, create=rest)
+            if claimed:
+                warm = f"claimed {len(claimed)} in {(time.perf_counter() - began) * 1e3:.0f} ms"
+        if self.pools is not None and job.job.spec.pool and memory.secret_ready:
+            began = time.perf_counter()
+            delivered, trouble = self._deliver(job, pods, memory, pool)
+            problem = trouble or problem
+            if delivered:
+                spent = (time.perf_counter() - began) * 1e3
+                warm += f"{', ' if warm else ''}delivered {delivered} in {spent:.0f} ms"
         created, create_failed = self._create_pods(job, steps, memory)
         created = [*claimed, *created]
         problem = problem or create_failed
@@ -265,9 +297,12 @@ class Controller:
                 type=REPLICA_FAILURE, status="False", reason="PodsCreated", message=""
             )
         self._delete_pods(job, steps.delete, memory)
+        steps = self._defer_awaiting_status(job, steps, memory)
         done: list[str] = []
         if created:
-            done.append(f"created {len(created)} pod(s)")
+            done.append(f"created {len(created)} pod(s)" + (f" ({warm})" if warm else ""))
+        elif warm:
+            done.append(warm)
         if steps.delete:
             done.append(f"deleted {len(steps.delete)} pod(s)")
         if steps.status is not None and not self._write_status(
@@ -304,27 +339,48 @@ class Controller:
         memory.retries = 0
         return steps.requeue_after
 
+    @staticmethod
+    def _defer_awaiting_status(job: JobView, steps: Plan, memory: JobMemory) -> Plan:
+        """No first status write while a new job's client is still writing its values (at
+        most :data:`AWAITING_STATUS_DELAY`); written then if it still waits."""
+        if not _awaiting_values(job) or job.status is not None or steps.status is None:
+            return steps
+        now = time.monotonic()
+        if memory.awaiting_since is None:
+            memory.awaiting_since = now
+        left = AWAITING_STATUS_DELAY - (now - memory.awaiting_since)
+        if left <= 0:
+            return steps
+        due = left if steps.requeue_after is None else min(left, steps.requeue_after)
+        return dataclasses.replace(steps, status=None, events=(), requeue_after=due)
+
     # -- warm pools ----------------------------------------------------------------------
 
     def _claim(
-        self, job: JobView, steps: Plan, memory: JobMemory, pool: PoolSnapshot | None
-    ) -> tuple[Plan, list[str]]:
-        """Adopt idle pool pods for the workers about to be created; the rest stay cold."""
+        self,
+        job: JobView,
+        needed: Sequence[desired.WorkerId],
+        memory: JobMemory,
+        pool: PoolSnapshot | None,
+    ) -> tuple[tuple[desired.WorkerId, ...], list[str]]:
+        """Adopt idle pool pods for the workers needed; (those left to start cold, the
+        adopted pods' names)."""
         assert self.pools is not None
-        choice, adopted = self.pools.claim(job, steps.create, pool, memory.env_hash or "")
+        choice, adopted = self.pools.claim(job, needed, pool, run=self._pool.map)
         memory.pool_condition = choice.condition
         now = time.monotonic()
         for view in adopted:
             memory.created[view.name] = (view, now)
         taken = {(v.index, v.attempt) for v in adopted}
-        rest = tuple(w for w in steps.create if (w.index, w.attempt) not in taken)
-        return dataclasses.replace(steps, create=rest), [v.name for v in adopted]
+        rest = tuple(w for w in needed if (w.index, w.attempt) not in taken)
+        return rest, [v.name for v in adopted]
 
     def _deliver(
         self, job: JobView, pods: Sequence[PodView], memory: JobMemory, pool: PoolSnapshot | None
-    ) -> bool:
+    ) -> tuple[int, bool]:
         """Send the snapshot to the job's adopted workers not confirmed yet (in parallel);
-        a worker it cannot reach is deleted, so the job replaces it. True on a problem."""
+        a worker it cannot reach is deleted, so the job replaces it. (How many were
+        delivered to, whether there was a problem.)"""
         assert self.pools is not None
         observed = merge_observed(pods, memory, time.monotonic())
         todo = [
@@ -333,11 +389,11 @@ class Controller:
             if p.owner_uid == job.uid and p.warm and not p.confirmed and p.active and p.ip
         ]
         if not todo:
-            return False
-        prepared = self.pools.prepare_delivery(job, pool_uid_of(pool))
+            return 0, False
+        prepared = self.pools.prepare_delivery(job, pool_uid_of(pool), memory.fresh_secret)
         if isinstance(prepared, str):
             logger.warning("[%s/%s] cannot deliver claims: %s", job.namespace, job.name, prepared)
-            return True
+            return 0, True
         context, text, env_hash = prepared
         pools = self.pools
         problems = list(
@@ -348,11 +404,12 @@ class Controller:
         for pod, issue in zip(todo, problems, strict=True):
             if not issue:
                 memory.created[pod.name] = (dataclasses.replace(pod, confirmed=True), now)
+                memory.confirmed[pod.uid] = now  # until the watch shows the annotation
                 continue
             failed = True
             self._warn(job, memory, "ClaimNotDelivered", f"worker pod {pod.name}: {issue}")
             self._delete_pods(job, [pod], memory)
-        return failed
+        return sum(1 for issue in problems if not issue), failed
 
     def _observe_env_applied(
         self, job: JobView, pods: Sequence[PodView], steps: Plan, memory: JobMemory
@@ -386,7 +443,7 @@ class Controller:
         """Write ``<job>-env`` (resolving secretKeyRefs); True when it is in place."""
         name = desired.env_secret_name(job.name)
         awaiting = job.job.metadata.annotations.get(AWAITING_VALUES_ANNOTATION)
-        if awaiting is not None:
+        if _awaiting_values(job):
             # The client has created the job but not yet written (or not yet released) the
             # Secret of its values: read nothing, start nothing, until it removes the mark.
             memory.env_condition = Condition(
@@ -468,6 +525,8 @@ class Controller:
                 self._warn(job, memory, "SecretNameTaken", message)
                 return False
             env_hash = _hash_of(existing)  # ours, written before: its key, its hash
+        else:
+            memory.fresh_secret = body
         memory.secret_ready = True
         memory.env_hash = env_hash
         memory.env_condition = Condition(
@@ -672,6 +731,11 @@ class Controller:
             logger.warning(
                 "[%s/%s] could not post event %s: %s", namespace, name, event.reason, exc
             )
+
+
+def _awaiting_values(job: JobView) -> bool:
+    """The client has created the job and is still writing the Secret of its values."""
+    return AWAITING_VALUES_ANNOTATION in job.job.metadata.annotations
 
 
 def _unseen(name: str, uid: str, job_name: str) -> PodView:

@@ -228,14 +228,7 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str) -> di
             *tpl.volume_mounts,
         ],
         # Ready = the entrypoint applied the env (it writes the marker just before user code).
-        # A startup probe, not a readiness probe: the env is applied once and stays applied,
-        # so the kubelet execs it every second only until it first succeeds, never for the
-        # worker's whole life; without a readiness probe the pod is then Ready.
-        "startupProbe": {
-            "exec": {"command": ["cat", READY_FILE]},
-            "periodSeconds": 1,
-            "failureThreshold": STARTUP_PROBE_SECONDS,
-        },
+        "startupProbe": ready_file_probe(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     # 0444: readable whatever user the image runs as; nobody writes it.
@@ -338,12 +331,9 @@ def pool_pod(pool: WorkerPool, uid: str, suffix: str) -> dict[str, Any]:
             {"name": STATE_VOLUME, "mountPath": STATE_DIR},
             *tpl.volume_mounts,
         ],
-        # Ready = idle (the file says "idle"), then = env applied (the cold path's marker in
-        # the same file): a readiness probe, as the file changes once after the pod started.
-        "readinessProbe": {
-            "exec": {"command": ["cat", READY_FILE]},
-            "periodSeconds": 1,
-        },
+        # Ready = warm and idle (the worker wrote "idle" to the file). That its worker then
+        # took a job's snapshot is the operator's confirmation annotation, not a probe.
+        "startupProbe": ready_file_probe(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     secret = {"secretName": worker_secret_name(name), "defaultMode": 0o444}
@@ -363,7 +353,7 @@ def pool_pod(pool: WorkerPool, uid: str, suffix: str) -> dict[str, Any]:
 
 
 def claim_patch(
-    job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str, resource_version: str
+    job: ExecuteJob, uid: str, worker: WorkerId, resource_version: str
 ) -> dict[str, Any]:
     """The merge patch that adopts an idle pool pod as worker ``worker`` of ``job``.
 
@@ -371,7 +361,8 @@ def claim_patch(
     to the version the operator saw idle, so of two claims of one pod (two operators, or a
     retry after a crash) exactly one succeeds and the other gets 409. The job becomes the
     pod's only controller (deleting the job deletes the pod; the pool no longer counts it),
-    the tracking finalizer is added as on a cold worker."""
+    the tracking finalizer is added as on a cold worker. No env hash yet: a pod may be
+    adopted before the snapshot exists; :func:`confirm_patch` records which one it got."""
     name = _job_name(job)
     return {
         "metadata": {
@@ -382,10 +373,32 @@ def claim_patch(
                 ATTEMPT_LABEL: str(worker.attempt),
                 POOL_STATE_LABEL: CLAIMED,
             },
-            "annotations": {ENV_HASH_ANNOTATION: env_hash},
             "ownerReferences": [owner_reference(job, uid)],
             "finalizers": [TRACKING_FINALIZER],
         }
+    }
+
+
+def confirm_patch(env_hash: str) -> dict[str, Any]:
+    """The merge patch on an adopted pod once its worker accepted the snapshot ``env_hash``
+    over the claim channel (a cold worker carries the hash from its creation)."""
+    return {
+        "metadata": {
+            "annotations": {ENV_HASH_ANNOTATION: env_hash, CLAIM_CONFIRMED_ANNOTATION: env_hash}
+        }
+    }
+
+
+def ready_file_probe() -> dict[str, Any]:
+    """Ready once the worker wrote its marker file. A startup probe, not a readiness probe:
+    the marker is written once and stays, so the kubelet execs ``cat`` every second only
+    until it first succeeds, never for the worker's whole life (an exec is a runc process on
+    the node: a pool of idle workers probed every second was measured to keep a 2-core kind
+    node busy); without a readiness probe the pod is then Ready."""
+    return {
+        "exec": {"command": ["cat", READY_FILE]},
+        "periodSeconds": 1,
+        "failureThreshold": STARTUP_PROBE_SECONDS,
     }
 
 

@@ -285,9 +285,13 @@ async def _pool_worker(rt: _Runtime) -> None:
         try:
             snap = _pool_snapshot(rt, key)
             pods = [p for p in snap.pods if p.uid not in rt.tombstones]
-            await loop.run_in_executor(rt.executor, rt.pools.reconcile, key, snap.body, pods)
+            delay = await loop.run_in_executor(
+                rt.executor, rt.pools.reconcile, key, snap.body, pods
+            )
             if snap.body is None:
                 rt.pool_queue.forget(key)
+            elif delay is not None:
+                rt.pool_queue.add_after(key, delay)
         except Exception:
             logger.exception("[%s/%s] pool reconcile failed; retrying in 2s", *key)
             rt.pool_queue.add_after(key, 2.0)

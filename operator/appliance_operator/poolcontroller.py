@@ -20,7 +20,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,8 +38,12 @@ from cerebras_appliance.status import now_rfc3339
 logger = logging.getLogger("appliance_operator")
 
 PoolKey = tuple[str, str]
+#: How the claim patches are run: ``map``, or a thread pool's ``map`` (in parallel).
+Runner = Callable[..., Iterable[Any]]
 #: How long a pod this process created or claimed is remembered before the watch shows it.
 EXPECTATION_TTL = 30.0
+#: At most this long after a claim, the pool's refill waits for the claim's delivery.
+REFILL_HOLD = 3.0
 
 
 @dataclass(frozen=True)
@@ -110,12 +114,14 @@ class PoolController:
                 for n in pending
             ]
         previous = WorkerPoolStatus.model_validate(body.get("status") or {})
+        hold = self._refill_hold(pods, now)
         steps = plan_pool(
             pool,
             [*pods, *expected],
             previous if body.get("status") else None,
             generation=meta.get("generation"),
             now=now_rfc3339(self.clock()),
+            hold_refill=hold > 0,
         )
         for _ in range(steps.create):
             pod = desired.pool_pod(pool, uid, "")
@@ -150,7 +156,18 @@ class PoolController:
         self.metrics.pool_workers.labels(namespace, name, "claimed").set(status.claimed)
         if steps.create:
             logger.info("[%s/%s] started %d idle worker(s)", namespace, name, steps.create)
-        return None
+        return hold or None
+
+    def _refill_hold(self, pods: Sequence[PoolPodView], now: float) -> float:
+        """Seconds the refill still waits: while a pod this process claimed in the last
+        :data:`REFILL_HOLD` seconds has not confirmed its snapshot (0: refill now)."""
+        with self._lock:
+            since = [
+                self._claimed[p.uid]
+                for p in pods
+                if p.uid in self._claimed and p.active and not p.confirmed
+            ]
+        return max([0.0, *(REFILL_HOLD - (now - t) for t in since)])
 
     def _ensure_credentials(self, namespace: str, pool: WorkerPool, uid: str) -> None:
         """The pool's two claim Secrets (a new CA the first time; 409: already there)."""
@@ -219,40 +236,48 @@ class PoolController:
         job: JobView,
         creates: Sequence[desired.WorkerId],
         snapshot: PoolSnapshot | None,
-        env_hash: str,
+        run: Runner = map,
     ) -> tuple[ClaimChoice, list[PodView]]:
-        """Adopt idle pods for some of ``creates``; returns the choice and the adopted pods."""
+        """Adopt idle pods for some of ``creates``; returns the choice and the adopted pods.
+
+        The patches are independent (one pod each, each with its own precondition), so
+        ``run`` (the controller's thread pool's ``map``) sends them in parallel."""
         pool = _pool_of(snapshot.body if snapshot else None)
         pods = [p for p in (snapshot.pods if snapshot else ()) if not self.recently_claimed(p.uid)]
         choice = choose_claims(job.job.spec, pool, pods, creates)
         pool_name = job.job.spec.pool or ""
-        adopted: list[PodView] = []
-        for worker, pod in choice.claims:
-            body = desired.claim_patch(job.job, job.uid, worker, env_hash, pod.resource_version)
+
+        def adopt(claim: tuple[desired.WorkerId, PoolPodView]) -> PodView | ApiError | None:
+            worker, pod = claim
+            body = desired.claim_patch(job.job, job.uid, worker, pod.resource_version)
             try:
                 answer = self.api.patch_pod(job.namespace, pod.name, body)
             except ApiError as exc:
                 if exc.code not in (404, 409):
-                    raise
+                    return exc
                 self.metrics.pool_claims.labels(job.namespace, pool_name, "conflict").inc()
-                continue
+                return None
             with self._lock:
                 self._claimed[pod.uid] = time.monotonic()
-            view = pod_view(answer)
-            if view is not None:
-                adopted.append(view)
+            return pod_view(answer)
+
+        results = list(run(adopt, choice.claims))
+        adopted = [r for r in results if isinstance(r, PodView)]
+        errors = [r for r in results if isinstance(r, ApiError)]
+        if errors:
+            raise errors[0]  # the adopted pods are this job's: the retry delivers to them
         cold = len(creates) - len(adopted)
         if cold and pool is not None:
             self.metrics.pool_claims.labels(job.namespace, pool_name, "cold").inc(cold)
         return choice, adopted
 
     def prepare_delivery(
-        self, job: JobView, pool_uid: str
+        self, job: JobView, pool_uid: str, written: Mapping[str, Any] | None = None
     ) -> tuple[ssl.SSLContext, str, str] | str:
-        """The operator's TLS context for the job's pool, the job's env file content (read
-        back from ``<job>-env``, the very file a cold worker mounts) and its hash; or the
-        problem."""
-        secret = self.api.read_secret(job.namespace, desired.env_secret_name(job.name))
+        """The operator's TLS context for the job's pool, the job's env file content and its
+        hash (from ``<job>-env``, the very file a cold worker mounts: ``written``, the Secret
+        this reconcile created, else read back); or the problem."""
+        secret = written or self.api.read_secret(job.namespace, desired.env_secret_name(job.name))
         meta = (secret or {}).get("metadata") or {}
         if secret is None or job.uid not in {
             str(r.get("uid")) for r in meta.get("ownerReferences") or []
@@ -294,11 +319,7 @@ class PoolController:
             # Not listening any more: it accepted its one claim already, which only this
             # job's operator could send (the pod was adopted before anything was sent).
         try:
-            self.api.patch_pod(
-                job.namespace,
-                pod.name,
-                {"metadata": {"annotations": {desired.CLAIM_CONFIRMED_ANNOTATION: env_hash}}},
-            )
+            self.api.patch_pod(job.namespace, pod.name, desired.confirm_patch(env_hash))
         except ApiError as exc:
             if exc.code != 404:
                 raise

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance_operator.desired import (
+    CLAIM_CONFIRMED_ANNOTATION,
     CLAIMED,
     CONTAINER_NAME,
     IDLE,
@@ -53,6 +54,7 @@ class PoolPodView:
     created: str = ""
     image: str = ""
     reason: str = ""
+    confirmed: bool = False  # claimed, and its worker accepted the job's snapshot
 
     @property
     def active(self) -> bool:
@@ -104,6 +106,7 @@ def pool_pod_view(pod: Mapping[str, Any]) -> PoolPodView | None:
         created=str(meta.get("creationTimestamp") or ""),
         image=image,
         reason=reason,
+        confirmed=bool((meta.get("annotations") or {}).get(CLAIM_CONFIRMED_ANNOTATION)),
     )
 
 
@@ -125,10 +128,15 @@ def plan_pool(
     *,
     generation: int | None,
     now: str,
+    hold_refill: bool = False,
 ) -> PoolPlan:
     """Keep ``spec.replicas`` idle pods: start the missing ones, remove the surplus (those
     not yet warm first, then the newest) and idle pods that ended (a failed import, a node
-    lost: an idle pod holds no job's value, so nothing is lost with it)."""
+    lost: an idle pod holds no job's value, so nothing is lost with it).
+
+    ``hold_refill``: a claim of this pool is being delivered; the missing pods are started
+    after it, so that no pod start competes with it for the nodes' CPU and the API server
+    (a job's cold remainder is the job's own, never held)."""
     name = pool.metadata.name or ""
     idle = [p for p in pods if p.state == IDLE and p.active]
     ended = [p for p in pods if p.state == IDLE and not p.active and not p.terminating]
@@ -138,7 +146,7 @@ def plan_pool(
     newest_first = sorted(idle, key=lambda p: (p.created, p.name), reverse=True)
     surplus = sorted(newest_first, key=lambda p: p.ready)[: max(0, len(idle) - want)]
     warm = [p for p in idle if p.ready]
-    create = max(0, want - len(idle))
+    create = 0 if hold_refill else max(0, want - len(idle))
     conditions = [
         _condition(
             POOL_READY,

@@ -58,6 +58,9 @@ class Plan:
 
     ensure_secret: bool = False  # resolve the env and create <job>-env before any pod
     create: tuple[WorkerId, ...] = ()
+    #: the workers the job needs now, also while ``create`` waits for the Secret: a warm
+    #: pool's idle pods may be adopted for them meanwhile (they get nothing until it exists)
+    needed: tuple[WorkerId, ...] = ()
     delete: tuple[PodView, ...] = ()
     status: ExecuteJobStatus | None = None  # the status to write (None: unchanged/deferred)
     #: the status write records counted pods: only on the job version planned on
@@ -216,7 +219,10 @@ def plan(inputs: Inputs) -> Plan:
         else:
             requeue.append((due - now).total_seconds())
 
-    ensure_secret = bool(create) and not inputs.env.secret_ready
+    # Adopted pool pods wait for the snapshot too (it is delivered from the Secret).
+    undelivered = any(p.warm and not p.confirmed and p.active for p in mine)
+    ensure_secret = (bool(create) or undelivered) and not inputs.env.secret_ready
+    needed = tuple(create)
     if ensure_secret:
         create = []  # pods only once their Secret exists
 
@@ -248,6 +254,7 @@ def plan(inputs: Inputs) -> Plan:
     return Plan(
         ensure_secret=ensure_secret,
         create=tuple(create),
+        needed=needed,
         delete=tuple(delete),
         status=write,
         status_precondition=write is not None and bool(newly),

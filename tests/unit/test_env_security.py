@@ -26,7 +26,7 @@ import pytest
 import urllib3
 from kubernetes import client
 
-from appliance_operator import desired
+from appliance_operator import controller, desired
 from appliance_operator.controller import Controller
 from appliance_operator.metrics import Metrics
 from cerebras_appliance import envfile, local
@@ -126,10 +126,17 @@ def values_secret(name: str) -> dict[str, Any]:
     return {"metadata": {"name": name, "ownerReferences": [{"uid": "uid-1"}]}, "data": data}
 
 
-def test_operator_reads_nothing_and_starts_nothing_while_awaiting_values() -> None:
+def test_operator_reads_nothing_and_starts_nothing_while_awaiting_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     api = Api()
     ctl = Controller(api, Metrics())  # type: ignore[arg-type]
     body, secret = client_job(awaiting=True)
+    again = ctl.reconcile(("ml", "demo"), body, [])
+    # A fresh job's first status waits a moment for the release (usually milliseconds away).
+    assert api.statuses == [] and again is not None
+    assert 0 < again <= controller.AWAITING_STATUS_DELAY
+    monkeypatch.setattr(controller, "AWAITING_STATUS_DELAY", 0.0)  # still waiting after it
     ctl.reconcile(("ml", "demo"), body, [])
     assert api.calls == [] and api.pods == {}, "no Secret read, nothing created"
     (cond,) = [c for c in api.statuses[-1]["conditions"] if c["type"] == "EnvResolved"]
@@ -213,8 +220,16 @@ class Recorder:
 
 
 class _Response:
+    """What the client uses of urllib3's response to a ``_preload_content=False`` call."""
+
     def __init__(self, body: dict[str, Any]) -> None:
         self.data = json.dumps(body).encode()
+
+    def drain_conn(self) -> None:
+        """No connection to give back."""
+
+    def release_conn(self) -> None:
+        """No connection to give back."""
 
 
 def submit(**kw: Any) -> KubernetesJob:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from appliance_operator import desired, pooltls
+from appliance_operator import desired, poolcontroller, pooltls
 from appliance_operator.controller import Controller
 from appliance_operator.kubeapi import ApiError
 from appliance_operator.metrics import Metrics
@@ -38,7 +38,7 @@ from appliance_operator.poolplan import (
 )
 from cerebras_appliance import channel, envfile
 from cerebras_appliance import worker as worker_mod
-from cerebras_appliance.api import ExecuteJobSpec, parse_pool
+from cerebras_appliance.api import AWAITING_VALUES_ANNOTATION, ExecuteJobSpec, parse_pool
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 SENTINEL = "pool-sentinel-61d2"
@@ -173,9 +173,10 @@ def test_claim_patch_is_a_compare_and_swap_that_makes_the_job_the_only_owner() -
             "spec": {"image": "img", "entrypoint": "u.py", "pool": "warm"},
         }
     )
-    patch = desired.claim_patch(job, "uid-job", desired.WorkerId(3), "hmac-sha256:x", "42")
+    patch = desired.claim_patch(job, "uid-job", desired.WorkerId(3), "42")
     meta = patch["metadata"]
     assert meta["resourceVersion"] == "42"
+    assert "annotations" not in meta  # adopted before the snapshot exists: no hash yet
     assert [r["uid"] for r in meta["ownerReferences"]] == ["uid-job"]
     assert meta["labels"][desired.POOL_STATE_LABEL] == desired.CLAIMED
     assert meta["labels"][desired.WORKER_INDEX_LABEL] == "3"
@@ -187,6 +188,9 @@ def test_pool_pod_holds_no_value_and_listens_only_with_the_pool_certificate() ->
     pod = desired.pool_pod(pool, "uid-pool", "abcde")
     container = pod["spec"]["containers"][0]
     assert container["command"][-1] == "--warm"
+    # Probed until warm, then never again (an idle pool costs its node no exec per second).
+    assert container["startupProbe"]["exec"]["command"][0] == "cat"
+    assert "readinessProbe" not in container and "livenessProbe" not in container
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env[worker_mod.WARM_IMPORTS_VAR] == "json"
     assert env[worker_mod.WARM_STARTUP_VARS_VAR] == "OMP_X"
@@ -483,6 +487,47 @@ def test_a_job_larger_than_the_pool_gets_warm_and_cold_workers(cluster: Cluster)
     claims = cluster.metrics.pool_claims
     assert claims.labels("ml", "warm", "claimed")._value.get() == 2
     assert claims.labels("ml", "warm", "cold")._value.get() == 1
+
+
+def test_idle_pods_are_adopted_while_the_client_writes_the_values_and_get_them_once_released(
+    cluster: Cluster,
+) -> None:
+    cluster.start_idle(2)
+    ctl = cluster.controller()
+    awaiting = job_body(replicas=2)
+    awaiting["metadata"]["annotations"] = {AWAITING_VALUES_ANNOTATION: "demo-values-x"}
+    ctl.reconcile(("ml", "demo"), awaiting, [], cluster.snapshot())
+    claimed = _claimed(cluster)
+    assert len(claimed) == 2  # adopted at once: the claims overlap the client's writes
+    assert "demo-env" not in cluster.api.secrets  # nothing resolved, nothing sent
+    for name, pod in claimed.items():
+        assert not pod["metadata"].get("annotations"), "no hash, no confirmation yet"
+        assert cluster.procs[name].poll() is None  # still waiting for its one claim
+    assert cluster.api.statuses == []  # the first status waits for the release
+    assert not [n for n in cluster.api.pods if n.startswith("demo-worker-")]
+    # The pool refills after the delivery, not during it (and says when to look again).
+    before = set(cluster.api.pods)
+    hold = cluster.pools.reconcile(("ml", "warm"), cluster.pool, cluster.pool_views())
+    assert set(cluster.api.pods) == before
+    assert hold is not None and 0 < hold <= poolcontroller.REFILL_HOLD
+    # Released: the snapshot is written, then delivered to the adopted pods; nothing cold.
+    stale = cluster.job_pods()  # what a watch still shows for a moment: not confirmed
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), stale, cluster.snapshot())
+    requests = len(cluster.api.bodies)
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), stale, cluster.snapshot())
+    assert all(desired.CLAIM_CONFIRMED_ANNOTATION not in b for b in cluster.api.bodies[requests:])
+    published = cluster.api.secrets["demo-env"]["metadata"]["annotations"][
+        desired.ENV_HASH_ANNOTATION
+    ]
+    for name in claimed:
+        annotations = cluster.api.pods[name]["metadata"]["annotations"]
+        assert annotations[desired.CLAIM_CONFIRMED_ANNOTATION] == published
+        assert annotations[desired.ENV_HASH_ANNOTATION] == published
+        code, out, err = cluster.output(name)
+        assert code == 0 and f"INLINE {SENTINEL} TOKEN {SECRET_SENTINEL}" in out, err
+    assert not [n for n in cluster.api.pods if n.startswith("demo-worker-")]
+    cluster.reconcile_pool()  # delivered: now the two claimed pods are replaced
+    assert len(set(cluster.api.pods) - before) == 2
 
 
 def test_a_second_job_gets_fresh_workers_and_none_of_the_first_jobs_values(

@@ -182,7 +182,7 @@ def test_submit_takes_backend_namespace_image_from_the_pod(
     pod(tmp_path, monkeypatch, "team-a")
     monkeypatch.setenv("APPLIANCE_WORKER_IMAGE", "reg/worker:9")
     api = client.ApiClient()
-    monkeypatch.setattr(kube, "new_api_client", lambda: api)
+    monkeypatch.setattr(kube, "shared_api_client", lambda: api)
     asked: list[str] = []
     monkeypatch.setattr(
         kube, "may_create_executejobs", lambda ns, c: (asked.append(ns), (c is api, ""))[1]
@@ -195,7 +195,7 @@ def test_submit_takes_backend_namespace_image_from_the_pod(
     assert asked == ["team-a"]
     assert job.metadata.namespace == "team-a"
     assert job.spec.image == "reg/worker:9"
-    assert kw["api_client"] is api  # the access review's client is the job's
+    assert "api_client" not in kw  # the job uses the process's client, the review's
     assert snapshot == [("DATA_ROOT", "/d")]
 
 
@@ -344,7 +344,15 @@ def test_forbidden_secret_create_deletes_the_job_and_says_so(
     created = {"metadata": {"uid": "u1"}}
 
     class Response:
+        """What the client uses of urllib3's response to a ``_preload_content=False`` call."""
+
         data = json.dumps(created).encode()
+
+        def drain_conn(self) -> None:
+            """No connection to give back."""
+
+        def release_conn(self) -> None:
+            """No connection to give back."""
 
     monkeypatch.setattr(
         client.CustomObjectsApi, "create_namespaced_custom_object", lambda *a, **k: Response()
@@ -353,7 +361,7 @@ def test_forbidden_secret_create_deletes_the_job_and_says_so(
     monkeypatch.setattr(
         client.CustomObjectsApi,
         "delete_namespaced_custom_object",
-        lambda _s, *a, **k: deleted.append(a[4]),
+        lambda _s, *a, **k: (deleted.append(a[4]), Response())[1],
     )
     refusal = forbidden("create", "secrets", "")
     refuse(monkeypatch, client.CoreV1Api, "create_namespaced_secret", refusal)
@@ -406,7 +414,7 @@ def test_crd_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "charts/appliance-operator" in text
     # Reattaching says the same (not "no such job").
     refuse(monkeypatch, client.CustomObjectsApi, "get_namespaced_custom_object", crd_missing())
-    monkeypatch.setattr(kube, "new_api_client", client.ApiClient)
+    monkeypatch.setattr(kube, "shared_api_client", client.ApiClient)
     with pytest.raises(NotInstalledError):
         app.get_job("demo", "ml", backend="kubernetes")
 
@@ -433,7 +441,7 @@ def test_a_deleted_job_is_still_not_found(monkeypatch: pytest.MonkeyPatch) -> No
         }
     )
     refuse(monkeypatch, client.CustomObjectsApi, "get_namespaced_custom_object", exc)
-    monkeypatch.setattr(kube, "new_api_client", client.ApiClient)
+    monkeypatch.setattr(kube, "shared_api_client", client.ApiClient)
     with pytest.raises(app.JobNotFoundError, match="ExecuteJob ml/demo does not exist"):
         app.get_job("demo", "ml", backend="kubernetes")
 
