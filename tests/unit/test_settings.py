@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -538,3 +539,19 @@ def test_a_local_submit_outside_a_pod_imports_no_kubernetes(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["LocalJob Succeeded", "[]"], proc.stdout
+
+
+def test_one_api_client_per_process_until_the_kubeconfig_changes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "config"
+    config_file.write_text("v1")
+    monkeypatch.setenv("KUBECONFIG", str(config_file))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setattr(kube, "_shared_clients", {})
+    made: list[Any] = []
+    monkeypatch.setattr(kube, "new_api_client", lambda: made.append(object()) or made[-1])
+    first = kube.shared_api_client()
+    assert kube.shared_api_client() is first and len(made) == 1  # connections reused
+    os.utime(config_file, (1, 1))  # the kubeconfig changed (a new context, a new token)
+    assert kube.shared_api_client() is not first and len(made) == 2
