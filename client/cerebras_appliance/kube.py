@@ -438,18 +438,10 @@ class KubernetesJob(JobHandle):
         """Delete the job created by a ``create`` that failed (its Secret goes with it). Best
         effort: if even that fails, the error says how to delete it by hand."""
         try:
-            _drained(
-                self._custom.delete_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    self.name,
-                    body=client.V1DeleteOptions(
-                        propagation_policy="Background",
-                        preconditions=client.V1Preconditions(uid=job_uid),
-                    ),
-                    _preload_content=False,
+            self._delete_request(
+                client.V1DeleteOptions(
+                    propagation_policy="Background",
+                    preconditions=client.V1Preconditions(uid=job_uid),
                 )
             )
         except client.ApiException as exc:
@@ -765,22 +757,26 @@ class KubernetesJob(JobHandle):
             f"namespace={self.namespace!r}); stop it with job.delete()"
         )
 
+    def _delete_request(self, options: client.V1DeleteOptions) -> None:
+        """DELETE this ExecuteJob (raises the library's exceptions)."""
+        _drained(
+            self._custom.delete_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                self.namespace,
+                PLURAL,
+                self.name,
+                body=options,
+                _preload_content=False,
+                _request_timeout=_REQUEST_TIMEOUT_S,
+            )
+        )
+
     def delete(self) -> None:
         """Delete the job; its pods and Secrets go with it (ownerReferences)."""
         self._stop_following()
         try:
-            _drained(
-                self._custom.delete_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    self.name,
-                    body=client.V1DeleteOptions(propagation_policy="Background"),
-                    _preload_content=False,
-                    _request_timeout=_REQUEST_TIMEOUT_S,
-                )
-            )
+            self._delete_request(client.V1DeleteOptions(propagation_policy="Background"))
         except client.ApiException as exc:
             if exc.status != 404:
                 raise _api_error(
