@@ -48,6 +48,12 @@ def _delete_options(uid: str, propagation: str | None) -> client.V1DeleteOptions
     )
 
 
+#: (connect, read) seconds before one request is given up: without it a request to an API
+#: server that stopped answering (a half-open connection) blocks its thread forever, and the
+#: operator's shutdown with it. A timeout is an ApiError: backoff and retry.
+REQUEST_TIMEOUT = (10.0, 60.0)
+
+
 class KubeApi:
     def __init__(self, api_client: client.ApiClient, metrics: Metrics) -> None:
         self.api_client = api_client
@@ -58,7 +64,7 @@ class KubeApi:
     def _call(self, verb: str, resource: str, fn: Callable[..., Any], *args: Any) -> Any:
         self.metrics.api_requests.labels(verb, resource).inc()
         try:
-            response = fn(*args, _preload_content=False)
+            response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except client.ApiException as exc:
             error = _api_error(exc)
             self.metrics.api_errors.labels(verb, resource, str(error.code)).inc()

@@ -345,3 +345,29 @@ def test_status_patch_deletes_absent_optional_fields() -> None:
     assert doc["phase"] == "Pending" and doc["replicas"] == 2
     assert doc["startTime"] is None and doc["completionTime"] is None
     assert "start_time" not in doc
+
+
+def test_an_api_server_that_never_answers_is_an_api_error_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request on a connection the server accepted but never answers (half-open, a
+    restarting API server) is given up after the read timeout, as an ApiError."""
+    import socket
+    import time
+
+    from kubernetes import client
+
+    from appliance_operator import kubeapi
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()  # accepted by the kernel, never read nor answered
+        config = client.Configuration()
+        config.host = f"http://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setattr(kubeapi, "REQUEST_TIMEOUT", (1.0, 0.5))
+        api = kubeapi.KubeApi(client.ApiClient(config), Metrics())
+        started = time.monotonic()
+        with pytest.raises(ApiError) as caught:
+            api.read_pod("ml", "demo-worker-0")
+        assert caught.value.code == 0  # no answer: the controller backs off and retries
+        assert time.monotonic() - started < 10  # urllib3 retries a read timeout a few times
