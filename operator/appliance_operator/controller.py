@@ -367,7 +367,12 @@ class Controller:
         adopted pods' names)."""
         assert self.pools is not None
         choice, adopted = self.pools.claim(job, needed, pool, run=self._pool.map)
-        memory.pool_condition = choice.condition
+        # PoolClaim says how the job's workers started: a replacement claimed all warm later
+        # does not hide that the job started partly cold (or was refused warm workers).
+        earlier, latest = memory.pool_condition, choice.condition
+        worse = latest is not None and latest.reason != "Claimed"
+        if earlier is None or earlier.reason == "Claimed" or worse:
+            memory.pool_condition = latest
         now = time.monotonic()
         for view in adopted:
             memory.created[view.name] = (view, now)

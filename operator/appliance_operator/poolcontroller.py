@@ -103,6 +103,14 @@ class PoolController:
         seen = {p.name for p in pods}
         now = time.monotonic()
         with self._lock:
+            # A pod this process just claimed is the job's, even while the watch still shows
+            # it idle: never counted as idle, never removed as surplus.
+            pods = [
+                dataclasses.replace(p, state=desired.CLAIMED)
+                if p.state == desired.IDLE and p.uid in self._claimed
+                else p
+                for p in pods
+            ]
             pending = self._created.setdefault(uid, {})
             for pod_name, since in list(pending.items()):
                 if pod_name in seen or now - since > EXPECTATION_TTL:

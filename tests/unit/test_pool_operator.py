@@ -530,6 +530,32 @@ def test_idle_pods_are_adopted_while_the_client_writes_the_values_and_get_them_o
     assert len(set(cluster.api.pods) - before) == 2
 
 
+def test_a_pod_just_claimed_is_not_idle_to_the_pool_while_the_watch_still_says_so(
+    cluster: Cluster,
+) -> None:
+    cluster.start_idle(2)
+    stale = cluster.pool_views()  # both idle, as the pool's watch still shows them
+    cluster.controller().reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
+    (claimed,) = _claimed(cluster)
+    cluster.pools.reconcile(("ml", "warm"), cluster.pool, stale)
+    status = cluster.api.pool_statuses[-1]
+    assert (status["idle"], status["claimed"]) == (1, 1), status
+    assert claimed not in cluster.api.deleted
+
+
+def test_a_replacement_claimed_warm_does_not_hide_a_partly_cold_start(cluster: Cluster) -> None:
+    cluster.start_idle(1)
+    ctl = cluster.controller()
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), [], cluster.snapshot())  # 1 warm, 1 cold
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), cluster.job_pods(), cluster.snapshot())
+    cluster.start_idle(1)  # refilled; then worker 0's pod is gone: it is claimed warm again
+    pods = [p for p in cluster.job_pods() if p.index == 1]
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), pods, cluster.snapshot())
+    assert len(_claimed(cluster)) == 2  # the replacement was claimed warm
+    kept = ctl._memory[("ml", "demo")].pool_condition  # what every status write carries
+    assert kept is not None and kept.reason == "PartlyCold", kept
+
+
 def test_a_second_job_gets_fresh_workers_and_none_of_the_first_jobs_values(
     cluster: Cluster,
 ) -> None:
