@@ -89,6 +89,9 @@ class JobMemory:
     #: The <job>-env Secret this reconcile created (warm delivery needs no read-back); only
     #: for the reconcile that wrote it: no value stays in the operator's memory after it.
     fresh_secret: Mapping[str, Any] | None = None
+    #: Workers the claim made while the job awaited its values left to start cold: decided
+    #: once (PoolClaim, the cold count), started cold once the values are there.
+    decided_cold: frozenset[tuple[int, int]] = frozenset()
 
 
 def status_patch(status: ExecuteJobStatus) -> dict[str, Any]:
@@ -276,9 +279,16 @@ class Controller:
         claiming = memory.secret_ready or _awaiting_values(job)
         if self.pools is not None and job.job.spec.pool and steps.needed and claiming:
             began = time.perf_counter()
-            rest, claimed = self._claim(job, steps.needed, memory, pool)
+            undecided = [w for w in steps.needed if (w.index, w.attempt) not in memory.decided_cold]
+            rest, claimed = self._claim(job, undecided, memory, pool) if undecided else ((), [])
+            cold = {(w.index, w.attempt) for w in rest} | memory.decided_cold
             if memory.secret_ready:
-                steps = dataclasses.replace(steps, create=rest)
+                steps = dataclasses.replace(
+                    steps, create=tuple(w for w in steps.needed if (w.index, w.attempt) in cold)
+                )
+                memory.decided_cold = frozenset()
+            else:
+                memory.decided_cold = frozenset(cold)
             if claimed:
                 warm = f"claimed {len(claimed)} in {(time.perf_counter() - began) * 1e3:.0f} ms"
         if self.pools is not None and job.job.spec.pool and memory.secret_ready:
@@ -448,7 +458,7 @@ class Controller:
         """Write ``<job>-env`` (resolving secretKeyRefs); True when it is in place."""
         name = desired.env_secret_name(job.name)
         awaiting = job.job.metadata.annotations.get(AWAITING_VALUES_ANNOTATION)
-        if _awaiting_values(job):
+        if awaiting is not None:
             # The client has created the job but not yet written (or not yet released) the
             # Secret of its values: read nothing, start nothing, until it removes the mark.
             memory.env_condition = Condition(

@@ -530,6 +530,27 @@ def test_idle_pods_are_adopted_while_the_client_writes_the_values_and_get_them_o
     assert len(set(cluster.api.pods) - before) == 2
 
 
+def test_a_claim_made_while_awaiting_the_values_is_decided_once_and_its_rest_starts_cold(
+    cluster: Cluster,
+) -> None:
+    cluster.start_idle(2)
+    ctl = cluster.controller()
+    awaiting = job_body(replicas=3)
+    awaiting["metadata"]["annotations"] = {AWAITING_VALUES_ANNOTATION: "demo-values-x"}
+    ctl.reconcile(("ml", "demo"), awaiting, [], cluster.snapshot())
+    assert len(_claimed(cluster)) == 2
+    # The claim patches' events reconcile it again before the release: nothing claimed again.
+    ctl.reconcile(("ml", "demo"), awaiting, cluster.job_pods(), cluster.snapshot())
+    assert not [n for n in cluster.api.pods if n.startswith("demo-worker-")]
+    ctl.reconcile(("ml", "demo"), job_body(replicas=3), cluster.job_pods(), cluster.snapshot())
+    assert [n for n in cluster.api.pods if n.startswith("demo-worker-")] == ["demo-worker-2"]
+    claims = cluster.metrics.pool_claims
+    assert claims.labels("ml", "warm", "cold")._value.get() == 1  # counted once
+    kept = ctl._memory[("ml", "demo")].pool_condition
+    assert kept is not None and kept.reason == "PartlyCold", kept
+    assert "2 worker(s) claimed warm" in kept.message and "1 started cold" in kept.message
+
+
 def test_a_pod_just_claimed_is_not_idle_to_the_pool_while_the_watch_still_says_so(
     cluster: Cluster,
 ) -> None:
