@@ -116,23 +116,23 @@ def merge_observed(pods: Sequence[PodView], memory: JobMemory, now: float) -> li
     for name, (_, since) in list(memory.created.items()):
         if name in seen or now - since > EXPECTATION_TTL:
             del memory.created[name]
-    for uid, since in list(memory.deleted.items()):
-        if uid not in present_uids or now - since > EXPECTATION_TTL:
-            del memory.deleted[uid]
-    for uid, since in list(memory.released.items()):
-        if uid not in present_uids or now - since > EXPECTATION_TTL:
-            del memory.released[uid]
-    for uid, since in list(memory.confirmed.items()):
-        if uid not in present_uids or now - since > EXPECTATION_TTL:
-            del memory.confirmed[uid]
+    # Per pod uid, what this process wrote that the watch may not show yet (until the pod is
+    # gone or the TTL has passed): deleted it, released its finalizer, delivered its claim.
+    for written in (memory.deleted, memory.released, memory.confirmed):
+        for uid, since in list(written.items()):
+            if uid not in present_uids or now - since > EXPECTATION_TTL:
+                del written[uid]
+    marked = memory.deleted.keys() | memory.released.keys() | memory.confirmed.keys()
     merged = [
-        dataclasses.replace(p, terminating=True) if p.uid in memory.deleted else p for p in pods
-    ]
-    merged = [
-        dataclasses.replace(p, tracked=False) if p.uid in memory.released else p for p in merged
-    ]
-    merged = [
-        dataclasses.replace(p, confirmed=True) if p.uid in memory.confirmed else p for p in merged
+        dataclasses.replace(
+            p,
+            terminating=p.terminating or p.uid in memory.deleted,
+            tracked=p.tracked and p.uid not in memory.released,
+            confirmed=p.confirmed or p.uid in memory.confirmed,
+        )
+        if p.uid in marked
+        else p
+        for p in pods
     ]
     merged.extend(view for view, _ in memory.created.values())
     return merged
