@@ -308,6 +308,16 @@ class ExecuteJobStatus(_Model):
         return self.phase in TERMINAL_PHASES
 
 
+def _checked_name(value: str | None, kind: str, limit: int) -> str | None:
+    """``value`` if it is a valid name of a ``kind`` (job, pool), else ValueError saying why."""
+    if value is not None and (len(value) > limit or not re.match(JOB_NAME_PATTERN, value)):
+        raise ValueError(
+            f"{value!r} is not a valid {kind} name: use at most {limit} lower-case letters, "
+            "digits and '-', starting and ending with a letter or digit"
+        )
+    return value
+
+
 class ObjectMeta(_Model):
     model_config = ConfigDict(extra="allow", alias_generator=to_camel, populate_by_name=True)
 
@@ -319,14 +329,7 @@ class ObjectMeta(_Model):
     @field_validator("name")
     @classmethod
     def _job_name(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if len(value) > MAX_JOB_NAME_LENGTH or not re.match(JOB_NAME_PATTERN, value):
-            raise ValueError(
-                f"{value!r} is not a valid job name: use at most {MAX_JOB_NAME_LENGTH} lower-case "
-                "letters, digits and '-', starting and ending with a letter or digit"
-            )
-        return value
+        return _checked_name(value, "job", MAX_JOB_NAME_LENGTH)
 
 
 class ExecuteJob(_Model):
@@ -414,14 +417,7 @@ class PoolMeta(ObjectMeta):
     @field_validator("name")
     @classmethod
     def _job_name(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        if len(value) > MAX_POOL_NAME_LENGTH or not re.match(JOB_NAME_PATTERN, value):
-            raise ValueError(
-                f"{value!r} is not a valid pool name: use at most {MAX_POOL_NAME_LENGTH} "
-                "lower-case letters, digits and '-', starting and ending with a letter or digit"
-            )
-        return value
+        return _checked_name(value, "pool", MAX_POOL_NAME_LENGTH)
 
 
 class WorkerPool(_Model):
