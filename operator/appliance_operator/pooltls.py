@@ -96,6 +96,42 @@ def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
+def _certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    now: dt.datetime,
+    *,
+    ca: bool,
+) -> x509.CertificateBuilder:
+    """What a pool's CA and its two leaf certificates share: validity, and either CA rights
+    (sign certificates, nothing else) or a leaf's (sign handshakes, nothing else)."""
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=not ca,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+
+
 def _leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_name: x509.Name,
@@ -105,29 +141,8 @@ def _leaf(
 ) -> tuple[bytes, bytes]:
     key = _key()
     cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        _certificate(_name(cn), ca_name, key, now, ca=False)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
         .sign(ca_key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
@@ -138,31 +153,7 @@ def new_pool_credentials(pool: str, now: dt.datetime | None = None) -> PoolCrede
     now = now or dt.datetime.now(dt.UTC)
     ca_key = _key()
     ca_name = _name(f"{CA_CN_PREFIX}-{pool}")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=CERT_DAYS))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_cert = _certificate(ca_name, ca_name, ca_key, now, ca=True).sign(ca_key, hashes.SHA256())
     ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     worker = _leaf(ca_key, ca_name, channel.WORKER_CN, ExtendedKeyUsageOID.SERVER_AUTH, now)
     operator = _leaf(ca_key, ca_name, channel.OPERATOR_CN, ExtendedKeyUsageOID.CLIENT_AUTH, now)
