@@ -427,8 +427,14 @@ class Cluster:
                 out.append(v)
         return out
 
-    def controller(self) -> Controller:
-        return Controller(self.api, self.metrics, clock=lambda: NOW, pools=self.pools)  # type: ignore[arg-type]
+    def controller(self, pools: type[PoolController] | None = None) -> Controller:
+        """The job controller with this cluster's pool controller, or (another operator
+        process) a new one of class ``pools`` with its own memory and metrics."""
+        chosen = self.pools
+        if pools is not None:
+            chosen = pools(self.api, Metrics(), claim_port=self.port)  # type: ignore[arg-type]
+        metrics = self.metrics if pools is None else Metrics()
+        return Controller(self.api, metrics, clock=lambda: NOW, pools=chosen)  # type: ignore[arg-type]
 
     def output(self, name: str) -> tuple[int, str, str]:
         proc = self.procs[name]
@@ -598,12 +604,7 @@ def test_two_operators_racing_claim_each_pod_once(cluster: Cluster) -> None:
     cluster.start_idle(1)
     stale = cluster.snapshot()  # both operators saw the same idle pod at the same version
     one = cluster.controller()
-    two = Controller(
-        cluster.api,
-        Metrics(),
-        clock=lambda: NOW,
-        pools=PoolController(cluster.api, Metrics(), claim_port=cluster.port),  # type: ignore[arg-type]
-    )  # type: ignore[arg-type]
+    two = cluster.controller(PoolController)
     one.reconcile(("ml", "demo"), job_body(replicas=1), [], stale)
     two.reconcile(("ml", "other"), job_body(replicas=1, name="other", uid="uid-other"), [], stale)
     (pod,) = _claimed(cluster).values()
@@ -624,12 +625,7 @@ def test_operator_killed_between_adoption_and_delivery_delivers_after_restart(
     cluster: Cluster,
 ) -> None:
     cluster.start_idle(1)
-    dying = Controller(
-        cluster.api,
-        Metrics(),
-        clock=lambda: NOW,
-        pools=DiesBeforeDelivery(cluster.api, Metrics(), claim_port=cluster.port),  # type: ignore[arg-type]
-    )  # type: ignore[arg-type]
+    dying = cluster.controller(DiesBeforeDelivery)
     with pytest.raises(Killed):
         dying.reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
     (name,) = _claimed(cluster)  # adopted, nothing sent
