@@ -112,12 +112,13 @@ def namespace_terminating(error: ApiError) -> bool:
 def merge_observed(pods: Sequence[PodView], memory: JobMemory, now: float) -> list[PodView]:
     """The watched pods plus what this process did that the watch has not shown yet."""
     seen = {p.name for p in pods}
-    present_uids = {p.uid for p in pods}
     for name, (_, since) in list(memory.created.items()):
         if name in seen or now - since > EXPECTATION_TTL:
             del memory.created[name]
     # Per pod uid, what this process wrote that the watch may not show yet (until the pod is
     # gone or the TTL has passed): deleted it, released its finalizer, delivered its claim.
+    # A pod this process adopted may be written to before the watch shows it at all.
+    present_uids = {p.uid for p in pods} | {v.uid for v, _ in memory.created.values()}
     for written in (memory.deleted, memory.released, memory.confirmed):
         for uid, since in list(written.items()):
             if uid not in present_uids or now - since > EXPECTATION_TTL:

@@ -134,6 +134,18 @@ def _logs(cluster: KindCluster, namespace: str, pod: str) -> str:
     return cluster.pod_logs(namespace, pod)
 
 
+def _print_diagnostics(cluster: KindCluster, namespace: str) -> None:
+    """What a failure needs to be understood: the pods, the Events and the operator's log
+    (none of them holds a value: the sentinels are asserted absent from all three)."""
+    for args in (
+        ("get", "pods", "-n", namespace, "-o", "wide", "--show-labels"),
+        ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
+        ("logs", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}", "--tail=400"),
+    ):
+        proc = cluster.kubectl(*args, check=False, timeout=30)
+        print(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+
+
 def test_pool_warm_claims_cold_remainder_restart_and_security(
     cluster: KindCluster, namespace: str, loader: Loader, wait_until: WaitUntil
 ) -> None:
@@ -141,6 +153,9 @@ def test_pool_warm_claims_cold_remainder_restart_and_security(
     operator_pod = _install_operator(cluster, ns, wait_until)
     try:
         _run(cluster, ns, loader, wait_until, operator_pod)
+    except BaseException:
+        _print_diagnostics(cluster, ns)  # shown with the failure (pytest's captured stdout)
+        raise
     finally:
         cluster.helm("uninstall", RELEASE, "--namespace", ns, check=False)
 

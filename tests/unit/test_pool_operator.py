@@ -557,6 +557,33 @@ def test_a_claim_made_while_awaiting_the_values_is_decided_once_and_its_rest_sta
     assert "2 worker(s) claimed warm" in kept.message and "1 started cold" in kept.message
 
 
+def test_a_delivered_claim_is_not_sent_again_while_the_watch_catches_up(
+    cluster: Cluster,
+) -> None:
+    """The watch may show claimed pods only after their delivery, and then first in a version
+    without the confirmation: they are not delivered to again (a second connection to a worker
+    that is running, or gone, could fail and have it deleted as unreachable)."""
+    cluster.start_idle(2)
+    ctl = cluster.controller()
+    awaiting = job_body(replicas=2)
+    awaiting["metadata"]["annotations"] = {AWAITING_VALUES_ANNOTATION: "demo-values-x"}
+    ctl.reconcile(("ml", "demo"), awaiting, [], cluster.snapshot())
+    unconfirmed = cluster.job_pods()  # adopted, not confirmed yet
+    assert len(unconfirmed) == 2
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), [], cluster.snapshot())  # delivered
+    for name in _claimed(cluster):
+        code, out, err = cluster.output(name)
+        assert code == 0 and f"INLINE {SENTINEL}" in out, err
+    requests = len(cluster.api.bodies)
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), [], cluster.snapshot())  # still unseen
+    ctl.reconcile(("ml", "demo"), job_body(replicas=2), unconfirmed, cluster.snapshot())
+    later = cluster.api.bodies[requests:]
+    assert all(desired.CLAIM_CONFIRMED_ANNOTATION not in b for b in later), later
+    assert cluster.api.deleted == []
+    assert not [e for e in cluster.api.events if e["type"] == "Warning"], cluster.api.events
+    assert cluster.metrics.pool_claims.labels("ml", "warm", "claimed")._value.get() == 2
+
+
 def test_a_pod_just_claimed_is_not_idle_to_the_pool_while_the_watch_still_says_so(
     cluster: Cluster,
 ) -> None:
