@@ -52,7 +52,7 @@ lint: $(STAMP)
 # Integration tests need the local control plane's binaries: the first run on a machine
 # builds them (about 10 minutes on 2 cores, cached outside the repo), later runs reuse them.
 integration: $(STAMP) cluster-build
-	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration --durations=12 $(PYTEST_ARGS)
 
 # End-to-end tests on a kind cluster (control plane + $(KIND_E2E_WORKERS) workers; docs/kind.md).
 # What the tests' fixture needs is built first, outside any test timeout (cached: a warm run
@@ -64,20 +64,26 @@ integration: $(STAMP) cluster-build
 e2e: $(STAMP) cluster-build
 	@own=$$(bash hack/kind/dockerd.sh status && echo yes); \
 	bash hack/kind/up.sh --prepare --images || exit $$?; \
-	rc=0; $(PY) -m pytest tests/e2e $(PYTEST_ARGS) || rc=$$?; \
+	rc=0; $(PY) -m pytest tests/e2e --durations=12 $(PYTEST_ARGS) || rc=$$?; \
 	[ -n "$$own" ] || bash hack/kind/dockerd.sh down --if-idle; exit $$rc
 
 # cluster-build first: the chart's unit tests use the pinned helm it builds, and a cold build
-# (about 15 minutes on 2 cores) must not run inside a test's timeout. The e2e tests' kind
-# cluster is made in the background while the integration tests run (hack/kind/e2e-cluster.sh:
-# about 100 s less to wait), reused by the e2e fixture, and deleted at the end.
+# (about 13 minutes on 2 cores) must not run inside a test's timeout. The e2e tests' kind
+# cluster is made in the background (hack/kind/e2e-cluster.sh) while the integration tests
+# run; the e2e tests start as soon as it is up, alongside the rest of the integration tests
+# (their own control plane: nothing shared but the CPU), with their output in $(E2E_LOG),
+# printed when they end. The cluster is deleted at the end.
 E2E_CLUSTER_ENV = KIND_E2E_CLUSTER=$(KIND_E2E_CLUSTER) KIND_E2E_WORKERS=$(KIND_E2E_WORKERS)
+E2E_LOG := .kind/e2e-tests.log
 test: lint cluster-build unit
 	@$(E2E_CLUSTER_ENV) bash hack/kind/e2e-cluster.sh start
-	@rc=0; { $(MAKE) --no-print-directory integration && \
-	  $(E2E_CLUSTER_ENV) bash hack/kind/e2e-cluster.sh wait && \
+	@rc=0; mkdir -p $(dir $(E2E_LOG)); \
+	{ $(E2E_CLUSTER_ENV) bash hack/kind/e2e-cluster.sh wait && \
 	  APPLIANCE_E2E_KIND_CLUSTER=$(KIND_E2E_CLUSTER) APPLIANCE_E2E_KIND_WORKERS=$(KIND_E2E_WORKERS) \
-	    $(MAKE) --no-print-directory e2e; } || rc=$$?; \
+	    $(MAKE) --no-print-directory e2e; } >$(E2E_LOG) 2>&1 </dev/null & e2e=$$!; \
+	echo "e2e tests: in the background as soon as their cluster is up (output: $(E2E_LOG))"; \
+	$(MAKE) --no-print-directory integration || rc=$$?; \
+	wait $$e2e || rc=$$?; echo "---- e2e tests ($(E2E_LOG)) ----"; cat $(E2E_LOG); \
 	$(E2E_CLUSTER_ENV) bash hack/kind/e2e-cluster.sh stop; exit $$rc
 
 bench: $(STAMP)

@@ -251,18 +251,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster]:
             subprocess.run(down, timeout=600, check=False)
 
 
-def apply_crds(cluster: KindCluster) -> None:
-    for crd in ("executejobs", "workerpools"):
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds" / f"{crd}.yaml"))
-        cluster.kubectl(
-            "wait",
-            "--for=condition=Established",
-            f"crd/{crd}.appliance.dev",
-            "--timeout=60s",
-            timeout=90,
-        )
-
-
 #: Namespaces of tests/e2e/test_helm_e2e.py and test_pool_e2e.py, whose operator runs in a pod
 #: (the namespace fixture names them after the test).
 CHART_TEST_NAMESPACES = "it-test-chart-*"
@@ -275,7 +263,7 @@ def operator(cluster: KindCluster, tmp_path_factory: pytest.TempPathFactory) -> 
     the chart test (whose operator runs in a pod and must be the only one there)."""
     if importlib.util.find_spec("appliance_operator.__main__") is None:
         pytest.fail("appliance_operator is not importable (make venv installs it)")
-    apply_crds(cluster)
+    cluster.apply_crds()
     op = Operator(
         cluster.kubeconfig,
         tmp_path_factory.mktemp("operator") / "operator.log",

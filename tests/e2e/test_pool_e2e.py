@@ -53,11 +53,7 @@ def _apply(cluster: KindCluster, namespace: str, doc: dict[str, Any]) -> None:
 
 
 def _install_operator(cluster: KindCluster, namespace: str, wait_until: WaitUntil) -> str:
-    for crd in ("executejobs", "workerpools"):
-        cluster.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds" / f"{crd}.yaml"))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/{crd}.appliance.dev", "--timeout=60s"
-        )
+    cluster.apply_crds()
     repository, _, tag = cluster.operator_image.rpartition(":")
     cluster.helm(
         "install", RELEASE, str(CHART), "--namespace", namespace,

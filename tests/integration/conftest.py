@@ -122,6 +122,16 @@ class Cluster:
         """Run our pinned helm against this cluster (its cache/config dirs in a temp dir)."""
         return self._run("helm", args, check=check, input=input, timeout=timeout)
 
+    def apply_crds(self) -> None:
+        """Install (or update) both CRDs and wait until they are served: the operator watches
+        both."""
+        for crd in ("executejobs", "workerpools"):
+            self.kubectl("apply", "--server-side", "-f", str(REPO_ROOT / "crds" / f"{crd}.yaml"))
+            self.kubectl(
+                "wait", "--for=condition=Established", f"crd/{crd}.appliance.dev",
+                "--timeout=60s", timeout=90,
+            )  # fmt: skip
+
     def can_i(
         self, user: str, verb: str, resource: str, namespace: str | None, *extra: str
     ) -> bool:

@@ -37,11 +37,7 @@ NOWHERE = {"nodeSelector": {"appliance.dev/test": "no-such-node"}}
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    for crd in ("executejobs", "workerpools"):  # the operator watches both
-        cluster.kubectl("apply", "-f", str(REPO / "crds" / f"{crd}.yaml"))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/{crd}.appliance.dev", "--timeout=60s"
-        )
+    cluster.apply_crds()
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(cluster.kubeconfig, log, ["--all-namespaces", "--metrics-port", "0"])
     op.start()

@@ -75,11 +75,7 @@ class Operator(OperatorProcess):
 
 @pytest.fixture(scope="module")
 def crd(cluster: Cluster) -> None:
-    for crd in ("executejobs", "workerpools"):  # the operator watches both
-        cluster.kubectl("apply", "-f", str(REPO / "crds" / f"{crd}.yaml"))
-        cluster.kubectl(
-            "wait", "--for=condition=Established", f"crd/{crd}.appliance.dev", "--timeout=60s"
-        )
+    cluster.apply_crds()
 
 
 @pytest.fixture(scope="module")
@@ -988,6 +984,7 @@ def test_a_forced_relist_forgets_what_vanished_meanwhile(
     never gets its DELETED event. The operator must not keep believing in it."""
     kube.apply(manifest("relist", kube.ns, replicas=1, template=kwok(cluster)))
     wait_until(phase_is(kube, "relist", "Running"), timeout=60)
+    (vanished,) = [p.metadata.uid for p in kube.pods("relist")]
 
     assert operator.proc is not None
     operator.proc.send_signal(signal.SIGSTOP)
@@ -1001,8 +998,20 @@ def test_a_forced_relist_forgets_what_vanished_meanwhile(
         wait_until(lambda: not kube.pod_names("relist"), timeout=30, what="pod gone")
     finally:
         operator.proc.send_signal(signal.SIGCONT)
+
+    # Replaced: one new pod for worker 0. Its name is relist-worker-0 when the operator saw
+    # the pod only vanish, relist-worker-0-1 when its resumed watch first showed the pod
+    # terminating (a disruption: the next attempt).
+    def replaced() -> bool:
+        live = [p for p in kube.pods("relist") if p.metadata.deletion_timestamp is None]
+        return (
+            len(live) == 1
+            and live[0].metadata.uid != vanished
+            and (live[0].metadata.name in ("relist-worker-0", "relist-worker-0-1"))
+        )
+
     wait_until(
-        lambda: kube.live_pod_names("relist") == {"relist-worker-0"},
+        replaced,
         timeout=180,  # the drift check runs every 5 resync periods (25 s here)
         what="the vanished worker replaced",
     )

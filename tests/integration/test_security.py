@@ -166,6 +166,7 @@ def chart_roles(cluster: Cluster, namespace: str) -> Iterator[Release]:
 @pytest.fixture
 def operator(cluster: Cluster, namespace: str, tmp_path: Path) -> Iterator[OperatorProcess]:
     """The operator, watching only this test's namespace."""
+    cluster.apply_crds()  # (when this test runs first or alone)
     op = OperatorProcess(
         cluster.kubeconfig,
         tmp_path / "operator.log",
