@@ -125,19 +125,20 @@ fi
 
 # --- check and seal ---------------------------------------------------------------------
 step "checking the binaries run"
-"$BIN_DIR/kubectl" version --client -o yaml | grep -q "gitVersion: $KUBE_VERSION" ||
-  die "kubectl does not report $KUBE_VERSION: $("$BIN_DIR/kubectl" version --client 2>&1)"
-"$BIN_DIR/kube-apiserver" --version | grep -qx "Kubernetes $KUBE_VERSION" ||
-  die "kube-apiserver does not report $KUBE_VERSION: $("$BIN_DIR/kube-apiserver" --version 2>&1)"
-"$BIN_DIR/kubeadm" version -o short | grep -qx "$KUBE_VERSION" ||
-  die "kubeadm does not report $KUBE_VERSION: $("$BIN_DIR/kubeadm" version 2>&1)"
-"$BIN_DIR/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" ||
-  die "etcd does not report $ETCD_VERSION: $("$BIN_DIR/kubeadm" version -o short | grep -qx "$KUBE_VERSION" ||
-  die "kubeadm does not report $KUBE_VERSION: $("$BIN_DIR/kubeadm" version 2>&1)"
-"$BIN_DIR/etcd" --version 2>&1)"
-"$BIN_DIR/helm" version --short | grep -q "^$HELM_VERSION" ||
-  die "helm does not report $HELM_VERSION: $("$BIN_DIR/helm" version --short 2>&1)"
-"$BIN_DIR/kwok" --version >/dev/null 2>&1 || die "kwok does not run: $("$BIN_DIR/kwok" --version 2>&1)"
+# The output is read whole before it is matched: `cmd | grep -q` under pipefail fails at
+# random when grep exits at its match and the command still writes (SIGPIPE; seen with etcd).
+reports() { # <binary> <expected, grep -E> <command...>
+  local what=$1 want=$2 out
+  shift 2
+  out=$("$@" 2>&1) || die "$what does not run: $out"
+  grep -qE "$want" <<<"$out" || die "$what does not report $want: $out"
+}
+reports kubectl "gitVersion: $KUBE_VERSION\$" "$BIN_DIR/kubectl" version --client -o yaml
+reports kube-apiserver "^Kubernetes $KUBE_VERSION\$" "$BIN_DIR/kube-apiserver" --version
+reports kubeadm "^$KUBE_VERSION\$" "$BIN_DIR/kubeadm" version -o short
+reports etcd "^etcd Version: ${ETCD_VERSION#v}\$" "$BIN_DIR/etcd" --version
+reports helm "^$HELM_VERSION" "$BIN_DIR/helm" version --short
+reports kwok "" "$BIN_DIR/kwok" --version
 for b in "${CLUSTER_BINARIES[@]}"; do [[ -x $BIN_DIR/$b ]] || die "missing $BIN_DIR/$b"; done
 
 {
