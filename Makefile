@@ -69,21 +69,24 @@ e2e: $(STAMP) cluster-build
 
 # cluster-build first: the chart's unit tests use the pinned helm it builds, and a cold build
 # (about 13 minutes on 2 cores) must not run inside a test's timeout. The e2e tests' kind
-# cluster is made in the background (hack/kind/e2e-cluster.sh) while the integration tests
-# run; the e2e tests start as soon as it is up, alongside the rest of the integration tests
-# (their own control plane: nothing shared but the CPU), with their output in $(E2E_LOG),
-# printed when they end. The cluster is deleted at the end.
+# cluster is then made in the background (hack/kind/e2e-cluster.sh) while the unit and
+# integration tests run; the e2e tests start as soon as it is up, alongside the rest of the
+# integration tests (their own control plane: nothing shared but the CPU), with their output
+# in $(E2E_LOG), printed when they end. The cluster is deleted at the end, whatever failed.
 E2E_CLUSTER_ENV = KIND_E2E_CLUSTER=$(KIND_E2E_CLUSTER) KIND_E2E_WORKERS=$(KIND_E2E_WORKERS)
 E2E_LOG := .kind/e2e-tests.log
-test: lint cluster-build unit
+test: lint cluster-build
 	@$(E2E_CLUSTER_ENV) bash hack/kind/e2e-cluster.sh start
 	@rc=0; mkdir -p $(dir $(E2E_LOG)); \
-	{ $(E2E_CLUSTER_ENV) bash hack/kind/e2e-cluster.sh wait && \
-	  APPLIANCE_E2E_KIND_CLUSTER=$(KIND_E2E_CLUSTER) APPLIANCE_E2E_KIND_WORKERS=$(KIND_E2E_WORKERS) \
-	    $(MAKE) --no-print-directory e2e; } >$(E2E_LOG) 2>&1 </dev/null & e2e=$$!; \
-	echo "e2e tests: in the background as soon as their cluster is up (output: $(E2E_LOG))"; \
-	$(MAKE) --no-print-directory integration || rc=$$?; \
-	wait $$e2e || rc=$$?; echo "---- e2e tests ($(E2E_LOG)) ----"; cat $(E2E_LOG); \
+	$(MAKE) --no-print-directory unit || rc=$$?; \
+	if [ $$rc = 0 ]; then \
+	  { $(E2E_CLUSTER_ENV) bash hack/kind/e2e-cluster.sh wait && \
+	    APPLIANCE_E2E_KIND_CLUSTER=$(KIND_E2E_CLUSTER) APPLIANCE_E2E_KIND_WORKERS=$(KIND_E2E_WORKERS) \
+	      $(MAKE) --no-print-directory e2e; } >$(E2E_LOG) 2>&1 </dev/null & e2e=$$!; \
+	  echo "e2e tests: in the background as soon as their cluster is up (output: $(E2E_LOG))"; \
+	  $(MAKE) --no-print-directory integration || rc=$$?; \
+	  wait $$e2e || rc=$$?; echo "---- e2e tests ($(E2E_LOG)) ----"; cat $(E2E_LOG); \
+	fi; \
 	$(E2E_CLUSTER_ENV) bash hack/kind/e2e-cluster.sh stop; exit $$rc
 
 bench: $(STAMP)
