@@ -77,8 +77,10 @@ class JobMemory:
     deleted: dict[str, float] = field(default_factory=dict)  # pod uid -> when
     released: dict[str, float] = field(default_factory=dict)  # pod uid -> finalizer removed
     confirmed: dict[str, float] = field(default_factory=dict)  # pod uid -> claim delivered
-    #: (job version planned on, status written, job version our write produced)
-    written: tuple[str, ExecuteJobStatus, str] | None = None
+    #: Our last status write until the watch shows it: (the job versions the cache may still
+    #: show that are older than that write: the one planned on and those our earlier writes
+    #: produced; the status written; the job version the write produced).
+    written: tuple[frozenset[str], ExecuteJobStatus, str] | None = None
     last_write: datetime | None = None
     retries: int = 0
     last_warning: str = ""
@@ -230,9 +232,11 @@ class Controller:
         observed = merge_observed(pods, memory, time.monotonic())
         previous = None
         if memory.written is not None:
-            if memory.written[0] == job.resource_version:
+            if job.resource_version in memory.written[0]:
                 previous = memory.written[1]  # the watch has not shown our write yet
             else:
+                # The cache shows our last write, or a later version, which holds it: every
+                # status write is preconditioned on the version it was planned on.
                 memory.written = None
         return Inputs(
             job=job,
@@ -253,7 +257,7 @@ class Controller:
     def _version(job: JobView, memory: JobMemory) -> str:
         """The job version a status write applies to: the one our last write produced while
         the watch has not shown it, else the cached one."""
-        if memory.written is not None and memory.written[0] == job.resource_version:
+        if memory.written is not None and job.resource_version in memory.written[0]:
             return memory.written[2]
         return job.resource_version
 
@@ -316,9 +320,7 @@ class Controller:
             done.append(warm)
         if steps.delete:
             done.append(f"deleted {len(steps.delete)} pod(s)")
-        if steps.status is not None and not self._write_status(
-            job, steps.status, memory, steps.status_precondition
-        ):
+        if steps.status is not None and not self._write_status(job, steps.status, memory):
             return None  # the job is gone
         # Only now (the counts are stored): the counted and disrupted pods are released.
         for pod in steps.release:
@@ -638,10 +640,10 @@ class Controller:
                     raise
             memory.deleted[pod.uid] = time.monotonic()
 
-    def _write_status(
-        self, job: JobView, status: ExecuteJobStatus, memory: JobMemory, precondition: bool
-    ) -> bool:
-        version = self._version(job, memory) if precondition else None
+    def _write_status(self, job: JobView, status: ExecuteJobStatus, memory: JobMemory) -> bool:
+        """Write the status, preconditioned on the job version it was planned on (a stale
+        cache gets 409 and is retried, never writes counts or conditions backwards)."""
+        version = self._version(job, memory)
         try:
             answer = self.api.patch_job_status(
                 job.namespace, job.name, status_patch(status), resource_version=version
@@ -651,7 +653,12 @@ class Controller:
                 return False
             raise  # 409: the cache was stale; the retry plans on the newer version
         new_version = str((answer.get("metadata") or {}).get("resourceVersion") or "")
-        memory.written = (job.resource_version, status, new_version)
+        older = frozenset({job.resource_version})
+        if memory.written is not None and job.resource_version in memory.written[0]:
+            # Writes in a row before the watch shows the first: the cache may next show any
+            # of the versions they produced, all older than this one.
+            older = memory.written[0] | {memory.written[2]}
+        memory.written = (older, status, new_version)
         memory.last_write = self.clock()
         return True
 

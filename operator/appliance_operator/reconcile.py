@@ -63,8 +63,6 @@ class Plan:
     needed: tuple[WorkerId, ...] = ()
     delete: tuple[PodView, ...] = ()
     status: ExecuteJobStatus | None = None  # the status to write (None: unchanged/deferred)
-    #: the status write records counted pods: only on the job version planned on
-    status_precondition: bool = False
     #: pods whose tracking finalizer goes, after the status write (if any) succeeded
     release: tuple[PodView, ...] = ()
     events: tuple[Event, ...] = ()
@@ -257,7 +255,6 @@ def plan(inputs: Inputs) -> Plan:
         needed=needed,
         delete=tuple(delete),
         status=write,
-        status_precondition=write is not None and bool(newly),
         release=tuple(release),
         events=tuple(events),
         delete_job=delete_job,

@@ -199,6 +199,64 @@ def test_reconcile_on_a_stale_cache_repeats_nothing(api: FakeApi) -> None:
     assert api.calls == []
 
 
+def _pods_now(api: FakeApi, phases: dict[str, str]) -> list[PodView]:
+    """The pods as the API server has them now (finalizers included), in these phases."""
+    out = []
+    for name, phase in phases.items():
+        body = json.loads(json.dumps(api.pods[name]))
+        body["status"] = {"phase": phase}
+        view = pod_view(body)
+        assert view is not None
+        out.append(view)
+    return out
+
+
+def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeApi) -> None:
+    """Two workers succeed in two reconciles before the watch shows the job again; it then
+    shows the version of the first count only. The second worker, counted and released, is
+    not run again and its count is not written backwards (seen on kind: two succeeded pool
+    workers were started again)."""
+    ctl = controller(api)
+    ctl.reconcile(KEY, job_body(), [])  # pods created, status written: version 11
+    first, second = "demo-worker-0", "demo-worker-1"
+    stale = job_body()  # the watch still shows version 10
+    ctl.reconcile(KEY, stale, _pods_now(api, {first: "Succeeded", second: "Running"}))
+    assert api.released == [first]
+    ctl.reconcile(KEY, stale, _pods_now(api, {first: "Succeeded", second: "Succeeded"}))
+    assert api.released == [first, second]
+    assert api.statuses[-1]["succeeded"] == 2 and api.job_version == 13
+    # The watch now shows version 12: the status with only the first count.
+    shown = job_body()
+    shown["metadata"]["resourceVersion"] = "12"
+    shown["status"] = {k: v for k, v in api.statuses[-2].items() if v is not None}
+    assert shown["status"]["succeeded"] == 1
+    writes = len(api.statuses)
+    ctl.reconcile(KEY, shown, _pods_now(api, {first: "Succeeded", second: "Succeeded"}))
+    assert sorted(api.pods) == [first, second]  # no second run of a succeeded worker
+    assert all(s["succeeded"] == 2 for s in api.statuses[writes:])
+    # Once the watch shows the last write, the cache is the truth again.
+    shown["metadata"]["resourceVersion"] = str(api.job_version)
+    shown["status"] = {k: v for k, v in api.statuses[-1].items() if v is not None}
+    ctl.reconcile(KEY, shown, _pods_now(api, {first: "Succeeded", second: "Succeeded"}))
+    assert sorted(api.pods) == [first, second]
+    assert api.statuses[-1]["phase"] == "Succeeded"
+
+
+def test_a_status_planned_on_a_version_someone_else_replaced_is_refused(api: FakeApi) -> None:
+    """Every status write is preconditioned on the version planned on: after another write
+    (a second operator, a person), a plan made on the older cache is refused, not written."""
+    ctl = controller(api)
+    ctl.reconcile(KEY, job_body(), [])
+    seen = job_body()
+    seen["metadata"]["resourceVersion"] = "11"
+    seen["status"] = {k: v for k, v in api.statuses[-1].items() if v is not None}
+    api.job_version = 12  # written by someone else meanwhile
+    writes = len(api.statuses)
+    with pytest.raises(ApiError) as refused:
+        ctl.reconcile(KEY, seen, views(api))  # would write Running (2/2 ready)
+    assert refused.value.code == 409 and len(api.statuses) == writes
+
+
 def test_running_then_no_more_writes(api: FakeApi) -> None:
     ctl = controller(api)
     ctl.reconcile(KEY, job_body(), [])
@@ -219,11 +277,14 @@ def test_running_then_no_more_writes(api: FakeApi) -> None:
 
 def test_restarted_operator_makes_no_duplicates(api: FakeApi) -> None:
     """A new Controller (empty memory) that sees the pods does not create any; one that does
-    not see them yet gets 409s and carries on."""
+    not see them yet gets 409s for the pods and for its status, planned on the older job
+    version (the retry plans on a fresher cache)."""
     controller(api).reconcile(KEY, job_body(), [])
     api.calls.clear()
     fresh = controller(api)
-    fresh.reconcile(KEY, job_body(), [])  # the watch has not delivered the pods yet
+    with pytest.raises(ApiError) as stale:
+        fresh.reconcile(KEY, job_body(), [])  # the watch has not delivered the pods yet
+    assert stale.value.code == 409
     assert ("create", "pods") in api.calls
     assert sorted(api.pods) == ["demo-worker-0", "demo-worker-1"]  # still two
 

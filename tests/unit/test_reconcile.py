@@ -189,10 +189,9 @@ def test_failed_worker_fails_the_job_with_its_exit_code() -> None:
         ("Warning", "Failed"),
     ]
     assert all("exit code 3" in e.message for e in step.events)
-    # Counted exactly once: its uid is recorded with the count, written on the version
-    # planned on, and the finalizer goes only after that write.
+    # Counted exactly once: its uid is recorded with the count (the controller writes every
+    # status on the version planned on), and the finalizer goes only after that write.
     assert step.status.counted_pods == ["uid-demo-worker-1-uid-job-1"]
-    assert step.status_precondition
     assert [p.name for p in step.release] == ["demo-worker-1"]
 
 
@@ -265,7 +264,6 @@ def test_disruptions_are_never_failures() -> None:
         assert step.status is not None and step.status.failed == 0, case
         assert step.create == (WorkerId(1, 1),), case
         assert [p.name for p in step.release] == ["demo-worker-1"]
-        assert not step.status_precondition
 
 
 def test_oom_kill_is_a_failure_even_while_deleted() -> None:
