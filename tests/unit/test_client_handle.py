@@ -530,3 +530,29 @@ def _no_leftover_jobs() -> Iterator[None]:
     from cerebras_appliance import local
 
     assert not [j.name for j in local._live_jobs], "a test left a local job behind"
+
+
+def test_the_notebook_example_runs_as_a_script_on_the_local_backend() -> None:
+    """examples/notebook_quickstart.py (the README's Usage): streamed lines of both workers,
+    worker 1's replacement attempt after its first one failed, then the outcome."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+    env.pop("BACKEND", None)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "notebook_quickstart.py")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    shards: dict[str, list[str]] = {}  # attempt -> its shard lines, in order
+    for line in lines:
+        if line.startswith("[") and "/mnt/data: shard" in line:
+            attempt, _, text = line.partition("] ")
+            shards.setdefault(attempt.lstrip("[").rsplit("-worker-", 1)[1], []).append(text)
+    every = [f"/mnt/data: shard {i}" for i in range(3)]
+    assert shards == {"0": every, "1": every, "1-1": every}, lines
+    assert "Succeeded 2/2 succeeded, 1 failed" in lines, lines
+    assert "worker 1, last line: /mnt/data: shard 2" in lines, lines
