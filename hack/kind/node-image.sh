@@ -37,7 +37,7 @@ ROOTFS_KEY=$(printf '%s\n' "$NODE_SUITE" "$ROOTFS_PACKAGES" "$KIND_VERSION" "$(u
 NODE_KEY=$(
   {
     echo "$ROOTFS_KEY"
-    grep -E '^[A-Z_]+=' "$KIND_DIR/versions.env" "$CLUSTER_DIR/versions.env"
+    grep -hE '^[A-Z_]+=' "$KIND_DIR/versions.env" "$CLUSTER_DIR/versions.env"
     cluster_key
     cat "$KIND_DIR/node-cni.sh" "$REPO_ROOT/images/oci.py" "$REPO_ROOT/images/pause/pause.c"
     cat "$0"
