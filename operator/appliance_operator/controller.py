@@ -298,11 +298,14 @@ class Controller:
                 warm = f"claimed {len(claimed)} in {(time.perf_counter() - began) * 1e3:.0f} ms"
         if self.pools is not None and job.job.spec.pool and memory.secret_ready:
             began = time.perf_counter()
-            delivered, trouble = self._deliver(job, pods, memory, pool)
+            delivered, trouble, first = self._deliver(job, pods, memory, pool)
             problem = trouble or problem
             if delivered:
                 spent = (time.perf_counter() - began) * 1e3
-                warm += f"{', ' if warm else ''}delivered {delivered} in {spent:.0f} ms"
+                warm += (
+                    f"{', ' if warm else ''}delivered {delivered} in {spent:.0f} ms "
+                    f"(first answer after {first * 1e3:.0f} ms)"
+                )
         created, create_failed = self._create_pods(job, steps, memory)
         created = [*claimed, *created]
         problem = problem or create_failed
@@ -395,10 +398,10 @@ class Controller:
 
     def _deliver(
         self, job: JobView, pods: Sequence[PodView], memory: JobMemory, pool: PoolSnapshot | None
-    ) -> tuple[int, bool]:
+    ) -> tuple[int, bool, float]:
         """Send the snapshot to the job's adopted workers not confirmed yet (in parallel);
         a worker it cannot reach is deleted, so the job replaces it. (How many were
-        delivered to, whether there was a problem.)"""
+        delivered to, whether there was a problem, seconds until the first answer.)"""
         assert self.pools is not None
         observed = merge_observed(pods, memory, time.monotonic())
         todo = [
@@ -407,16 +410,22 @@ class Controller:
             if p.owner_uid == job.uid and p.warm and not p.confirmed and p.active and p.ip
         ]
         if not todo:
-            return 0, False
+            return 0, False, 0.0
         prepared = self.pools.prepare_delivery(job, pool_uid_of(pool), memory.fresh_secret)
         if isinstance(prepared, str):
             logger.warning("[%s/%s] cannot deliver claims: %s", job.namespace, job.name, prepared)
-            return 0, True
+            return 0, True, 0.0
         context, text, env_hash = prepared
         pools = self.pools
-        problems = list(
-            self._pool.map(lambda p: pools.deliver_one(job, p, context, text, env_hash), todo)
-        )
+        began = time.perf_counter()
+
+        def deliver(pod: PodView) -> tuple[str, float]:
+            issue = pools.deliver_one(job, pod, context, text, env_hash)
+            return issue, time.perf_counter() - began
+
+        answers = list(self._pool.map(deliver, todo))
+        problems = [issue for issue, _ in answers]
+        first = min(seconds for _, seconds in answers)
         now = time.monotonic()
         failed = False
         for pod, issue in zip(todo, problems, strict=True):
@@ -427,7 +436,7 @@ class Controller:
             failed = True
             self._warn(job, memory, "ClaimNotDelivered", f"worker pod {pod.name}: {issue}")
             self._delete_pods(job, [pod], memory)
-        return sum(1 for issue in problems if not issue), failed
+        return sum(1 for issue in problems if not issue), failed, first
 
     def _observe_env_applied(
         self, job: JobView, pods: Sequence[PodView], steps: Plan, memory: JobMemory
