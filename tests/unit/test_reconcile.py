@@ -6,6 +6,8 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from appliance_operator.desired import WorkerId
 from appliance_operator.observe import PodView, attempt_of, job_view, pod_view
 from appliance_operator.reconcile import (
@@ -467,3 +469,30 @@ def test_pod_view_of_stuck_and_disrupted_pods() -> None:
     tracked["metadata"]["finalizers"] = ["appliance.dev/worker-tracking"]
     view = pod_view(tracked)
     assert view is not None and view.tracked
+
+
+KUBELET_STUCK = (  # container waiting reasons of a worker that will not start by itself
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "ErrImageNeverPull",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+    "CrashLoopBackOff",
+)
+
+
+@pytest.mark.parametrize("reason", KUBELET_STUCK)
+def test_every_stuck_reason_is_a_condition_naming_the_pod(reason: str) -> None:
+    """What the kubelet reports in a container's waiting state for a worker that cannot start
+    (a missing Secret or ConfigMap key: CreateContainerConfigError, and the others) reaches the
+    job's WorkersReady condition with the pod, instead of a silent Pending."""
+    waiting = {"waiting": {"reason": reason, "message": f"details of {reason}"}}
+    view = pod_view(pod_dict("Pending", containerStatuses=[{"name": "worker", "state": waiting}]))
+    assert view is not None and view.waiting == reason
+    step = run([pod(0), dataclasses.replace(view, uid="u-stuck")])
+    assert step.status is not None
+    cond = step.status.condition("WorkersReady")
+    assert cond is not None and (cond.status, cond.reason) == ("False", reason)
+    assert "demo-worker-1-2" in cond.message and f"details of {reason}" in cond.message
