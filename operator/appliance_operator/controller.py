@@ -66,6 +66,17 @@ EVENT_MESSAGE_LIMIT = 1024
 AWAITING_STATUS_DELAY = 1.0
 
 
+@dataclass(frozen=True)
+class StatusWrite:
+    """Our last status write, until the watch shows it."""
+
+    #: the job versions the cache may still show that are older than this write: the one it
+    #: was planned on and those our earlier writes in a row produced
+    older: frozenset[str]
+    status: ExecuteJobStatus
+    version: str  # the job version the write produced
+
+
 @dataclass
 class JobMemory:
     uid: str
@@ -77,10 +88,7 @@ class JobMemory:
     deleted: dict[str, float] = field(default_factory=dict)  # pod uid -> when
     released: dict[str, float] = field(default_factory=dict)  # pod uid -> finalizer removed
     confirmed: dict[str, float] = field(default_factory=dict)  # pod uid -> claim delivered
-    #: Our last status write until the watch shows it: (the job versions the cache may still
-    #: show that are older than that write: the one planned on and those our earlier writes
-    #: produced; the status written; the job version the write produced).
-    written: tuple[frozenset[str], ExecuteJobStatus, str] | None = None
+    written: StatusWrite | None = None
     last_write: datetime | None = None
     retries: int = 0
     last_warning: str = ""
@@ -230,14 +238,11 @@ class Controller:
 
     def _inputs(self, job: JobView, pods: Sequence[PodView], memory: JobMemory) -> Inputs:
         observed = merge_observed(pods, memory, time.monotonic())
-        previous = None
-        if memory.written is not None:
-            if job.resource_version in memory.written[0]:
-                previous = memory.written[1]  # the watch has not shown our write yet
-            else:
-                # The cache shows our last write, or a later version, which holds it: every
-                # status write is preconditioned on the version it was planned on.
-                memory.written = None
+        pending = self._pending(job, memory)
+        if pending is None:
+            # The cache shows our last write, or a later version, which holds it: every
+            # status write is preconditioned on the version it was planned on.
+            memory.written = None
         return Inputs(
             job=job,
             pods=observed,
@@ -248,18 +253,16 @@ class Controller:
             ),
             now=self.clock(),
             last_status_write=memory.last_write,
-            previous=previous,
+            previous=pending.status if pending is not None else None,
             replica_failure=memory.replica_condition,
             pool_condition=memory.pool_condition,
         )
 
     @staticmethod
-    def _version(job: JobView, memory: JobMemory) -> str:
-        """The job version a status write applies to: the one our last write produced while
-        the watch has not shown it, else the cached one."""
-        if memory.written is not None and job.resource_version in memory.written[0]:
-            return memory.written[2]
-        return job.resource_version
+    def _pending(job: JobView, memory: JobMemory) -> StatusWrite | None:
+        """Our last status write while the cached job is older than it, else None."""
+        written = memory.written
+        return written if written is not None and job.resource_version in written.older else None
 
     def _reconcile(
         self,
@@ -652,7 +655,10 @@ class Controller:
     def _write_status(self, job: JobView, status: ExecuteJobStatus, memory: JobMemory) -> bool:
         """Write the status, preconditioned on the job version it was planned on (a stale
         cache gets 409 and is retried, never writes counts or conditions backwards)."""
-        version = self._version(job, memory)
+        # On the version our last write produced while the watch has not shown it, else on
+        # the cached one.
+        pending = self._pending(job, memory)
+        version = pending.version if pending is not None else job.resource_version
         try:
             answer = self.api.patch_job_status(
                 job.namespace, job.name, status_patch(status), resource_version=version
@@ -662,12 +668,10 @@ class Controller:
                 return False
             raise  # 409: the cache was stale; the retry plans on the newer version
         new_version = str((answer.get("metadata") or {}).get("resourceVersion") or "")
-        older = frozenset({job.resource_version})
-        if memory.written is not None and job.resource_version in memory.written[0]:
-            # Writes in a row before the watch shows the first: the cache may next show any
-            # of the versions they produced, all older than this one.
-            older = memory.written[0] | {memory.written[2]}
-        memory.written = (older, status, new_version)
+        # Writes in a row before the watch shows the first: the cache may next show any of
+        # the versions they produced, all older than this one.
+        older = (pending.older if pending is not None else frozenset()) | {version}
+        memory.written = StatusWrite(older, status, new_version)
         memory.last_write = self.clock()
         return True
 
