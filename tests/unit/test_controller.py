@@ -154,9 +154,14 @@ def controller(api: FakeApi) -> Controller:
 
 
 def views(api: FakeApi, phase: str = "Running", ready: bool = True) -> list[PodView]:
+    return pods_in(api, dict.fromkeys(api.pods, phase), ready=ready)
+
+
+def pods_in(api: FakeApi, phases: dict[str, str], ready: bool = False) -> list[PodView]:
+    """The pods as the API server has them now (finalizers included), in these phases."""
     out = []
-    for created in api.pods.values():
-        body = json.loads(json.dumps(created))
+    for name, phase in phases.items():
+        body = json.loads(json.dumps(api.pods[name]))
         body["status"] = {
             "phase": phase,
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
@@ -199,18 +204,6 @@ def test_reconcile_on_a_stale_cache_repeats_nothing(api: FakeApi) -> None:
     assert api.calls == []
 
 
-def _pods_now(api: FakeApi, phases: dict[str, str]) -> list[PodView]:
-    """The pods as the API server has them now (finalizers included), in these phases."""
-    out = []
-    for name, phase in phases.items():
-        body = json.loads(json.dumps(api.pods[name]))
-        body["status"] = {"phase": phase}
-        view = pod_view(body)
-        assert view is not None
-        out.append(view)
-    return out
-
-
 def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeApi) -> None:
     """Two workers succeed in two reconciles before the watch shows the job again; it then
     shows the version of the first count only. The second worker, counted and released, is
@@ -220,9 +213,9 @@ def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeAp
     ctl.reconcile(KEY, job_body(), [])  # pods created, status written: version 11
     first, second = "demo-worker-0", "demo-worker-1"
     stale = job_body()  # the watch still shows version 10
-    ctl.reconcile(KEY, stale, _pods_now(api, {first: "Succeeded", second: "Running"}))
+    ctl.reconcile(KEY, stale, pods_in(api, {first: "Succeeded", second: "Running"}))
     assert api.released == [first]
-    ctl.reconcile(KEY, stale, _pods_now(api, {first: "Succeeded", second: "Succeeded"}))
+    ctl.reconcile(KEY, stale, pods_in(api, {first: "Succeeded", second: "Succeeded"}))
     assert api.released == [first, second]
     assert api.statuses[-1]["succeeded"] == 2 and api.job_version == 13
     # The watch now shows version 12: the status with only the first count.
@@ -231,13 +224,13 @@ def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeAp
     shown["status"] = {k: v for k, v in api.statuses[-2].items() if v is not None}
     assert shown["status"]["succeeded"] == 1
     writes = len(api.statuses)
-    ctl.reconcile(KEY, shown, _pods_now(api, {first: "Succeeded", second: "Succeeded"}))
+    ctl.reconcile(KEY, shown, pods_in(api, {first: "Succeeded", second: "Succeeded"}))
     assert sorted(api.pods) == [first, second]  # no second run of a succeeded worker
     assert all(s["succeeded"] == 2 for s in api.statuses[writes:])
     # Once the watch shows the last write, the cache is the truth again.
     shown["metadata"]["resourceVersion"] = str(api.job_version)
     shown["status"] = {k: v for k, v in api.statuses[-1].items() if v is not None}
-    ctl.reconcile(KEY, shown, _pods_now(api, {first: "Succeeded", second: "Succeeded"}))
+    ctl.reconcile(KEY, shown, pods_in(api, {first: "Succeeded", second: "Succeeded"}))
     assert sorted(api.pods) == [first, second]
     assert api.statuses[-1]["phase"] == "Succeeded"
 
