@@ -6,14 +6,17 @@ list the worker attempts, read or follow one attempt's log, delete); everything 
 is written here once, so the local and the Kubernetes backend behave the same.
 
 **The Ctrl-C rule.** A ``KeyboardInterrupt`` (Ctrl-C; a notebook's *Interrupt kernel*) during
-``wait()`` or log streaming, with the default ``on_interrupt="delete"``, deletes the job
-(its workers are stopped), says so on stderr and re-raises. A second Ctrl-C during that clean-up
-is ignored (it takes seconds at most). ``on_interrupt="keep"`` leaves the job running and
-prints how to follow it again or delete it; ``"ask"`` asks once on a terminal (anything but
-"n" deletes; without a terminal it deletes). A job that had already finished is left as it
-is (nothing is running; its logs stay). Cancelling ``wait_async``/``stream_logs_async``
-(``task.cancel()``, ``asyncio.wait_for``) only stops waiting: the job keeps running and a line
-on stderr says so; ``async with job:`` deletes it on the way out.
+``wait()`` or log streaming, with the default ``on_interrupt="delete"``, deletes the job (its
+workers are stopped), says so on stderr and re-raises. A second Ctrl-C during that clean-up is
+ignored (it takes seconds at most). ``on_interrupt="keep"`` leaves the job running and prints
+how to follow it again or delete it; ``"ask"`` asks once on a terminal (anything but "n"
+deletes; without a terminal it deletes). A job that had already finished is left as it is
+(nothing is running; its logs stay). A Ctrl-C while the body of a ``for`` loop over a follow
+stream runs is raised in that body, where the stream's generator is not running: the job keeps
+running (``with job:`` deletes it however the block is left). Cancelling
+``wait_async``/``stream_logs_async`` (``task.cancel()``, ``asyncio.wait_for``) only stops
+waiting: the job keeps running and a line on stderr says so; ``async with job:`` deletes it on
+the way out.
 """
 
 from __future__ import annotations

@@ -377,8 +377,19 @@ print("submitted", flush=True)
 if mode == "wait":
     job.wait()
 elif mode == "stream":
+    # A Ctrl-C lands where the program is: in this loop's body it is raised in the body (a
+    # generator's frame is not running then). So the test interrupts only once this thread is
+    # back inside the stream, which this profile hook marks: the stream's first wait for a line
+    # after one was printed.
+    printed, marker = [], pidfile + ".in-stream"
+    def back_in_stream(frame, event, arg):
+        if printed and event == "call" and frame.f_code.co_qualname == "_LogStream.get":
+            open(marker, "w").close()
+            sys.setprofile(None)
+    sys.setprofile(back_in_stream)
     for line in job.logs(follow=True):
         print(line, flush=True)
+        printed.append(line)
 elif mode == "keep":
     try:
         job.wait(on_interrupt="keep")
@@ -463,8 +474,10 @@ def test_ctrl_c_deletes_the_job_and_stops_its_workers(
         assert client.proc.stdout is not None
         deadline = time.monotonic() + 30
         while "[t-sigint-worker-0]" not in client.proc.stdout.readline():
-            # inside the stream once a line of the worker came through it
+            # a line of the worker came through the stream
             assert client.proc.poll() is None and time.monotonic() < deadline
+        marker = client.pidfile.with_name(client.pidfile.name + ".in-stream")
+        wait_until(marker.exists, what="the client back inside the stream")
     code, _, err = client.interrupt()
     assert code in (-signal.SIGINT, 130), err
     assert "KeyboardInterrupt" in err
