@@ -2,18 +2,23 @@
 
     python -m appliance_operator --all-namespaces --liveness http://0.0.0.0:8080/healthz
     python -m appliance_operator --namespace ml --namespace ml-dev --metrics-port 9090
+    python -m appliance_operator --namespace '!kube-*'   # cluster-wide, minus kube-*
 
-Equivalent: ``kopf run --standalone -m appliance_operator.handlers [-n NS | -A]`` with the
-options below set through APPLIANCE_OPERATOR_* variables.
+Equivalent: ``kopf run --standalone -m appliance_operator.handlers [-n NAME | -A]`` with the
+options below set through APPLIANCE_OPERATOR_* variables, for plain names only: globs and
+exclusions are this command's (``scope.py`` says why kopf is not given them).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 
 from appliance_operator.handlers import Config
+from appliance_operator.scope import ScopeError, namespace_scope
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,7 +34,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NS",
-        help="watch this namespace (repeatable; kopf globs like 'ml-*' work)",
+        help=(
+            "serve this namespace (repeatable or comma-separated; globs like 'ml-*' and "
+            "exclusions like '!kube-*' watch cluster-wide and filter)"
+        ),
     )
     scope.add_argument(
         "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
@@ -64,11 +72,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--workers: must be at least 1")
     if args.resync_seconds <= 0:
         parser.error("--resync-seconds: must be positive")
+    try:
+        args.scope = namespace_scope(args.namespace)
+    except ScopeError as exc:
+        parser.error(str(exc))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # `kill -USR1 <pid>`: every thread's Python stack to stderr (the log), for a stuck
+    # operator; the tests do it when a test that ran one fails.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     import kopf
 
     from appliance_operator import handlers
@@ -79,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             metrics_address=args.metrics_address,
             resync_seconds=args.resync_seconds,
+            scope=args.scope,
         )
     )
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
@@ -88,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
+        clusterwide=args.scope.clusterwide,
+        namespaces=args.scope.kopf_namespaces,
         liveness_endpoint=args.liveness,
     )
     return 0

@@ -45,6 +45,7 @@ from appliance_operator.metrics import Metrics
 from appliance_operator.observe import PodView, pod_view
 from appliance_operator.poolcontroller import PoolController, PoolKey, PoolSnapshot
 from appliance_operator.poolplan import PoolPodView, pool_pod_view
+from appliance_operator.scope import NamespaceScope
 from appliance_operator.workqueue import QueueShutDownError, WorkQueue
 from cerebras_appliance.api import (
     AWAITING_VALUES_ANNOTATION,
@@ -70,6 +71,8 @@ class Config:
     metrics_port: int = 8081  # 0: no metrics endpoint
     metrics_address: str = "0.0.0.0"  # a pod's port, scraped by Prometheus
     resync_seconds: float = 60.0
+    #: The namespaces served (``--namespace``); kopf may watch more (scope.py).
+    scope: NamespaceScope = field(default_factory=NamespaceScope)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Config:
@@ -131,6 +134,11 @@ class _Runtime:
 _runtime: _Runtime | None = None
 
 
+def _serves(namespace: str | None) -> bool:
+    """Whether objects of this namespace are the operator's (it may watch more)."""
+    return _config is None or _config.scope.serves(namespace)
+
+
 # -- settings --------------------------------------------------------------------------------
 
 
@@ -167,7 +175,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
 
 @kopf.index("v1", "pods", labels=MANAGED)
 def worker_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[JobKey, PodView]:
-    view = pod_view(body)
+    view = pod_view(body) if _serves(namespace) else None
     return {} if view is None else {(namespace or "", view.job_name): view}
 
 
@@ -187,6 +195,8 @@ _JOB_META = (
 def execute_jobs(
     body: kopf.Body, namespace: str | None, name: str, **_: Any
 ) -> dict[JobKey, dict[str, Any]]:
+    if not _serves(namespace):
+        return {}
     meta = body.get("metadata", {})
     metadata: dict[str, Any] = {k: copy.deepcopy(meta[k]) for k in _JOB_META if k in meta}
     awaiting = (meta.get("annotations") or {}).get(AWAITING_VALUES_ANNOTATION)
@@ -205,7 +215,7 @@ def execute_jobs(
 
 @kopf.index("v1", "pods", labels=POOL_PODS)
 def pool_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[PoolKey, PoolPodView]:
-    view = pool_pod_view(body)
+    view = pool_pod_view(body) if _serves(namespace) else None
     return {} if view is None else {(namespace or "", view.pool): view}
 
 
@@ -213,6 +223,8 @@ def pool_pods(body: kopf.Body, namespace: str | None, **_: Any) -> dict[PoolKey,
 def worker_pools(
     body: kopf.Body, namespace: str | None, name: str, **_: Any
 ) -> dict[PoolKey, dict[str, Any]]:
+    if not _serves(namespace):
+        return {}
     meta = body.get("metadata", {})
     record = {
         "apiVersion": body.get("apiVersion"),
@@ -236,11 +248,14 @@ def _enqueue(key: JobKey) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def job_event(namespace: str | None, name: str, **_: Any) -> None:
-    _enqueue((namespace or "", name))  # not blocking: a set and a deque
+    if _serves(namespace):
+        _enqueue((namespace or "", name))  # not blocking: a set and a deque
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED)
 async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+    if not _serves(namespace):
+        return
     job_name = labels.get(JOB_NAME_LABEL)
     if job_name:
         _enqueue((namespace or "", job_name))
@@ -251,7 +266,7 @@ async def pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) 
 
 @kopf.on.event(GROUP, VERSION, POOL_PLURAL)
 async def pool_event(namespace: str | None, name: str, **_: Any) -> None:
-    if _runtime is not None:
+    if _runtime is not None and _serves(namespace):
         _runtime.pool_queue.add((namespace or "", name))
 
 

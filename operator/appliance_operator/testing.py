@@ -20,6 +20,8 @@ from pathlib import Path
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
 _LOG_TAIL = 3000
+#: How faulthandler starts each thread of a stack dump.
+STACK_MARK = "(most recent call first)"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,6 +101,16 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def dump_stacks(self, timeout: float = 5.0) -> None:
+        """Have the running operator write every thread's stack to its log (SIGUSR1)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        before = self.log().count(STACK_MARK)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while self.log().count(STACK_MARK) <= before and time.monotonic() < deadline:
+            time.sleep(0.05)  # poll interval of a bounded wait
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` and wait for the process to end (SIGKILL: no clean-up at all)."""

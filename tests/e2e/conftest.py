@@ -70,6 +70,7 @@ CommandError = _it.CommandError
 # Same fixtures as the integration tests; here `namespace` uses the e2e `cluster` below.
 wait_until_fixture = _it.wait_until_fixture
 namespace = _it.namespace
+pytest_runtest_makereport = _it.pytest_runtest_makereport
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from appliance_operator.testing import OperatorProcess
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPTS = REPO_ROOT / "hack" / "cluster"
 STATE_DIR = Path(os.environ.get("APPLIANCE_OPERATOR_CLUSTER_DIR") or REPO_ROOT / ".cluster")
@@ -57,6 +59,24 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if here in item.path.parents:
             item.add_marker(pytest.mark.integration)
+
+
+#: Lines of an operator's log a failed test's report shows (its tmp dir may be gone by then).
+REPORT_LOG_LINES = 150
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that ran an operator reports where the operator's threads were (a stack
+    dump) and the end of its log."""
+    report = yield
+    if report.when == "call" and report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, OperatorProcess) and value.proc is not None:
+                value.dump_stacks()
+                tail = "\n".join(value.log().splitlines()[-REPORT_LOG_LINES:])
+                report.sections.append((f"operator log ({value.log_path.name}, end)", tail))
+    return report
 
 
 def versions() -> dict[str, str]:

@@ -8,8 +8,10 @@ import kopf
 import pytest
 from kopf._cogs.structs import references
 
+from appliance_operator import handlers
 from appliance_operator.__main__ import parse_args
 from appliance_operator.handlers import Config, configure_settings, execute_jobs, worker_pods
+from appliance_operator.scope import namespace_scope
 
 
 def resource(group: str, version: str, plural: str) -> references.Resource:
@@ -67,6 +69,28 @@ def test_indexers_reduce_objects_to_what_the_loop_needs() -> None:
     assert record["spec"] == job["spec"] and record["spec"] is not job["spec"]
 
 
+def test_objects_of_namespaces_not_served_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Watched cluster-wide for a glob or exclusion: other namespaces' objects are neither
+    indexed nor enqueued."""
+    monkeypatch.setattr(handlers, "_config", Config(scope=namespace_scope(["!kube-*"])))
+    pod = {
+        "metadata": {
+            "name": "demo-worker-0",
+            "uid": "u",
+            "labels": {
+                "app.kubernetes.io/managed-by": "appliance-operator",
+                "appliance.dev/job-name": "demo",
+                "appliance.dev/worker-index": "0",
+            },
+        },
+    }
+    job = {"metadata": {"name": "demo"}, "spec": {"image": "i", "entrypoint": "a.py"}}
+    assert worker_pods(kopf.Body(pod), namespace="kube-system") == {}
+    assert execute_jobs(kopf.Body(job), namespace="kube-system", name="demo") == {}
+    assert list(worker_pods(kopf.Body(pod), namespace="ml")) == [("ml", "demo")]
+    assert list(execute_jobs(kopf.Body(job), namespace="ml", name="demo")) == [("ml", "demo")]
+
+
 def test_config_from_environment() -> None:
     config = Config.from_env(
         {"APPLIANCE_OPERATOR_WORKERS": "3", "APPLIANCE_OPERATOR_METRICS_PORT": "0"}
@@ -80,6 +104,9 @@ def test_command_line() -> None:
     assert args.namespace == ["ml", "ml-dev"] and not args.all_namespaces
     assert args.metrics_port == 9100
     assert parse_args([]).namespace == []  # default: every namespace
+    assert parse_args(["-n", "!kube-*"]).scope.clusterwide  # kopf gets no glob (scope.py)
+    with pytest.raises(SystemExit):
+        parse_args(["-n", "ml,,x"])
     with pytest.raises(SystemExit):
         parse_args(["-n", "ml", "--all-namespaces"])
     with pytest.raises(SystemExit):
