@@ -258,6 +258,14 @@ def kubernetes(opts: argparse.Namespace) -> None:
                 file=sys.stderr,
                 flush=True,
             )
+    except BaseException:
+        # Before the namespace goes: what the operator said (the failure is usually there).
+        log = subprocess.run(
+            ["kubectl", "logs", "-n", ns, "deploy/appliance-operator", "--tail", "60"],
+            check=False, capture_output=True, text=True,
+        )  # fmt: skip
+        print(f"operator log (end):\n{log.stdout}{log.stderr}", file=sys.stderr)
+        raise
     finally:
         subprocess.run(["helm", "uninstall", "appliance-operator", "--namespace", ns],
                        check=False, capture_output=True)  # fmt: skip
