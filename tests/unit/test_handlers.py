@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import kopf
 import pytest
@@ -43,8 +44,9 @@ def test_settings() -> None:
     assert settings.watching.client_timeout > settings.watching.server_timeout
 
 
-def test_indexers_reduce_objects_to_what_the_loop_needs() -> None:
-    pod = {
+def worker_pod() -> dict[str, Any]:
+    """Worker 0 of job ``demo``, as the API server returns it (the fields the index reads)."""
+    return {
         "metadata": {
             "name": "demo-worker-0",
             "uid": "u",
@@ -56,6 +58,10 @@ def test_indexers_reduce_objects_to_what_the_loop_needs() -> None:
         },
         "status": {"phase": "Running"},
     }
+
+
+def test_indexers_reduce_objects_to_what_the_loop_needs() -> None:
+    pod = worker_pod()
     (key, view), *_ = worker_pods(kopf.Body(pod), namespace="ml").items()
     assert key == ("ml", "demo") and view.name == "demo-worker-0" and view.attempt == 0
     job = {
@@ -70,20 +76,10 @@ def test_indexers_reduce_objects_to_what_the_loop_needs() -> None:
 
 
 def test_objects_of_namespaces_not_served_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Watched cluster-wide for a glob or exclusion: other namespaces' objects are neither
-    indexed nor enqueued."""
+    """Watched cluster-wide for a glob or exclusion: other namespaces' objects are not indexed
+    (the event handlers ask the same ``_serves`` before enqueueing)."""
     monkeypatch.setattr(handlers, "_config", Config(scope=namespace_scope(["!kube-*"])))
-    pod = {
-        "metadata": {
-            "name": "demo-worker-0",
-            "uid": "u",
-            "labels": {
-                "app.kubernetes.io/managed-by": "appliance-operator",
-                "appliance.dev/job-name": "demo",
-                "appliance.dev/worker-index": "0",
-            },
-        },
-    }
+    pod = worker_pod()
     job = {"metadata": {"name": "demo"}, "spec": {"image": "i", "entrypoint": "a.py"}}
     assert worker_pods(kopf.Body(pod), namespace="kube-system") == {}
     assert execute_jobs(kopf.Body(job), namespace="kube-system", name="demo") == {}
