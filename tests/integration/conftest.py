@@ -68,12 +68,12 @@ REPORT_LOG_LINES = 150
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """A failed test that ran an operator reports where the operator's threads were (a stack
-    dump) and the end of its log."""
+    dump, if it still runs) and the end of its log (also when it has exited)."""
     report = yield
     if report.when == "call" and report.failed:
         for value in getattr(item, "funcargs", {}).values():
-            if isinstance(value, OperatorProcess) and value.proc is not None:
-                value.dump_stacks()
+            if isinstance(value, OperatorProcess):
+                value.dump_stacks()  # nothing to do for one that is not running
                 tail = "\n".join(value.log().splitlines()[-REPORT_LOG_LINES:])
                 report.sections.append((f"operator log ({value.log_path.name}, end)", tail))
     return report
