@@ -706,10 +706,16 @@ def test_operator_works_with_exactly_the_charts_rbac(
             ("delete", "pods"),
         ]:
             assert made.get(call, 0) >= 1, f"the operator never made {call}: {made}"
+        # A 409 is not a refusal: the status patch carries a resourceVersion precondition, and
+        # the test's own suspend patch can land between the operator's read and its write, so
+        # the operator gets a conflict and retries on the fresh object (the phase above shows
+        # the retry landed). Every other code means the chart's RBAC or the API refused a call.
         errors = [
             line
             for line in scrape.splitlines()
-            if line.startswith("appliance_operator_api_errors_total{") and not line.endswith(" 0.0")
+            if line.startswith("appliance_operator_api_errors_total{")
+            and not line.endswith(" 0.0")
+            and 'code="409"' not in line
         ]
         assert not errors, f"API calls refused or failed: {errors}"
     finally:
