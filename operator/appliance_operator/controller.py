@@ -160,6 +160,7 @@ class Controller:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         create_workers: int = MAX_CREATE_BATCH,
         pools: PoolController | None = None,
+        background_events: bool = False,
     ) -> None:
         self.api = api
         self.pools = pools
@@ -168,12 +169,23 @@ class Controller:
         self._lock = threading.Lock()
         self._memory: dict[JobKey, JobMemory] = {}
         self._pool = ThreadPoolExecutor(max_workers=create_workers, thread_name_prefix="create")
+        # With background_events (the operator's setting), Events are posted in order on a
+        # thread of their own: a reconcile does not wait ~10-20 ms per Event before the job's
+        # next reconcile can start (a warm job's delivery waits on its claim reconcile).
+        self._events = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
+            if background_events
+            else None
+        )
         # Events name the reporting operator: its pod (downward API, set by the chart), else
         # the host name (a pod's host name is its name, except with hostNetwork).
         self._instance = os.environ.get("POD_NAME") or socket.gethostname()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._events is not None:
+            # Best effort like every Event: the one being posted finishes, queued ones go.
+            self._events.shutdown(wait=False, cancel_futures=True)
 
     # -- memory --------------------------------------------------------------------------
 
@@ -759,14 +771,18 @@ class Controller:
             "reportingComponent": desired.MANAGED_BY,
             "reportingInstance": self._instance,
         }
+        if self._events is None:
+            self._send_event(namespace, name, event.reason, body)
+        else:
+            self._events.submit(self._send_event, namespace, name, event.reason, body)
+
+    def _send_event(self, namespace: str, name: str, reason: str, body: dict[str, Any]) -> None:
         try:
             self.api.create_event(namespace, body)
         except ApiError as exc:
             if namespace_terminating(exc):
                 return
-            logger.warning(
-                "[%s/%s] could not post event %s: %s", namespace, name, event.reason, exc
-            )
+            logger.warning("[%s/%s] could not post event %s: %s", namespace, name, reason, exc)
 
 
 def _awaiting_values(job: JobView) -> bool:

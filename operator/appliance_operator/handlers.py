@@ -434,7 +434,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
     api_client = await asyncio.to_thread(_api_client)
     kube = KubeApi(api_client, metrics)
     pools = PoolController(kube, metrics)
-    controller = Controller(kube, metrics, pools=pools)
+    controller = Controller(kube, metrics, pools=pools, background_events=True)
     rt = _Runtime(
         config=config,
         controller=controller,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,8 @@ import pytest
 from appliance_operator.controller import Controller, status_patch
 from appliance_operator.kubeapi import ApiError
 from appliance_operator.metrics import Metrics
-from appliance_operator.observe import PodView, pod_view
+from appliance_operator.observe import PodView, job_view, pod_view
+from appliance_operator.reconcile import Event
 from cerebras_appliance import envfile
 from cerebras_appliance.api import ExecuteJobStatus
 
@@ -192,6 +194,40 @@ def test_first_reconcile_makes_secret_pods_status_once(api: FakeApi) -> None:
     env_cond = next(c for c in status["conditions"] if c["type"] == "EnvResolved")
     assert env_cond["status"] == "True"
     assert api.events[0]["reason"] == "CreatedWorkers"
+
+
+class SlowEvents(FakeApi):
+    """Posting an Event blocks until the test lets it through (an API server under load)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.let_through = threading.Event()
+        self.posted = threading.Condition()
+
+    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+        assert self.let_through.wait(timeout=30), "the test never let the Event through"
+        with self.posted:
+            super().create_event(namespace, body)
+            self.posted.notify_all()
+
+
+def test_background_events_do_not_hold_up_the_reconcile() -> None:
+    """The operator's setting: a reconcile returns while its Events are still being posted
+    (the job's next reconcile can start), and they arrive afterwards, in order."""
+    api = SlowEvents()
+    user_secret(api)
+    ctl = Controller(api, Metrics(), clock=lambda: NOW, background_events=True)  # type: ignore[arg-type]
+    try:
+        ctl.reconcile(KEY, job_body(), [])  # returns although no Event can be posted yet
+        assert ("patch", "executejobs/status") in api.calls
+        assert api.events == []
+        ctl._post_event(job_view(job_body()), Event("Warning", "Second", "after the first"))
+        api.let_through.set()
+        with api.posted:
+            assert api.posted.wait_for(lambda: len(api.events) == 2, timeout=30), api.events
+        assert [e["reason"] for e in api.events] == ["CreatedWorkers", "Second"]
+    finally:
+        ctl.close()
 
 
 def test_reconcile_on_a_stale_cache_repeats_nothing(api: FakeApi) -> None:
