@@ -170,8 +170,8 @@ class Controller:
         self._memory: dict[JobKey, JobMemory] = {}
         self._pool = ThreadPoolExecutor(max_workers=create_workers, thread_name_prefix="create")
         # With background_events (the operator's setting), Events are posted in order on a
-        # thread of their own: a reconcile does not wait ~10-20 ms per Event before the job's
-        # next reconcile can start (a warm job's delivery waits on its claim reconcile).
+        # thread of their own: a reconcile does not wait an API round trip per Event before the
+        # job's next reconcile can start (a warm job's delivery waits on its claim reconcile).
         self._events = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="events")
             if background_events
