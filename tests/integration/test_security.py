@@ -293,14 +293,26 @@ CHILD = textwrap.dedent(
     app.build_job("loader.py", 1, list(environ.tracked().items()))
     kube.KubernetesJob("warm", sys.argv[1], {{}})._custom.list_namespaced_custom_object(
         "appliance.dev", "v1alpha1", sys.argv[1], "executejobs", limit=1)
+    # Each step of create() says when it begins, so the parent can aim a kill at it.
+    def marked(step, original):
+        def call(self, *args, **kwargs):
+            print(f"{{step}} {{time.perf_counter() - started:.4f}}", flush=True)
+            return original(self, *args, **kwargs)
+        return call
+    for step, method in {STEPS!r}.items():
+        setattr(kube.KubernetesJob, method, marked(step, getattr(kube.KubernetesJob, method)))
     print("ready", flush=True)
     name = sys.stdin.readline().strip()
     started = time.perf_counter()
+    print("submit 0", flush=True)
     app.submit("loader.py", replicas=2, name=name, backend="kubernetes",
                namespace=sys.argv[1], template={template!r}, environ=environ)
     print(f"done {{time.perf_counter() - started:.4f}}", flush=True)
     """
 )
+# The steps of KubernetesJob.create, in order, by the method that begins each.
+STEPS = {"job": "_create_job", "values": "_write_values", "release": "_release"}
+ORDER = ("submit", *STEPS, "done")
 
 
 def _spawn(namespace: str, kubeconfig: str, script: Path) -> subprocess.Popen[str]:
@@ -320,6 +332,19 @@ def _ready(proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
     return proc
 
 
+def _markers(proc: subprocess.Popen[str], until: str) -> dict[str, float]:
+    """Read the child's step markers up to ``until`` (or its end): {step: seconds since go}."""
+    assert proc.stdout is not None
+    seen: dict[str, float] = {}
+    while until not in seen and "done" not in seen:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        step, elapsed = line.split()
+        seen[step] = float(elapsed)
+    return seen
+
+
 def test_sigkill_during_submit_leaves_no_ownerless_secret(
     cluster: Cluster,
     namespace: str,
@@ -328,14 +353,19 @@ def test_sigkill_during_submit_leaves_no_ownerless_secret(
     wait_until: WaitUntil,
 ) -> None:
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(template=NOWHERE))
-    # How long one submit() takes here: the kill points are spread over it.
-    # The next child starts while one submits (and is killed): runs do not wait for imports,
-    # and the calibration submit runs alongside a starting child too.
+    script.write_text(CHILD.format(template=NOWHERE, STEPS=STEPS))
+    # How long each step of one submit() takes here. The next child starts while one submits
+    # (and is killed): runs do not wait for imports, and the calibration runs beside one too.
     proc = _ready(_spawn(namespace, cluster.kubeconfig, script))
     upcoming = _spawn(namespace, cluster.kubeconfig, script)
-    out, _ = proc.communicate("calibrate\n", timeout=60)
-    duration = float(out.split()[-1])
+    assert proc.stdin is not None
+    proc.stdin.write("calibrate\n")
+    proc.stdin.flush()
+    times = _markers(proc, "done")
+    proc.wait(timeout=60)
+    assert list(times) == list(ORDER), times
+    took = {step: times[ORDER[i + 1]] - times[step] for i, step in enumerate(ORDER[:-1])}
+    duration = times["done"]
     runs = int(os.environ.get("APPLIANCE_SIGKILL_RUNS", "40"))
     rng = random.Random(int(os.environ.get("APPLIANCE_SIGKILL_SEED", str(time.time_ns()))))
     for i in range(runs):
@@ -345,8 +375,11 @@ def test_sigkill_during_submit_leaves_no_ownerless_secret(
         assert proc.stdin is not None
         proc.stdin.write(f"k{i}\n")
         proc.stdin.flush()
-        # The kill point itself (not a synchronisation): anywhere in [0, 1.3 x submit()].
-        time.sleep(rng.uniform(0, duration * 1.3))
+        # Aim at one step, taking turns: once the child says it begins, the kill point itself
+        # (not a synchronisation) is anywhere in [0, 1.3 x that step's calibrated time].
+        step = ORDER[i % (len(ORDER) - 1)]
+        _markers(proc, step)
+        time.sleep(rng.uniform(0, took[step] * 1.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         assert proc.stdout is not None
