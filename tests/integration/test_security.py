@@ -332,6 +332,21 @@ def _ready(proc: subprocess.Popen[str]) -> subprocess.Popen[str]:
     return proc
 
 
+def _go(proc: subprocess.Popen[str], name: str) -> None:
+    """Tell a ready child to submit its job, named ``name``."""
+    assert proc.stdin is not None
+    proc.stdin.write(f"{name}\n")
+    proc.stdin.flush()
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Wait for a child that ended or was killed, and close its pipes."""
+    proc.wait(timeout=30)
+    assert proc.stdout is not None and proc.stdin is not None
+    proc.stdout.close()
+    proc.stdin.close()
+
+
 def _markers(proc: subprocess.Popen[str], until: str) -> dict[str, float]:
     """Read the child's step markers up to ``until`` (or its end): {step: seconds since go}."""
     assert proc.stdout is not None
@@ -358,13 +373,12 @@ def test_sigkill_during_submit_leaves_no_ownerless_secret(
     # (and is killed): runs do not wait for imports, and the calibration runs beside one too.
     proc = _ready(_spawn(namespace, cluster.kubeconfig, script))
     upcoming = _spawn(namespace, cluster.kubeconfig, script)
-    assert proc.stdin is not None
-    proc.stdin.write("calibrate\n")
-    proc.stdin.flush()
+    _go(proc, "calibrate")
     times = _markers(proc, "done")
-    proc.wait(timeout=60)
+    _reap(proc)
     assert list(times) == list(ORDER), times
-    took = {step: times[ORDER[i + 1]] - times[step] for i, step in enumerate(ORDER[:-1])}
+    aims = ORDER[:-1]  # every step but the end
+    took = {step: times[ORDER[i + 1]] - times[step] for i, step in enumerate(aims)}
     duration = times["done"]
     runs = int(os.environ.get("APPLIANCE_SIGKILL_RUNS", "40"))
     rng = random.Random(int(os.environ.get("APPLIANCE_SIGKILL_SEED", str(time.time_ns()))))
@@ -372,19 +386,14 @@ def test_sigkill_during_submit_leaves_no_ownerless_secret(
         proc = _ready(upcoming)
         if i + 1 < runs:
             upcoming = _spawn(namespace, cluster.kubeconfig, script)
-        assert proc.stdin is not None
-        proc.stdin.write(f"k{i}\n")
-        proc.stdin.flush()
+        _go(proc, f"k{i}")
         # Aim at one step, taking turns: once the child says it begins, the kill point itself
         # (not a synchronisation) is anywhere in [0, 1.3 x that step's calibrated time].
-        step = ORDER[i % (len(ORDER) - 1)]
+        step = aims[i % len(aims)]
         _markers(proc, step)
         time.sleep(rng.uniform(0, took[step] * 1.3))
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        assert proc.stdout is not None
-        proc.stdout.close()
-        proc.stdin.close()
+        _reap(proc)
 
     custom = client.CustomObjectsApi(cluster.api_client)
     core = client.CoreV1Api(cluster.api_client)
