@@ -25,7 +25,6 @@ import sys
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -501,7 +500,10 @@ def _signal_group(pid: int, signum: int) -> None:
         os.killpg(pid, signum)
 
 
-_live_jobs: weakref.WeakSet[LocalJob] = weakref.WeakSet()
+#: Every job this process submitted and has not deleted, held strongly: a handle the caller
+#: dropped (``app.submit(...)`` without keeping it) must still be stopped at exit, since its
+#: workers are subprocesses that outlive a garbage-collected handle (a ``WeakSet`` lost them).
+_live_jobs: set[LocalJob] = set()
 
 
 def find_local_job(name: str) -> LocalJob | None:

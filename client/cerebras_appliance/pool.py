@@ -23,7 +23,6 @@ import signal
 import subprocess
 import sys
 import threading
-import weakref
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,7 +248,8 @@ class LocalPool:
         return PoolWorker(name=name, proc=proc, claim_fd=write_end, idle_file=idle_file)
 
 
-_live_pools: weakref.WeakSet[LocalPool] = weakref.WeakSet()
+#: Every pool not closed yet, held strongly (like ``local._live_jobs``): closed at exit.
+_live_pools: set[LocalPool] = set()
 
 
 @atexit.register

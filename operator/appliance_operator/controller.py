@@ -426,7 +426,9 @@ class Controller:
         ]
         if not todo:
             return 0, False, 0.0
-        prepared = self.pools.prepare_delivery(job, pool_uid_of(pool), memory.fresh_secret)
+        prepared = self.pools.prepare_delivery(
+            job, pool_uid_of(pool), memory.env_hash or "", memory.fresh_secret
+        )
         if isinstance(prepared, str):
             logger.warning("[%s/%s] cannot deliver claims: %s", job.namespace, job.name, prepared)
             return 0, True, 0.0
@@ -500,13 +502,18 @@ class Controller:
             )
             return False
         resolved = job.status.condition(ENV_RESOLVED) if job.status is not None else None
-        if resolved is not None and resolved.status == "True":
+        recorded = job.status.env_hash if job.status is not None else None
+        if resolved is not None and resolved.status == "True" and recorded:
             # Written before (by us, or by the operator before a restart): the snapshot is
-            # the one in <job>-env, even if a Secret it referenced is gone since.
+            # the one in <job>-env, even if a Secret it referenced is gone since; trusted
+            # only with the hash our status recorded (docs/security.md, "<job>-env").
             existing = self.api.read_secret(job.namespace, name)
-            if existing is not None and job.uid in _owner_uids(existing):
+            if existing is not None:
+                found = desired.trusted_env_snapshot(existing, job.uid, env_hash=recorded)
+                if isinstance(found, str):
+                    return self._untrusted_secret(job, memory, name, found)
                 memory.secret_ready = True
-                memory.env_hash = _hash_of(existing)
+                memory.env_hash = found.env_hash
                 memory.env_condition = resolved
                 return True
 
@@ -538,7 +545,14 @@ class Controller:
                 return None  # gone meanwhile: create it next time
             meta = existing.get("metadata") or {}
             labels = meta.get("labels") or {}
-            if job.uid not in _owner_uids(existing):
+            if job.uid in _owner_uids(existing):
+                # Ours from before a restart, or made by someone else to inject variables:
+                # used only when it holds exactly the snapshot just resolved.
+                found = desired.trusted_env_snapshot(existing, job.uid, env=pairs)
+                if isinstance(found, str):
+                    return self._untrusted_secret(job, memory, name, found)
+                env_hash = found.env_hash
+            else:
                 ours = (
                     labels.get(desired.MANAGED_BY_LABEL) == desired.MANAGED_BY
                     and labels.get(desired.JOB_NAME_LABEL) == job.name
@@ -566,7 +580,6 @@ class Controller:
                 )
                 self._warn(job, memory, "SecretNameTaken", message)
                 return False
-            env_hash = _hash_of(existing)  # ours, written before: its key, its hash
         else:
             memory.fresh_secret = body
         memory.secret_ready = True
@@ -578,6 +591,20 @@ class Controller:
             message=f"{len(pairs)} variable(s) written to Secret {name} ({env_hash})",
         )
         return True
+
+    def _untrusted_secret(self, job: JobView, memory: JobMemory, name: str, why: str) -> bool:
+        """An existing ``<job>-env`` the operator did not write (or cannot prove it did): the
+        job waits, its workers never mount it, and the user is told (no value is named)."""
+        message = (
+            f"Secret {name} is owned by this job but is not the snapshot the operator wrote "
+            f"({why}); someone who may create Secrets in this namespace made it. Delete it: "
+            "the operator then writes the job's snapshot there and the job starts"
+        )
+        memory.env_condition = Condition(
+            type=ENV_RESOLVED, status="False", reason="UntrustedSecret", message=message
+        )
+        self._warn(job, memory, "UntrustedSecret", message)
+        return False
 
     def _create_pods(self, job: JobView, steps: Plan, memory: JobMemory) -> tuple[list[str], bool]:
         """Create the planned pods in slow-start batches; (names created, whether one failed)."""
@@ -802,13 +829,6 @@ def _unseen(name: str, uid: str, job_name: str) -> PodView:
         phase="Pending",
         tracked=True,
     )
-
-
-def _hash_of(secret: Mapping[str, Any]) -> str | None:
-    """The keyed hash an env Secret was written with (its annotation)."""
-    annotations = (secret.get("metadata") or {}).get("annotations") or {}
-    value = annotations.get(desired.ENV_HASH_ANNOTATION)
-    return str(value) if value else None
 
 
 def _owner_uids(obj: Mapping[str, Any]) -> set[str]:

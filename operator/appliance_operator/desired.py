@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import hmac
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -148,6 +149,51 @@ def resolve_env(env: Sequence[EnvVar], read_secret: SecretReader) -> list[tuple[
     return pairs
 
 
+def trusted_env_snapshot(
+    secret: Mapping[str, Any] | None,
+    job_uid: str,
+    *,
+    env_hash: str | None = None,
+    env: Sequence[tuple[str, str]] | None = None,
+) -> envfile.Snapshot | str:
+    """The snapshot in an existing ``<job>-env`` when the operator may use it, else why not.
+
+    Anyone who may create Secrets in the namespace can create one named ``<job>-env`` and owned
+    by the job (a job's uid is readable by all who can read the job) before the operator writes
+    it. So an existing Secret is used only when it is provably the job's snapshot: immutable,
+    owned by the job, a well-formed env file whose hash is its values' HMAC under its own key,
+    and either carrying the hash the operator recorded (``env_hash``: the job's status, which
+    only the operator writes, or this process's memory) or holding exactly the values the
+    operator has just resolved itself (``env``). Names no value in what it returns as a reason.
+    """
+    if secret is None:
+        return "it does not exist"
+    meta = secret.get("metadata") or {}
+    owners = {
+        str(ref.get("uid")) for ref in meta.get("ownerReferences") or [] if ref.get("controller")
+    }
+    if job_uid not in owners:
+        return "it is not owned by this job"
+    if secret.get("immutable") is not True:
+        return "it is not immutable"
+    try:
+        text = base64.b64decode(
+            (secret.get("data") or {})[envfile.SECRET_KEY], validate=True
+        ).decode("utf-8")
+        snapshot = envfile.parse(text, "in the Secret")
+    except (KeyError, TypeError, binascii.Error, UnicodeDecodeError, envfile.EnvFileError):
+        return f"it holds no well-formed env file under key {envfile.SECRET_KEY!r}"
+    if not envfile.verify(snapshot):
+        return "its hash is not the HMAC of its values under its key"
+    if env_hash is not None and not hmac.compare_digest(snapshot.env_hash, env_hash):
+        return "its hash is not the one the operator recorded for this job"
+    if env is not None and snapshot.env != tuple(env):
+        return "its variables are not the ones the job's spec.env resolves to"
+    if env_hash is None and env is None:
+        return "there is nothing to check it against"
+    return snapshot
+
+
 # -- desired objects ------------------------------------------------------------------------
 
 
@@ -265,6 +311,9 @@ IDLE, CLAIMED = "idle", "claimed"
 #: On a claimed pod once its worker confirmed the snapshot over the claim channel: the
 #: snapshot's keyed hash (publishable, like the env-hash annotation; never a value).
 CLAIM_CONFIRMED_ANNOTATION = "appliance.dev/claim-confirmed"
+#: Beside it: the uid of the job whose claim the worker answered (its answer repeated the
+#: claim's job uid and nonce). A claimed pod is Ready only when this is its owner's uid.
+CLAIMED_FOR_ANNOTATION = "appliance.dev/claimed-for"
 CLAIM_TLS_VOLUME = "appliance-claim-tls"
 CLAIM_TLS_DIR = "/var/run/appliance/claim-tls"
 CLAIM_PORT = 7443
@@ -336,7 +385,7 @@ def pool_pod(pool: WorkerPool, uid: str, suffix: str) -> dict[str, Any]:
         "startupProbe": ready_file_probe(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    secret = {"secretName": worker_secret_name(name), "defaultMode": 0o444}
+    secret = {"secretName": worker_secret_name(name, uid), "defaultMode": 0o444}
     pod_spec = _pod_spec(tpl, container, {"name": CLAIM_TLS_VOLUME, "secret": secret})
     return {
         "apiVersion": "v1",
@@ -375,16 +424,23 @@ def claim_patch(
             },
             "ownerReferences": [owner_reference(job, uid)],
             "finalizers": [TRACKING_FINALIZER],
+            # A confirmation the pod may carry from before is not this job's: removed.
+            "annotations": {CLAIM_CONFIRMED_ANNOTATION: None, CLAIMED_FOR_ANNOTATION: None},
         }
     }
 
 
-def confirm_patch(env_hash: str) -> dict[str, Any]:
+def confirm_patch(env_hash: str, job_uid: str) -> dict[str, Any]:
     """The merge patch on an adopted pod once its worker accepted the snapshot ``env_hash``
-    over the claim channel (a cold worker carries the hash from its creation)."""
+    over the claim channel for the job ``job_uid`` (a cold worker carries the hash from its
+    creation)."""
     return {
         "metadata": {
-            "annotations": {ENV_HASH_ANNOTATION: env_hash, CLAIM_CONFIRMED_ANNOTATION: env_hash}
+            "annotations": {
+                ENV_HASH_ANNOTATION: env_hash,
+                CLAIM_CONFIRMED_ANNOTATION: env_hash,
+                CLAIMED_FOR_ANNOTATION: job_uid,
+            }
         }
     }
 

@@ -13,7 +13,6 @@ could have sent, since the pod was adopted before anything was sent.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import logging
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance_operator import desired, pooltls
+from appliance_operator import desired, poolnetwork, pooltls
 from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import JobView, PodView, pod_view
@@ -81,6 +80,8 @@ class PoolController:
         self._creds_ready: set[str] = set()  # pool uids whose claim Secrets exist
         self._created: dict[str, dict[str, float]] = {}  # pool uid -> pod name -> when
         self._claimed: dict[str, float] = {}  # pod uid -> when this process claimed it
+        # The claim port's NetworkPolicy in each pool's namespace (poolnetwork.py).
+        self.network = poolnetwork.PolicyKeeper(api, poolnetwork.source_from_os(), claim_port)
 
     # -- one pool ------------------------------------------------------------------------
 
@@ -92,6 +93,7 @@ class PoolController:
             for state in ("idle", "refilling", "claimed"):
                 with contextlib.suppress(KeyError):
                     self.metrics.pool_workers.remove(namespace, name, state)
+            self.network.forget(namespace, name)
             return None
         pool = _pool_of(body)
         if pool is None:
@@ -100,6 +102,7 @@ class PoolController:
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid") or "")
         self._ensure_credentials(namespace, pool, uid)
+        self.network.ensure(namespace, name, uid)
         seen = {p.name for p in pods}
         now = time.monotonic()
         with self._lock:
@@ -280,19 +283,25 @@ class PoolController:
         return choice, adopted
 
     def prepare_delivery(
-        self, job: JobView, pool_uid: str, written: Mapping[str, Any] | None = None
+        self,
+        job: JobView,
+        pool_uid: str,
+        env_hash: str,
+        written: Mapping[str, Any] | None = None,
     ) -> tuple[ssl.SSLContext, str, str] | str:
         """The operator's TLS context for the job's pool, the job's env file content and its
         hash (from ``<job>-env``, the very file a cold worker mounts: ``written``, the Secret
-        this reconcile created, else read back); or the problem."""
+        this reconcile created, else read back and sent only when it carries ``env_hash``, the
+        hash the controller wrote or verified: ``desired.trusted_env_snapshot``); or the
+        problem."""
         secret = written or self.api.read_secret(job.namespace, desired.env_secret_name(job.name))
-        meta = (secret or {}).get("metadata") or {}
-        if secret is None or job.uid not in {
-            str(r.get("uid")) for r in meta.get("ownerReferences") or []
-        }:
+        if secret is None:
             return "the job's env Secret is not there yet"
-        text = base64.b64decode((secret.get("data") or {})[envfile.SECRET_KEY]).decode("utf-8")
-        env_hash = str((meta.get("annotations") or {}).get(desired.ENV_HASH_ANNOTATION) or "")
+        found = desired.trusted_env_snapshot(secret, job.uid, env_hash=env_hash)
+        if isinstance(found, str):
+            return f"the job's env Secret is not the snapshot the operator wrote: {found}"
+        text = envfile.dumps(found.env, found.env_hash, found.env_key)
+        env_hash = found.env_hash
         try:
             context = self.context_for(job.namespace, job.job.spec.pool or "", pool_uid)
         except (pooltls.ClaimRefusedError, channel.ChannelError) as exc:

@@ -383,6 +383,112 @@ def test_someone_elses_secret_with_our_name_is_a_condition(api: FakeApi) -> None
     assert cond["reason"] == "SecretNameTaken" and "delete or rename it" in cond["message"]
 
 
+def forged_env_secret(env: list[tuple[str, str]]) -> dict[str, Any]:
+    """What anyone allowed to create Secrets in the namespace can make before the operator
+    writes ``<job>-env``: owned by the job (its uid is public), immutable, a self-consistent
+    env file (their own key, so its HMAC verifies) with the variables they chose."""
+    key, env_hash = envfile.seal(env)
+    content = envfile.dumps(env, env_hash, key)
+    return {
+        "metadata": {
+            "name": "demo-env",
+            "uid": "s-forged",
+            "labels": {
+                "app.kubernetes.io/managed-by": "appliance-operator",
+                "appliance.dev/job-name": "demo",
+            },
+            "annotations": {"appliance.dev/env-hash": env_hash},
+            "ownerReferences": [{"uid": UID, "controller": True}],
+        },
+        "immutable": True,
+        "data": {envfile.SECRET_KEY: base64.b64encode(content.encode()).decode()},
+    }
+
+
+INJECTED = [("DATA_ROOT", INLINE), ("TOKEN", SECRET_VALUE), ("LD_PRELOAD", "/tmp/evil.so")]
+
+
+def test_a_pre_created_env_secret_owned_by_the_job_is_not_trusted(api: FakeApi) -> None:
+    """Another user of the namespace pre-creates ``<job>-env`` to inject variables: the
+    create's 409 no longer means "ours from before a restart"."""
+    api.secrets["demo-env"] = forged_env_secret(INJECTED)
+    delay = controller(api).reconcile(KEY, job_body(), [])
+    assert api.pods == {}  # no worker mounts it
+    cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
+    assert cond["status"] == "False" and cond["reason"] == "UntrustedSecret"
+    assert "Delete it" in cond["message"] and "/tmp/evil.so" not in json.dumps(api.statuses)
+    (warning,) = [e for e in api.events if e["type"] == "Warning"]
+    assert warning["reason"] == "UntrustedSecret" and "/tmp/evil.so" not in warning["message"]
+    assert delay is not None  # retried: once the Secret is deleted, the job starts
+    del api.secrets["demo-env"]
+    api.job_version = 10  # a new process planning on the cached body (version "10")
+    controller(api).reconcile(KEY, job_body(), [])
+    snapshot = envfile.parse(
+        base64.b64decode(api.secrets["demo-env"]["data"][envfile.SECRET_KEY]).decode(), "env"
+    )
+    assert dict(snapshot.env) == {"DATA_ROOT": INLINE, "TOKEN": SECRET_VALUE}
+    assert len(api.pods) == 2
+
+
+def test_a_mutable_or_malformed_env_secret_is_not_trusted(api: FakeApi) -> None:
+    mutable = forged_env_secret([("DATA_ROOT", INLINE), ("TOKEN", SECRET_VALUE)])
+    mutable["immutable"] = False  # the right values now, any values after an update
+    api.secrets["demo-env"] = mutable
+    controller(api).reconcile(KEY, job_body(), [])
+    assert api.pods == {}
+    cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
+    assert cond["reason"] == "UntrustedSecret" and "not immutable" in cond["message"]
+
+
+def test_our_env_secret_from_before_a_restart_is_used(api: FakeApi) -> None:
+    """The operator wrote ``<job>-env`` and stopped before its status said so: the Secret
+    holds exactly the snapshot spec.env resolves to, so it is used (with its own hash)."""
+    controller(api).reconcile(KEY, job_body(), [])
+    written = api.secrets["demo-env"]
+    api.pods.clear()
+    api.statuses.clear()
+    api.job_version = 10
+    controller(api).reconcile(KEY, job_body(), [])  # a new process: 409, then checked
+    assert api.secrets["demo-env"] is written and len(api.pods) == 2
+    cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
+    assert cond["status"] == "True"
+    assert api.statuses[0]["envHash"] == written["metadata"]["annotations"]["appliance.dev/env-hash"]
+
+
+def restarted_body(env_hash: str) -> dict[str, Any]:
+    """The job as a restarted operator finds it: its status records the snapshot's hash."""
+    body = job_body()
+    body["status"] = {
+        "phase": "Running",
+        "envHash": env_hash,
+        "conditions": [
+            {
+                "type": "EnvResolved",
+                "status": "True",
+                "reason": "SnapshotWritten",
+                "message": "2 variable(s) written",
+                "lastTransitionTime": "2026-03-01T12:00:00Z",
+            }
+        ],
+    }
+    return body
+
+
+def test_after_a_restart_only_the_recorded_snapshot_is_trusted(api: FakeApi) -> None:
+    forged = forged_env_secret(INJECTED)
+    recorded = envfile.seal([("DATA_ROOT", INLINE), ("TOKEN", SECRET_VALUE)])[1]
+    api.secrets["demo-env"] = forged  # replaced: a hash the status does not record
+    controller(api).reconcile(KEY, restarted_body(recorded), [])
+    assert api.pods == {}
+    cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
+    assert cond["reason"] == "UntrustedSecret" and "recorded" in cond["message"]
+    api.statuses.clear()
+    api.job_version = 10
+    genuine = forged["metadata"]["annotations"]["appliance.dev/env-hash"]
+    controller(api).reconcile(KEY, restarted_body(genuine), [])  # the hash it recorded
+    assert len(api.pods) == 2 and ("create", "secrets") not in api.calls
+
+
 def test_refused_pod_is_reported_and_not_retried_for_every_replica(api: FakeApi) -> None:
     api.fail_pod_create = ApiError(422, "Invalid", 'Pod "demo-worker-0" is invalid: spec.volumes')
     ctl = controller(api)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -201,3 +205,55 @@ def test_base_environment_is_minimal() -> None:
     env = base_environment({"PATH": "/bin", "HOME": "/h", "SECRET": "x", "LANG": "C.UTF-8"})
     assert env == {"PATH": "/bin", "HOME": "/h", "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
     assert base_environment({})["PATH"] == os.defpath
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie is gone too: reaped by init once its parent (the submitter) has exited.
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    return True
+
+
+def test_a_dropped_handle_does_not_let_workers_outlive_the_interpreter(tmp_path: Path) -> None:
+    """``app.submit(...)`` without keeping the handle: the worker still stops at exit (a
+    ``WeakSet`` of live jobs lost the garbage-collected handle and left it running)."""
+    pid_file = tmp_path / "worker.pid"
+    loader = tmp_path / "forever.py"
+    loader.write_text(
+        "import os, sys, time\n"
+        f"open({str(pid_file)!r} + '.tmp', 'w').write(str(os.getpid()))\n"
+        f"os.rename({str(pid_file)!r} + '.tmp', {str(pid_file)!r})\n"
+        "time.sleep(600)\n"
+    )
+    submitter = tmp_path / "submit_and_drop.py"
+    submitter.write_text(
+        textwrap.dedent(
+            f"""
+            import gc, os, time
+            import cerebras_appliance as app
+            app.submit({str(loader)!r}, backend="local")   # the handle is dropped at once
+            gc.collect()
+            deadline = time.monotonic() + 60
+            while not os.path.exists({str(pid_file)!r}):   # the worker runs the user's code
+                assert time.monotonic() < deadline, "the worker never started"
+                time.sleep(0.01)
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(submitter)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    pid = int(pid_file.read_text())
+    try:
+        deadline = time.monotonic() + 30
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(pid), f"worker {pid} outlived the interpreter that submitted it"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
