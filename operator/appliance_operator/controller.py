@@ -532,11 +532,16 @@ class Controller:
         env_key, sealed = envfile.seal(pairs)
         body = desired.env_secret(job.job, job.uid, pairs, env_key, sealed)
         env_hash: str | None = sealed
+        size = desired.secret_size(body)
         try:
+            if size > desired.MAX_SECRET_BYTES:
+                return self._secret_refused(job, memory, name, None, size)
             self.api.create_secret(job.namespace, body)
         except ApiError as exc:
             if namespace_terminating(exc):
                 return None  # the job goes with its namespace
+            if exc.code in (400, 403, 413, 422):  # refused as it is: say why, retry slowly
+                return self._secret_refused(job, memory, name, exc.code, size)
             if exc.code != 409:
                 # The API's message could quote what was sent: report the code only.
                 raise ApiError(exc.code, exc.reason, f"creating Secret {name} failed") from None
@@ -591,6 +596,18 @@ class Controller:
             message=f"{len(pairs)} variable(s) written to Secret {name} ({env_hash})",
         )
         return True
+
+    def _secret_refused(
+        self, job: JobView, memory: JobMemory, name: str, code: int | None, size: int
+    ) -> bool:
+        """``<job>-env`` refused by the API server (or over its size limit): a condition and
+        a Warning naming the cause, instead of a silent retry."""
+        reason, message = desired.env_secret_refused(name, code, size)
+        memory.env_condition = Condition(
+            type=ENV_RESOLVED, status="False", reason=reason, message=message
+        )
+        self._warn(job, memory, reason, message)
+        return False
 
     def _untrusted_secret(self, job: JobView, memory: JobMemory, name: str, why: str) -> bool:
         """An existing ``<job>-env`` the operator did not write (or cannot prove it did): the

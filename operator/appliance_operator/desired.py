@@ -194,6 +194,39 @@ def trusted_env_snapshot(
     return snapshot
 
 
+#: The API server refuses a Secret whose values add up to more than 1 MiB (``MaxSecretSize``).
+MAX_SECRET_BYTES = 1024 * 1024
+
+
+def secret_size(body: Mapping[str, Any]) -> int:
+    """The bytes of a Secret's values, as the API server counts them against its limit."""
+    data = body.get("data") or {}
+    return sum(len(base64.b64decode(value)) for value in data.values())
+
+
+def env_secret_refused(name: str, code: int | None, size: int) -> tuple[str, str]:
+    """``(reason, message)`` for an env Secret the API server refuses (``code``, a 4xx) or would
+    refuse (``code`` None: over the size limit): the cause and the fix. Never the server's own
+    text, which could quote what was sent."""
+    if size > MAX_SECRET_BYTES:
+        return "SnapshotTooLarge", (
+            f"the job's resolved environment is {size} bytes, more than the "
+            f"{MAX_SECRET_BYTES} bytes a Secret may hold, so Secret {name} cannot be written; "
+            "send fewer or smaller variables (large data belongs in a file or a volume) "
+            "and submit the job again"
+        )
+    if code == 403:
+        return "SecretForbidden", (
+            f"the API server refused the operator creating Secret {name} (403 Forbidden); "
+            "grant the operator's ServiceAccount create on secrets in this namespace "
+            "(the chart's Role does: docs/security.md)"
+        )
+    return "SecretRefused", (
+        f"the API server refused Secret {name} ({code}); check the namespace's admission "
+        "policies (quotas on Secrets, validating webhooks), then the job is retried"
+    )
+
+
 # -- desired objects ------------------------------------------------------------------------
 
 

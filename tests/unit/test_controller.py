@@ -489,6 +489,44 @@ def test_after_a_restart_only_the_recorded_snapshot_is_trusted(api: FakeApi) -> 
     assert len(api.pods) == 2 and ("create", "secrets") not in api.calls
 
 
+def test_a_snapshot_over_the_secret_size_limit_is_a_condition_not_a_silent_retry() -> None:
+    api = FakeApi()
+    big = "x" * (700 * 1024)  # two of these resolve to more than a Secret may hold
+    for name in ("a", "b"):
+        api.secrets[name] = {
+            "metadata": {"name": name, "uid": f"s-{name}"},
+            "data": {"v": base64.b64encode(big.encode()).decode()},
+        }
+    env = [
+        {"name": f"BIG_{n.upper()}", "valueFrom": {"secretKeyRef": {"name": n, "key": "v"}}}
+        for n in ("a", "b")
+    ]
+    ctl = controller(api)
+    delay = ctl.reconcile(KEY, job_body(env=env), [])
+    assert ("create", "secrets") not in api.calls and api.pods == {}
+    cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
+    assert cond["status"] == "False" and cond["reason"] == "SnapshotTooLarge"
+    assert "1048576 bytes" in cond["message"] and "fewer or smaller" in cond["message"]
+    (warning,) = [e for e in api.events if e["type"] == "Warning"]
+    assert warning["reason"] == "SnapshotTooLarge" and big[:64] not in json.dumps(api.events)
+    assert delay is not None
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"), [(403, "SecretForbidden"), (422, "SecretRefused"), (413, "SecretRefused")]
+)
+def test_an_env_secret_the_api_server_refuses_is_a_condition(
+    api: FakeApi, code: int, reason: str
+) -> None:
+    api.fail_secret_create = ApiError(code, "Refused", f"secret data {INLINE} refused")
+    delay = controller(api).reconcile(KEY, job_body(), [])  # no exception: a status
+    assert api.pods == {}
+    cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
+    assert cond["status"] == "False" and cond["reason"] == reason and str(code) in cond["message"]
+    assert INLINE not in json.dumps(api.statuses) + json.dumps(api.events)
+    assert delay is not None and delay > 0
+
+
 def test_refused_pod_is_reported_and_not_retried_for_every_replica(api: FakeApi) -> None:
     api.fail_pod_create = ApiError(422, "Invalid", 'Pod "demo-worker-0" is invalid: spec.volumes')
     ctl = controller(api)
