@@ -138,7 +138,7 @@ def merge_observed(pods: Sequence[PodView], memory: JobMemory, now: float) -> li
         dataclasses.replace(
             p,
             terminating=p.terminating or p.uid in memory.deleted,
-            tracked=p.tracked and p.uid not in memory.released,
+            released=p.uid in memory.released,
             confirmed=p.confirmed or p.uid in memory.confirmed,
         )
         if p.uid in marked
@@ -415,8 +415,10 @@ class Controller:
         self, job: JobView, pods: Sequence[PodView], memory: JobMemory, pool: PoolSnapshot | None
     ) -> tuple[int, bool, float]:
         """Send the snapshot to the job's adopted workers not confirmed yet (in parallel);
-        a worker it cannot reach is deleted, so the job replaces it. (How many were
-        delivered to, whether there was a problem, seconds until the first answer.)"""
+        a worker it cannot reach, or that does not answer this claim, is deleted, and the
+        pool is claimed from no more until it answers a probe (``ClaimsDelivered=False``), so
+        the job replaces it with a cold worker. (How many were delivered to, whether there
+        was a problem, seconds until the first answer.)"""
         assert self.pools is not None
         observed = merge_observed(pods, memory, time.monotonic())
         todo = [
@@ -434,10 +436,11 @@ class Controller:
             return 0, True, 0.0
         context, text, env_hash = prepared
         pools = self.pools
+        pool_uid = pool_uid_of(pool)
         began = time.perf_counter()
 
         def deliver(pod: PodView) -> tuple[str, float]:
-            issue = pools.deliver_one(job, pod, context, text, env_hash)
+            issue = pools.deliver_one(job, pod, context, text, env_hash, pool_uid)
             return issue, time.perf_counter() - began
 
         answers = list(self._pool.map(deliver, todo))

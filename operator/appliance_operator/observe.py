@@ -16,6 +16,7 @@ from typing import Any
 from appliance_operator.desired import (
     ATTEMPT_LABEL,
     CLAIM_CONFIRMED_ANNOTATION,
+    CLAIMED_FOR_ANNOTATION,
     CONTAINER_NAME,
     JOB_NAME_LABEL,
     MANAGED_BY,
@@ -69,6 +70,10 @@ class PodView:
     terminating: bool = False
     finished_at: str = ""  # RFC 3339, when it terminated ("" while it has not)
     tracked: bool = False  # carries the tracking finalizer: its outcome is not counted yet
+    #: This process removed the finalizer and the watch does not show that yet (its memory:
+    #: ``controller.merge_observed``). Counted, but ``tracked`` stays what the watch shows,
+    #: so its uid stays in ``status.countedPods`` until the watch shows the finalizer gone.
+    released: bool = False
     disrupted: bool = False  # DisruptionTarget condition, or evicted by the kubelet
     waiting: str = ""  # why it cannot start (ImagePullBackOff, Unschedulable, ...)
     waiting_message: str = ""
@@ -139,7 +144,12 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
             waiting = str(stuck["reason"])
             waiting_message = str(stuck.get("message") or "")
     warm = POOL_NAME_LABEL in labels
-    confirmed = bool((meta.get("annotations") or {}).get(CLAIM_CONFIRMED_ANNOTATION))
+    annotations = meta.get("annotations") or {}
+    # Confirmed for this job only: the worker's answer named the job that owns the pod (a
+    # worker that took another's claim is never Ready as this job's).
+    confirmed = bool(annotations.get(CLAIM_CONFIRMED_ANNOTATION)) and (
+        owner is not None and annotations.get(CLAIMED_FOR_ANNOTATION) == owner
+    )
     return PodView(
         name=str(meta.get("name")),
         uid=str(meta.get("uid") or ""),
@@ -176,7 +186,7 @@ def attempt_of(pod: PodView, counted: frozenset[str] = frozenset()) -> Attempt:
         reason=pod.reason,
         stopping=pod.terminating,
         disrupted=pod.disrupted,
-        counted=not pod.tracked or pod.uid in counted,
+        counted=not pod.tracked or pod.released or pod.uid in counted,
         waiting=pod.waiting,
         waiting_message=pod.waiting_message,
         finished_at=pod.finished_at,

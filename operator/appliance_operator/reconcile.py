@@ -23,14 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Literal
 
 from appliance_operator.desired import WorkerId, pod_name
 from appliance_operator.observe import JobView, PodView, attempt_of, parse_time
 from appliance_operator.poolplan import POOL_CLAIM
 from cerebras_appliance.api import Condition, ExecuteJobStatus
-from cerebras_appliance.lifecycle import decide
+from cerebras_appliance.lifecycle import decide, time_until
 from cerebras_appliance.status import FAILED, WORKERS_READY, describe_failure, now_rfc3339
 
 #: The operator's own condition: was the env snapshot resolved and written to ``<job>-env``?
@@ -157,7 +157,7 @@ def plan(inputs: Inputs) -> Plan:
     mine = [p for p in inputs.pods if p.owner_uid == job.uid]
     if job.deleting:
         # The garbage collector removes what the job owns, once the finalizers are gone.
-        return Plan(release=tuple(p for p in mine if p.tracked))
+        return Plan(release=tuple(p for p in mine if p.tracked and not p.released))
     spec = job.job.spec
     previous = inputs.previous if inputs.previous is not None else job.status
     counted_before = frozenset(previous.counted_pods) if previous is not None else frozenset()
@@ -171,6 +171,9 @@ def plan(inputs: Inputs) -> Plan:
     )
     by_name = {p.name: p for p in mine}
     newly = [by_name[a.name] for a in decision.counted]
+    # A uid leaves countedPods only once the watch shows its pod without the finalizer (or
+    # gone): never on this process's memory of having removed it, which expires, while a
+    # lagging watch could still show the pod tracked and ended (counted twice).
     still_tracked = {p.uid for p in mine if p.tracked}
     counted_pods = [u for u in previous.counted_pods if u in still_tracked] if previous else []
     counted_pods += [p.uid for p in newly if p.uid not in counted_pods]
@@ -206,16 +209,18 @@ def plan(inputs: Inputs) -> Plan:
         create.append(WorkerId(index, number))
     delete = [by_name[a.name] for a in decision.stop]
     disrupted = {a.name for a in decision.disrupted}
-    release = [p for p in mine if p.tracked and (p.uid in counted_pods or p.name in disrupted)]
+    release = [
+        p
+        for p in mine
+        if p.tracked and not p.released and (p.uid in counted_pods or p.name in disrupted)
+    ]
 
     delete_job = False
     if status.finished and spec.ttl_seconds_after_finished is not None:
         finished = parse_time(status.completion_time) if status.completion_time else now
-        due = finished + timedelta(seconds=spec.ttl_seconds_after_finished)
-        if now >= due:
-            delete_job = True
-        else:
-            requeue.append((due - now).total_seconds())
+        delete_job, ttl_left = time_until(finished, spec.ttl_seconds_after_finished, now)
+        if ttl_left is not None:
+            requeue.append(ttl_left)
 
     # Adopted pool pods wait for the snapshot too (it is delivered from the Secret).
     undelivered = any(p.warm and not p.confirmed and p.active for p in mine)

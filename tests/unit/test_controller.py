@@ -271,6 +271,39 @@ def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeAp
     assert api.statuses[-1]["phase"] == "Succeeded"
 
 
+def test_a_watch_lagging_past_the_operators_memory_does_not_count_a_failure_twice(
+    api: FakeApi,
+) -> None:
+    """A counted pod's uid leaves ``countedPods`` only once the watch shows it without the
+    finalizer: the operator's record of having removed it expires (EXPECTATION_TTL), and a
+    watch lagging longer still shows the pod ended and tracked."""
+    ctl = controller(api)
+    ctl.reconcile(KEY, job_body(backoffLimit=5), [])
+    failed, running = "demo-worker-0", "demo-worker-1"
+    lagging = pods_in(api, {failed: "Failed", running: "Running"})  # the finalizer still on
+
+    def seen() -> dict[str, Any]:  # the job as the watch shows it after our last write
+        body = job_body(backoffLimit=5)
+        body["metadata"]["resourceVersion"] = str(api.job_version)
+        body["status"] = {k: v for k, v in api.statuses[-1].items() if v is not None}
+        return body
+
+    ctl.reconcile(KEY, seen(), lagging)  # counted, then its finalizer removed
+    assert api.statuses[-1]["failed"] == 1 and api.released == [failed]
+    for _ in range(2):
+        ctl.reconcile(KEY, seen(), [p for p in lagging if p.name == failed])
+        assert failed in {p.name for p in lagging}
+    counted_during_lag = api.statuses[-1]["countedPods"]
+    ctl._memory[KEY].released.clear()  # the memory has expired; the watch still lags
+    ctl.reconcile(KEY, seen(), lagging)
+    assert api.statuses[-1]["failed"] == 1, "the same failed pod was counted twice"
+    assert [e["reason"] for e in api.events].count("WorkerFailed") == 1
+    assert counted_during_lag == [lagging[0].uid]  # kept while the watch shows it tracked
+    # The watch catches up: the pod is shown without the finalizer, its uid is dropped.
+    ctl.reconcile(KEY, seen(), pods_in(api, {failed: "Failed"}))
+    assert api.statuses[-1]["countedPods"] == [] and api.statuses[-1]["failed"] == 1
+
+
 def test_a_status_planned_on_a_version_someone_else_replaced_is_refused(api: FakeApi) -> None:
     """Every status write is preconditioned on the version planned on: after another write
     (a second operator, a person), a plan made on the older cache is refused, not written."""
