@@ -485,7 +485,8 @@ def test_our_env_secret_from_before_a_restart_is_used(api: FakeApi) -> None:
     assert api.secrets["demo-env"] is written and len(api.pods) == 2
     cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
     assert cond["status"] == "True"
-    assert api.statuses[0]["envHash"] == written["metadata"]["annotations"]["appliance.dev/env-hash"]
+    recorded = written["metadata"]["annotations"]["appliance.dev/env-hash"]
+    assert api.statuses[0]["envHash"] == recorded
 
 
 def restarted_body(env_hash: str) -> dict[str, Any]:
