@@ -26,6 +26,11 @@ OWN_DOCKER_DATA=$CACHE_ROOT/docker
 kind_tools_key() { printf '%s\n' "$KIND_VERSION" "$CRICTL_VERSION" "$COREDNS_VERSION" "$GO_TOOLCHAIN" | sha256sum | cut -c1-16; }
 KIND_BIN_DIR=$KIND_CACHE/bin/$(kind_tools_key)
 KIND=$KIND_BIN_DIR/kind
+# kube-router (the node image's NetworkPolicy enforcer): a bin dir of its own, so that its
+# version changes nothing of the others' cache.
+kube_router_key() { printf '%s\n' "$KUBE_ROUTER_VERSION" "$GO_TOOLCHAIN" | sha256sum | cut -c1-16; }
+KUBE_ROUTER_BIN_DIR=$KIND_CACHE/kube-router/$(kube_router_key)
+KUBE_ROUTER=$KUBE_ROUTER_BIN_DIR/kube-router
 
 kind_module_dir() { # the sigs.k8s.io/kind module in the Go module cache (downloaded if needed)
   local go_bin

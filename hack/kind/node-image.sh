@@ -14,6 +14,9 @@
 #   CNI         kindnetd is not available: hack/kind/node-cni.sh in a DaemonSet (its image built
 #               here too) writes a ptp CNI config for the node's podCIDR and routes to the other
 #               nodes' podCIDRs
+#   policies    that pod network enforces no NetworkPolicy: kube-router's firewall alone
+#               (--run-router=false --run-service-proxy=false: iptables + ipset) in a DaemonSet
+#               (its binary from hack/kind/tools.sh, its image built here) does
 #
 # Usage: hack/kind/node-image.sh            build/import what is missing; print the image name
 #        hack/kind/node-image.sh --name     print the image name (computed; builds nothing)
@@ -24,7 +27,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 use_docker
 
-ROOTFS_PACKAGES=systemd,dbus,containerd,runc,containernetworking-plugins,iptables,nftables,jq,kmod,conntrack,iproute2,ethtool,mount,libseccomp2,pigz,ca-certificates,procps,e2fsprogs,socat,curl
+ROOTFS_PACKAGES=systemd,dbus,containerd,runc,containernetworking-plugins,iptables,ipset,nftables,jq,kmod,conntrack,iproute2,ethtool,mount,libseccomp2,pigz,ca-certificates,procps,e2fsprogs,socat,curl
 IMAGE_REPO=appliance-operator/kind-node
 t0=$SECONDS
 step() { log "node image: $* (t+$((SECONDS - t0))s)"; }
@@ -45,6 +48,7 @@ NODE_KEY=$(
 )
 NODE_IMAGE=$IMAGE_REPO:$KUBE_VERSION-$NODE_KEY
 NODE_CNI_IMAGE=localhost/appliance-operator/node-cni:$NODE_KEY
+KUBE_ROUTER_IMAGE=localhost/appliance-operator/kube-router:$KUBE_ROUTER_VERSION-$NODE_KEY
 if [[ ${1:-} == --name ]]; then echo "$NODE_IMAGE"; exit 0; fi
 [[ -z ${1:-} ]] || die "unknown argument: $1 (see the header of $0)"
 
@@ -236,6 +240,15 @@ WRAPPER
   layer_of "$nc" "$l/node-cni.tar"
   image "$NODE_CNI_IMAGE" '{"Entrypoint":["/usr/local/bin/node-cni"],'"$path"'}' \
     "$l/base.tar" "$l/iptables.tar" "$l/node-cni.tar"
+  # kube-router (its firewall: NetworkPolicy with iptables and ipset): the iptables layer, the
+  # node's ipset, and kube-router.
+  local kr=$l/kube-router
+  copy_progs "$root" "$kr" /usr/sbin/ipset
+  mkdir -p "$kr/usr/local/bin"
+  cp "$KUBE_ROUTER" "$kr/usr/local/bin/"
+  layer_of "$kr" "$l/kube-router.tar"
+  image "$KUBE_ROUTER_IMAGE" '{"Entrypoint":["/usr/local/bin/kube-router"],'"$path"'}' \
+    "$l/base.tar" "$l/iptables.tar" "$l/kube-router.tar"
 }
 
 # --- the node: rootfs + binaries + preloaded images + CNI -> docker import -----------------
@@ -245,7 +258,8 @@ build_node() {
   install -m 0755 "$KIND_BIN_DIR/crictl" "$root/usr/local/bin/crictl"
   # The CNI: kind applies /kind/manifests/default-cni.yaml when the cluster uses the default CNI.
   mkdir -p "$root/kind/manifests"
-  sed "s|@NODE_CNI_IMAGE@|$NODE_CNI_IMAGE|" >"$root/kind/manifests/default-cni.yaml" <<'MANIFEST'
+  sed -e "s|@NODE_CNI_IMAGE@|$NODE_CNI_IMAGE|" -e "s|@KUBE_ROUTER_IMAGE@|$KUBE_ROUTER_IMAGE|" \
+    >"$root/kind/manifests/default-cni.yaml" <<'MANIFEST'
 # The pod network of this node image (hack/kind/node-cni.sh in the repository that built it):
 # per node, a ptp CNI config for its podCIDR and routes to the other nodes' podCIDRs.
 apiVersion: v1
@@ -315,6 +329,92 @@ spec:
         hostPath: {path: /etc/cni/net.d, type: DirectoryOrCreate}
       - name: xtables-lock
         hostPath: {path: /run/xtables.lock, type: FileOrCreate}
+---
+# NetworkPolicy: the pod network above enforces none; kube-router's firewall (alone: no
+# routing, no service proxy) does, with iptables rules and ipsets on every node.
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: kube-router-firewall
+  namespace: kube-system
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: kube-router-firewall
+rules:
+# What its informers list and watch (it starts them all, whichever part runs).
+- apiGroups: [""]
+  resources: [pods, namespaces, nodes, services, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: kube-router-firewall
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: kube-router-firewall
+subjects:
+- kind: ServiceAccount
+  name: kube-router-firewall
+  namespace: kube-system
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: kube-router-firewall
+  namespace: kube-system
+  labels: {app: kube-router-firewall}
+spec:
+  selector:
+    matchLabels: {app: kube-router-firewall}
+  template:
+    metadata:
+      labels: {app: kube-router-firewall}
+    spec:
+      serviceAccountName: kube-router-firewall
+      hostNetwork: true
+      priorityClassName: system-node-critical
+      tolerations:
+      - operator: Exists
+      containers:
+      - name: kube-router
+        image: @KUBE_ROUTER_IMAGE@
+        imagePullPolicy: Never
+        args:
+        - --run-firewall=true
+        - --run-router=false
+        - --run-service-proxy=false
+        - --hostname-override=$(NODE_NAME)
+        - --service-cluster-ip-range=10.96.0.0/16
+        - --metrics-port=0
+        env:
+        - name: NODE_NAME
+          valueFrom:
+            fieldRef: {fieldPath: spec.nodeName}
+        securityContext:
+          privileged: true
+        readinessProbe:
+          httpGet: {host: 127.0.0.1, port: 20244, path: /healthz}
+          periodSeconds: 5
+        resources:
+          requests: {cpu: 10m, memory: 30Mi}
+        volumeMounts:
+        - {name: xtables-lock, mountPath: /run/xtables.lock}
+        - {name: lib-modules, mountPath: /lib/modules, readOnly: true}
+      volumes:
+      - name: xtables-lock
+        hostPath: {path: /run/xtables.lock, type: FileOrCreate}
+      - name: lib-modules
+        hostPath: {path: /lib/modules, type: DirectoryOrCreate}
 MANIFEST
   # No local-path provisioner image here: a default StorageClass for static volumes only.
   cat >"$root/kind/manifests/default-storage.yaml" <<'MANIFEST'
@@ -370,6 +470,7 @@ TOML
 step "binaries (hack/cluster/build.sh, hack/kind/tools.sh)"
 BIN=$(bash "$CLUSTER_DIR/build.sh" | tail -n 1)
 bash "$KIND_DIR/tools.sh" >/dev/null
+[[ -x $KUBE_ROUTER ]] || die "hack/kind/tools.sh did not build $KUBE_ROUTER"
 # The images kubeadm will ask for must be those preloaded.
 want=$("$BIN/kubeadm" config images list --kubernetes-version "$KUBE_VERSION" 2>/dev/null | sort)
 have=$(printf '%s\n' "registry.k8s.io/kube-apiserver:$KUBE_VERSION" "registry.k8s.io/kube-controller-manager:$KUBE_VERSION" \

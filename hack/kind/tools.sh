@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Build (once, cached) kind and what the locally built node image needs besides the cluster
-# binaries of hack/cluster/build.sh: crictl and CoreDNS. All from the Go module proxy with
-# `go install pkg@version` (their own go.mod/go.sum decide the dependencies).
+# binaries of hack/cluster/build.sh: crictl, CoreDNS and kube-router (its NetworkPolicy
+# firewall). All from the Go module proxy with `go install pkg@version` (their own
+# go.mod/go.sum decide the dependencies).
 #
 # Usage: hack/kind/tools.sh                 build what is missing; print the bin dir
 #        hack/kind/tools.sh --print-bindir  print the bin dir (built or not)
 #        hack/kind/tools.sh --kind-only     build kind only (enough where the node image is pulled)
-# The bin dir is $APPLIANCE_OPERATOR_CACHE/kind/bin/<hash of the versions>.
+# The bin dir is $APPLIANCE_OPERATOR_CACHE/kind/bin/<hash of the versions>; kube-router's is
+# $APPLIANCE_OPERATOR_CACHE/kind/kube-router/<hash of its version> ($KUBE_ROUTER, lib.sh).
 set -euo pipefail
 # shellcheck source=hack/kind/lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-want=(kind crictl coredns)
+want=(kind crictl coredns kube-router)
 case ${1:-} in
   --print-bindir) echo "$KIND_BIN_DIR"; exit 0 ;;
   --kind-only) want=(kind) ;;
@@ -19,8 +21,9 @@ case ${1:-} in
   *) die "unknown argument: $1 (see the header of $0)" ;;
 esac
 
+dir_of() { if [[ $1 == kube-router ]]; then echo "$KUBE_ROUTER_BIN_DIR"; else echo "$KIND_BIN_DIR"; fi; }
 missing=()
-for t in "${want[@]}"; do [[ -x $KIND_BIN_DIR/$t ]] || missing+=("$t"); done
+for t in "${want[@]}"; do [[ -x $(dir_of "$t")/$t ]] || missing+=("$t"); done
 if ((${#missing[@]} == 0)); then echo "$KIND_BIN_DIR"; exit 0; fi
 
 GO_BIN=$(find_go) || die "no Go toolchain found (put go on PATH or set GO=...); it builds ${missing[*]} once"
@@ -34,16 +37,19 @@ trap 'rm -rf "$STAGE"' EXIT
 
 t0=$SECONDS
 for t in "${missing[@]}"; do
-  [[ -x $KIND_BIN_DIR/$t ]] && continue
+  [[ -x $(dir_of "$t")/$t ]] && continue
   case $t in
     kind) pkg=sigs.k8s.io/kind@$KIND_VERSION ldflags="-s -w" ;;
     crictl) pkg=sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION
       ldflags="-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" ;;
     coredns) pkg=github.com/coredns/coredns@$COREDNS_VERSION ldflags="-s -w" ;;
+    kube-router) pkg=github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER_VERSION
+      ldflags="-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$KUBE_ROUTER_VERSION" ;;
   esac
-  log "building $t ($pkg; cold: kind <1 min, crictl ~1 min, coredns a few minutes on 2 cores) (t+$((SECONDS - t0))s)"
+  log "building $t ($pkg; cold: kind <1 min, crictl ~1 min, coredns and kube-router a few minutes each on 2 cores) (t+$((SECONDS - t0))s)"
   (cd "$STAGE" && GOBIN=$STAGE "$GO_BIN" install -trimpath -ldflags "$ldflags" "$pkg")
-  mv -f "$STAGE/$t" "$KIND_BIN_DIR/$t"
+  mkdir -p "$(dir_of "$t")"
+  mv -f "$STAGE/$t" "$(dir_of "$t")/$t"
 done
 "$KIND" version | grep -q "kind $KIND_VERSION " || die "kind does not report $KIND_VERSION: $("$KIND" version)"
 log "kind tools in $KIND_BIN_DIR (t+$((SECONDS - t0))s)"

@@ -133,6 +133,13 @@ else
   "$KUBECTL" --kubeconfig "$KUBECONFIG_COPY" wait --for=condition=Ready node --all \
     --timeout="${KIND_CREATE_WAIT:-300s}" >&2 || true
   healthy || die "kind cluster $NAME was created but its nodes are not all Ready (kind export logs --name $NAME)"
+  # The locally assembled node image enforces NetworkPolicy with kube-router's firewall
+  # (node-image.sh): ready on every node before anything relies on a policy.
+  if "$KUBECTL" --kubeconfig "$KUBECONFIG_COPY" -n kube-system get daemonset kube-router-firewall >/dev/null 2>&1; then
+    "$KUBECTL" --kubeconfig "$KUBECONFIG_COPY" -n kube-system rollout status daemonset/kube-router-firewall \
+      --timeout="${KIND_CREATE_WAIT:-300s}" >&2 ||
+      die "kube-router's firewall did not become ready on every node of $NAME (kubectl -n kube-system logs ds/kube-router-firewall)"
+  fi
   step "kind cluster $NAME up"
 fi
 if [[ -n $KUBECONFIG_OUT && $CREATED == 0 && ! $KUBECONFIG_OUT -ef $KUBECONFIG_COPY ]]; then

@@ -217,7 +217,6 @@ def test_default_render(helm: Helm) -> None:
         "ClusterRole",  # aggregated into view
         "ClusterRoleBinding",
         "Deployment",
-        "NetworkPolicy",  # only the operator reaches idle pool workers
         "Service",
         "ServiceAccount",
     ]
@@ -451,6 +450,7 @@ def test_rbac_is_least_privilege(helm: Helm) -> None:
         "appliance.dev/workerpools": {"list", "watch"},
         "appliance.dev/workerpools/status": {"patch"},
         "appliance.dev/workerpools/finalizers": {"update"},
+        "networking.k8s.io/networkpolicies": {"get", "create", "update"},
         "apiextensions.k8s.io/customresourcedefinitions": {"list", "watch"},
     }
     # Never list/watch secrets: that would hand every Secret of the cluster to the operator.
@@ -480,6 +480,8 @@ def _resource_key(resource: str) -> str:
     """ "pods" -> "/pods", "executejobs/status" -> "appliance.dev/executejobs/status"."""
     if resource.startswith(("executejobs", "workerpools")):
         return f"appliance.dev/{resource}"
+    if resource == "networkpolicies":
+        return f"networking.k8s.io/{resource}"
     return f"/{resource}"
 
 
@@ -685,30 +687,57 @@ def test_submit_example_prints_a_valid_job() -> None:
     assert "LOCAL_ONLY" not in proc.stdout.split('"env"')[1]  # set through os.environ only
 
 
-def test_network_policy_admits_only_the_operator_to_idle_pool_workers(helm: Helm) -> None:
-    docs = helm.template()
-    (policy,) = by_kind(docs, "NetworkPolicy")
-    deployment = one(docs, "Deployment")
-    spec = policy["spec"]
-    assert spec["podSelector"]["matchLabels"] == {
-        "app.kubernetes.io/managed-by": "appliance-operator",
-        "appliance.dev/pool-state": "idle",
-    }
-    assert spec["policyTypes"] == ["Ingress"]
-    (rule,) = spec["ingress"]
-    (peer,) = rule["from"]
-    operator_labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert peer["podSelector"]["matchLabels"].items() <= operator_labels.items()
-    assert peer["namespaceSelector"]["matchLabels"] == {
-        "kubernetes.io/metadata.name": policy["metadata"]["namespace"]
-    }
-    assert rule["ports"] == [{"protocol": "TCP", "port": 7443}]
-    ns_docs = helm.template(
-        "--set", "rbac.scope=namespace", "--set", "watchNamespaces={ml,research}"
+def _operator_env(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespace"])
+def test_network_policy_admits_only_the_operator_to_idle_pool_workers(
+    helm: Helm, scope: str
+) -> None:
+    """The operator makes the claim port's NetworkPolicy in each pool's namespace (any
+    namespace in cluster scope: defect 6 of issue 21): the chart tells it its namespace and
+    the labels of its pods, and grants it networkpolicies wherever it watches."""
+    from appliance_operator import poolnetwork
+
+    docs = helm.template("--set", f"rbac.scope={scope}")
+    assert not by_kind(docs, "NetworkPolicy"), "made by the operator where each pool is"
+    env = _operator_env(docs)
+    assert env[poolnetwork.NAMESPACE_VAR] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert poolnetwork.EXTRA_FROM_VAR not in env
+    source = poolnetwork.source_from_env(
+        {**{k: v for k, v in env.items() if isinstance(v, str)}, poolnetwork.NAMESPACE_VAR: "x"}
     )
-    assert sorted(p["metadata"]["namespace"] for p in by_kind(ns_docs, "NetworkPolicy")) == [
-        "ml",
-        "research",
-    ]
-    off = helm.template("--set", "workerPools.networkPolicy.enabled=false")
-    assert not by_kind(off, "NetworkPolicy")
+    assert source is not None
+    policy = poolnetwork.claim_policy("warm", "ml", "uid", source)
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    # The labels the policy admits select the operator's pods (and nothing narrower).
+    deploy = one(docs, "Deployment")
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert peer["podSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    role = one(docs, "ClusterRole" if scope == "cluster" else "Role")
+    if scope == "cluster":
+        role = next(
+            r
+            for r in by_kind(docs, "ClusterRole")
+            if r["metadata"]["name"] == f"{RELEASE}-appliance-operator"
+        )
+    granted = rules_by_resource(role["rules"])
+    assert granted["networking.k8s.io/networkpolicies"] == {"get", "create", "update"}
+
+    extra = [{"ipBlock": {"cidr": "10.1.0.0/16"}}]
+    with_extra = helm.template(
+        "--set-json", f"workerPools.networkPolicy.extraFrom={json.dumps(extra)}"
+    )
+    assert json.loads(_operator_env(with_extra)[poolnetwork.EXTRA_FROM_VAR]) == extra
+
+    off = helm.template(
+        "--set", f"rbac.scope={scope}", "--set", "workerPools.networkPolicy.enabled=false"
+    )
+    assert poolnetwork.NAMESPACE_VAR not in _operator_env(off)
+    assert poolnetwork.POD_LABELS_VAR not in _operator_env(off)
+    for r in [*by_kind(off, "ClusterRole"), *by_kind(off, "Role")]:
+        assert "networking.k8s.io/networkpolicies" not in rules_by_resource(r["rules"])

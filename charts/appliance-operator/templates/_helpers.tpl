@@ -115,4 +115,11 @@ a Role per namespace in namespace scope): exactly the calls of operator/applianc
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.workerPools.networkPolicy.enabled }}
+# The claim port's NetworkPolicy, one per WorkerPool (`<pool>-claim`, owned by the pool):
+# created, read back on a conflict, replaced when it is not the wanted one.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "update"]
+{{- end }}
 {{- end }}

@@ -1,0 +1,220 @@
+"""The claim port's NetworkPolicy (operator/appliance_operator/poolnetwork.py): its body, where
+the operator learns who it is, and the create / read back / replace steps.
+
+On kind, with the policy enforced: tests/e2e/test_network_policy_e2e.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from appliance_operator import poolnetwork
+from appliance_operator.kubeapi import ApiError
+from appliance_operator.poolnetwork import (
+    EXTRA_FROM_VAR,
+    NAMESPACE_VAR,
+    POD_LABELS_VAR,
+    PolicyConfigError,
+    PolicyKeeper,
+    PolicySource,
+    claim_policy,
+    is_current,
+    source_from_env,
+)
+
+OPERATOR_LABELS = "app.kubernetes.io/name=appliance-operator,app.kubernetes.io/instance=ops"
+ENV = {NAMESPACE_VAR: "ops-system", POD_LABELS_VAR: OPERATOR_LABELS}
+
+
+def source() -> PolicySource:
+    got = source_from_env(ENV)
+    assert got is not None
+    return got
+
+
+def test_the_policy_admits_only_the_operator_to_the_pools_idle_pods() -> None:
+    body = claim_policy("warm", "ml", "uid-1", source())
+    assert body["apiVersion"] == "networking.k8s.io/v1" and body["kind"] == "NetworkPolicy"
+    meta = body["metadata"]
+    assert meta["name"] == "warm-claim" and meta["namespace"] == "ml"
+    # Owned by the pool: deleted with it.
+    (owner,) = meta["ownerReferences"]
+    assert owner["kind"] == "WorkerPool" and owner["name"] == "warm"
+    assert owner["uid"] == "uid-1" and owner["controller"] is True
+    spec = body["spec"]
+    # Only this pool's idle pods: a claimed pod (the job's) is not selected any more.
+    assert spec["podSelector"] == {
+        "matchLabels": {
+            "app.kubernetes.io/managed-by": "appliance-operator",
+            "appliance.dev/pool-name": "warm",
+            "appliance.dev/pool-state": "idle",
+        }
+    }
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 7443}]
+    # One peer: pods with both labels AND in the operator's namespace (one peer with both
+    # selectors; two peers would admit either).
+    assert rule["from"] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ops-system"}},
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/instance": "ops",
+                    "app.kubernetes.io/name": "appliance-operator",
+                }
+            },
+        }
+    ]
+
+
+def test_extra_peers_are_added_after_the_operator() -> None:
+    extra = [{"ipBlock": {"cidr": "10.1.0.0/16"}}]
+    src = source_from_env({**ENV, EXTRA_FROM_VAR: json.dumps(extra)})
+    assert src is not None
+    (rule,) = claim_policy("warm", "ml", "u", src)["spec"]["ingress"]
+    assert rule["from"][1:] == extra
+
+
+def test_no_environment_no_policy() -> None:
+    assert source_from_env({}) is None
+    assert source_from_env({NAMESPACE_VAR: " ", POD_LABELS_VAR: ""}) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({NAMESPACE_VAR: "ops"}, POD_LABELS_VAR),
+        ({POD_LABELS_VAR: OPERATOR_LABELS}, NAMESPACE_VAR),
+        ({**ENV, POD_LABELS_VAR: "app=x,broken"}, POD_LABELS_VAR),
+        ({**ENV, POD_LABELS_VAR: "=x"}, POD_LABELS_VAR),
+        ({**ENV, EXTRA_FROM_VAR: "{not json"}, EXTRA_FROM_VAR),
+        ({**ENV, EXTRA_FROM_VAR: '{"ipBlock": {}}'}, EXTRA_FROM_VAR),
+        ({**ENV, EXTRA_FROM_VAR: "[{}]"}, EXTRA_FROM_VAR),
+    ],
+)
+def test_a_wrong_environment_names_the_variable(env: dict[str, str], names: str) -> None:
+    with pytest.raises(PolicyConfigError, match=names):
+        source_from_env(env)
+
+
+def test_is_current_wants_the_same_spec_and_this_pools_ownership() -> None:
+    wanted = claim_policy("warm", "ml", "uid-1", source())
+    assert is_current(copy.deepcopy(wanted), wanted)
+    older_pool = claim_policy("warm", "ml", "uid-0", source())
+    assert not is_current(older_pool, wanted)
+    opened = copy.deepcopy(wanted)
+    opened["spec"]["ingress"] = [{}]  # admits everyone
+    assert not is_current(opened, wanted)
+
+
+class FakeApi:
+    """The API server's create / get / update of NetworkPolicies (409 on an existing name,
+    the resourceVersion precondition of an update), counting calls."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[str] = []
+        self.version = 0
+        self.fail: ApiError | None = None
+
+    def create_network_policy(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append("create")
+        if self.fail:
+            raise self.fail
+        key = (namespace, body["metadata"]["name"])
+        if key in self.objects:
+            raise ApiError(409, "AlreadyExists", "exists")
+        return self._store(key, body)
+
+    def read_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.calls.append("get")
+        return copy.deepcopy(self.objects.get((namespace, name)))
+
+    def replace_network_policy(
+        self, namespace: str, name: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        self.calls.append("update")
+        current = self.objects[(namespace, name)]
+        if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", "changed")
+        return self._store((namespace, name), body)
+
+    def _store(self, key: tuple[str, str], body: dict[str, Any]) -> dict[str, Any]:
+        self.version += 1
+        stored = copy.deepcopy(body)
+        stored["metadata"]["resourceVersion"] = str(self.version)
+        self.objects[key] = stored
+        return stored
+
+
+def keeper(api: FakeApi, src: PolicySource | None) -> PolicyKeeper:
+    return PolicyKeeper(api, src)  # type: ignore[arg-type]
+
+
+def test_keeper_creates_once_per_pool_uid() -> None:
+    api = FakeApi()
+    k = keeper(api, source())
+    k.ensure("ml", "warm", "uid-1")
+    k.ensure("ml", "warm", "uid-1")
+    assert api.calls == ["create"]
+    assert (
+        api.objects[("ml", "warm-claim")]["spec"]
+        == (claim_policy("warm", "ml", "uid-1", source())["spec"])
+    )
+
+
+def test_keeper_replaces_a_policy_it_did_not_make_for_this_pool() -> None:
+    api = FakeApi()
+    # Pre-created under the pool's name, admitting everyone (or left by an older pool).
+    foreign = claim_policy("warm", "ml", "uid-0", source())
+    foreign["spec"]["ingress"] = [{}]
+    api._store(("ml", "warm-claim"), foreign)
+    k = keeper(api, source())
+    k.ensure("ml", "warm", "uid-1")
+    assert api.calls == ["create", "get", "update"]
+    stored = api.objects[("ml", "warm-claim")]
+    assert is_current(stored, claim_policy("warm", "ml", "uid-1", source()))
+    # Its own policy found again (a restarted operator): read back, nothing replaced.
+    api.calls.clear()
+    keeper(api, source()).ensure("ml", "warm", "uid-1")
+    assert api.calls == ["create", "get"]
+
+
+def test_keeper_retries_after_an_error_and_after_the_pool_is_forgotten() -> None:
+    api = FakeApi()
+    api.fail = ApiError(403, "Forbidden", "no networkpolicies")
+    k = keeper(api, source())
+    k.ensure("ml", "warm", "uid-1")  # logged, not raised: the pool still works (TLS)
+    api.fail = None
+    k.ensure("ml", "warm", "uid-1")
+    assert api.calls == ["create", "create"] and ("ml", "warm-claim") in api.objects
+    k.forget("ml", "warm")
+    del api.objects[("ml", "warm-claim")]  # gone with the pool
+    k.ensure("ml", "warm", "uid-2")
+    assert api.objects[("ml", "warm-claim")]["metadata"]["ownerReferences"][0]["uid"] == "uid-2"
+
+
+def test_keeper_without_a_source_makes_nothing() -> None:
+    api = FakeApi()
+    keeper(api, None).ensure("ml", "warm", "uid-1")
+    assert api.calls == []
+
+
+def test_the_pool_controller_keeps_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The PoolController reads the operator's environment (the chart's) at start."""
+    from appliance_operator.metrics import Metrics
+    from appliance_operator.poolcontroller import PoolController
+
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    controller = PoolController(FakeApi(), Metrics())  # type: ignore[arg-type]
+    assert controller.network.source == source()
+    monkeypatch.setenv(POD_LABELS_VAR, "broken")
+    with pytest.raises(PolicyConfigError, match=POD_LABELS_VAR):
+        PoolController(FakeApi(), Metrics())  # type: ignore[arg-type]
+    assert poolnetwork.policy_name("warm") == "warm-claim"
