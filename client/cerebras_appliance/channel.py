@@ -7,9 +7,11 @@ operator (subject CN :data:`OPERATOR_CN`). The operator checks the worker's cert
 same way (CN :data:`WORKER_CN`). TLS 1.3 only: both sides authenticated, the claim encrypted,
 and a recorded connection cannot be replayed (fresh session keys). The worker reads one
 length-prefixed claim, answers it, and closes its listener: a second (or replayed) claim finds
-no one listening. The handshake and framing are the standard library's ``ssl`` (OpenSSL);
-nothing here is hand-written cryptography. The operator's side (certificates, connecting) is
-``appliance_operator.pooltls``.
+no one listening. Connections are handshaken concurrently (a thread each, bounded), so silent
+peers cannot hold up the operator's claim. A probe frame (:data:`PROBE_KIND`) is answered
+without claiming: the operator checks with it that a pool's channel works. The handshake and
+framing are the standard library's ``ssl`` (OpenSSL); nothing here is hand-written
+cryptography. The operator's side (certificates, connecting) is ``appliance_operator.pooltls``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import socket
 import ssl
 import struct
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,12 @@ IO_TIMEOUT_SECONDS = 10.0
 CA_FILE = "ca.crt"
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
+#: At most this many connections are handshaken at once (each on a thread, each for at most
+#: :data:`IO_TIMEOUT_SECONDS`); more are closed at once.
+MAX_PENDING_CONNECTIONS = 128
+#: A probe: the operator checks that an idle worker's channel answers; it claims nothing.
+PROBE_KIND = "WorkerProbe"
+PROBE_ANSWER_KIND = "WorkerIdle"
 
 Reply = Callable[[Mapping[str, Any]], None]
 
@@ -130,7 +139,7 @@ class ClaimServer:
                 if family == socket.AF_INET6 and not host:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
                 sock.bind((address, port))
-                sock.listen(8)
+                sock.listen(64)
             except OSError as exc:
                 sock.close()
                 problem = exc
@@ -144,38 +153,114 @@ class ClaimServer:
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept()
+        with contextlib.suppress(OSError):
             self._sock.close()
 
     def accept_one(self) -> tuple[bytes, Reply]:
         """Wait for the first peer that is the operator and sends a claim; close the listener.
 
-        Connections that fail the handshake (no certificate, another CA, another name) or
-        break the framing are dropped and the wait goes on.
+        Each connection is handshaken on a thread of its own (at most
+        :data:`MAX_PENDING_CONNECTIONS` at once, each given :data:`IO_TIMEOUT_SECONDS`), so
+        peers that connect and stay silent delay no other connection: the operator's claim is
+        accepted while they hang. Connections that fail the handshake (no certificate, another
+        CA, another name) or break the framing are dropped and the wait goes on. A probe
+        (:data:`PROBE_KIND`, the operator checking that the channel answers) is answered and
+        the wait goes on. A claim arriving after the first is refused.
         """
-        while True:
-            raw, address = self._sock.accept()
-            raw.settimeout(IO_TIMEOUT_SECONDS)
+        taken: list[tuple[bytes, Reply]] = []
+        done = threading.Event()
+        lock = threading.Lock()
+        slots = threading.BoundedSemaphore(MAX_PENDING_CONNECTIONS)
+
+        def serve(raw: socket.socket, address: str) -> None:
             try:
-                conn = self._context.wrap_socket(raw, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                _log(f"refused a claim connection from {address[0]}: {type(exc).__name__}")
-                with contextlib.suppress(OSError):
-                    raw.close()
-                continue
-            if peer_common_name(conn) != OPERATOR_CN:
-                _log(f"refused a claim connection from {address[0]}: not the operator")
-                with contextlib.suppress(OSError):
-                    conn.close()
-                continue
-            try:
-                data = recv_frame(conn)
-            except (OSError, ChannelError) as exc:
-                _log(f"dropped a claim connection from {address[0]}: {exc}")
-                with contextlib.suppress(OSError):
-                    conn.close()
-                continue
-            self.close()  # one claim: nobody can connect again
-            return data, _replier(conn)
+                conn = self._handshake(raw, address)
+                if conn is None:
+                    return
+                while True:
+                    try:
+                        data = recv_frame(conn)
+                    except (OSError, ChannelError) as exc:
+                        _log(f"dropped a claim connection from {address}: {exc}")
+                        with contextlib.suppress(OSError):
+                            conn.close()
+                        return
+                    if not is_probe(data):
+                        break
+                    try:  # the channel answers; the worker stays idle
+                        send_frame(conn, json.dumps({"kind": PROBE_ANSWER_KIND}).encode())
+                    except OSError:
+                        with contextlib.suppress(OSError):
+                            conn.close()
+                        return
+                with lock:
+                    first = not taken and not done.is_set()
+                    if first:
+                        taken.append((data, _replier(conn)))
+                if first:
+                    done.set()
+                    self.close()  # one claim: nobody can connect again
+                    return
+                _replier(conn)({"accepted": False, "reason": "this worker is claimed already"})
+            finally:
+                slots.release()
+
+        def accept_loop() -> None:
+            while not done.is_set():
+                try:
+                    raw, address = self._sock.accept()
+                except OSError:
+                    break  # the listener was closed: a claim was taken
+                if done.is_set():
+                    with contextlib.suppress(OSError):
+                        raw.close()
+                    break
+                if not slots.acquire(blocking=False):
+                    _log(f"refused a claim connection from {address[0]}: too many pending")
+                    with contextlib.suppress(OSError):
+                        raw.close()
+                    continue
+                threading.Thread(
+                    target=serve, args=(raw, str(address[0])), name="claim-conn", daemon=True
+                ).start()
+            done.set()
+
+        acceptor = threading.Thread(target=accept_loop, name="claim-accept", daemon=True)
+        acceptor.start()
+        done.wait()
+        acceptor.join()
+        if not taken:
+            raise OSError("the claim listener closed without a claim")
+        return taken[0]
+
+    def _handshake(self, raw: socket.socket, address: str) -> ssl.SSLSocket | None:
+        """The TLS handshake of one connection; the connection if its peer is the operator."""
+        raw.settimeout(IO_TIMEOUT_SECONDS)
+        try:
+            conn = self._context.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError) as exc:
+            _log(f"refused a claim connection from {address}: {type(exc).__name__}")
+            with contextlib.suppress(OSError):
+                raw.close()
+            return None
+        if peer_common_name(conn) != OPERATOR_CN:
+            _log(f"refused a claim connection from {address}: not the operator")
+            with contextlib.suppress(OSError):
+                conn.close()
+            return None
+        return conn
+
+
+def is_probe(data: bytes) -> bool:
+    """A probe frame: the operator checking that the channel answers (claims nothing)."""
+    if len(data) > 256:
+        return False
+    try:
+        document = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(document, dict) and document.get("kind") == PROBE_KIND
 
 
 def _replier(conn: ssl.SSLSocket) -> Reply:

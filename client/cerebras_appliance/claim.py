@@ -45,6 +45,11 @@ class Claim(NamedTuple):
     #: Local backend: the file the worker's output goes to, and its working directory.
     log_file: str = ""
     cwd: str = ""
+    #: Kubernetes: the uid of the job the claim is for, and a random value the operator
+    #: made for this one delivery; the worker's answer repeats both, so an answer confirms
+    #: only this claim of this job (never one someone else made).
+    job: str = ""
+    nonce: str = ""
 
 
 def dumps(claim: Claim) -> bytes:
@@ -58,6 +63,8 @@ def dumps(claim: Claim) -> bytes:
             "snapshot": claim.snapshot,
             "logFile": claim.log_file,
             "cwd": claim.cwd,
+            "job": claim.job,
+            "nonce": claim.nonce,
         },
         ensure_ascii=False,
         separators=(",", ":"),
@@ -110,4 +117,6 @@ def parse(data: bytes, *, expected_worker: str = "") -> Claim:
         snapshot=snapshot,
         log_file=_text(document, "logFile"),
         cwd=_text(document, "cwd"),
+        job=_text(document, "job"),
+        nonce=_text(document, "nonce"),
     )

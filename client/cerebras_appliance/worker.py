@@ -296,7 +296,11 @@ def _warm(argv: list[str]) -> int:
             return EXIT_CONFIG
         if idle:
             write_ready_marker(idle, "idle")
-        data, reply = server.accept_one()
+        try:
+            data, reply = server.accept_one()
+        except OSError as exc:
+            _log(f"{exc}")
+            return EXIT_CONFIG
     if idle:
         with contextlib.suppress(OSError):
             os.unlink(idle)
@@ -312,7 +316,8 @@ def _warm(argv: list[str]) -> int:
             reply({"accepted": False, "reason": str(exc)})
         return EXIT_CONFIG
     if reply is not None:
-        reply({"accepted": True, "envHash": env_hash})
+        # The answer names the job and repeats the claim's nonce: it confirms this claim only.
+        reply({"accepted": True, "envHash": env_hash, "job": claim.job, "nonce": claim.nonce})
     extra = frozenset(_names(WARM_STARTUP_VARS_VAR))
     for name in WARM_VARS:
         os.environ.pop(name, None)

@@ -29,6 +29,7 @@ from cerebras_appliance.api import (
     ExecuteJob,
     WorkerPool,
     WorkerTemplate,
+    reserved_key,
     worker_name,
 )
 
@@ -75,6 +76,13 @@ def owner_reference(job: ExecuteJob, uid: str) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def user_keys(template_keys: Mapping[str, str]) -> dict[str, str]:
+    """A template's labels or annotations without the operator's own keys (api.reserved_key):
+    the models and the CRD refuse them already; this keeps any that got past (an older CRD)
+    from making a pod look claimed, or another job's (issue 21, defect 8)."""
+    return {k: v for k, v in template_keys.items() if not reserved_key(k)}
 
 
 def job_labels(job_name: str) -> dict[str, str]:
@@ -281,12 +289,12 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str) -> di
     tpl = spec.template
     pod = pod_name(name, worker.index, worker.attempt)
     labels = {
-        **tpl.labels,
+        **user_keys(tpl.labels),
         **job_labels(name),
         WORKER_INDEX_LABEL: str(worker.index),
         ATTEMPT_LABEL: str(worker.attempt),
     }
-    annotations = {**tpl.annotations, ENV_HASH_ANNOTATION: env_hash}
+    annotations = {**user_keys(tpl.annotations), ENV_HASH_ANNOTATION: env_hash}
     plumbing = [
         {"name": envfile.ENV_FILE_VAR, "value": ENV_FILE},
         {"name": envfile.READY_FILE_VAR, "value": READY_FILE},
@@ -426,8 +434,8 @@ def pool_pod(pool: WorkerPool, uid: str, suffix: str) -> dict[str, Any]:
         "metadata": {
             "name": f"{name}-{suffix}",
             "namespace": pool.metadata.namespace,
-            "labels": {**tpl.labels, **pool_labels(name), POOL_STATE_LABEL: IDLE},
-            "annotations": dict(tpl.annotations),
+            "labels": {**user_keys(tpl.labels), **pool_labels(name), POOL_STATE_LABEL: IDLE},
+            "annotations": user_keys(tpl.annotations),
             "ownerReferences": [pool_owner_reference(pool, uid)],
         },
         "spec": pod_spec,

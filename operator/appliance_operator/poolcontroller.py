@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import secrets
 import ssl
 import threading
 import time
@@ -28,10 +29,24 @@ from appliance_operator import desired, poolnetwork, pooltls
 from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import JobView, PodView, pod_view
-from appliance_operator.poolplan import ClaimChoice, PoolPodView, choose_claims, plan_pool
+from appliance_operator.poolplan import (
+    CLAIMS_DELIVERED,
+    POOL_SPEC_HASH_ANNOTATION,
+    ClaimChoice,
+    PoolPodView,
+    choose_claims,
+    plan_pool,
+    pool_spec_hash,
+)
 from cerebras_appliance import channel, envfile
 from cerebras_appliance import claim as claims
-from cerebras_appliance.api import InvalidJobError, WorkerPool, WorkerPoolStatus, parse_pool
+from cerebras_appliance.api import (
+    Condition,
+    InvalidJobError,
+    WorkerPool,
+    WorkerPoolStatus,
+    parse_pool,
+)
 from cerebras_appliance.status import now_rfc3339
 
 logger = logging.getLogger("appliance_operator")
@@ -43,6 +58,26 @@ Runner = Callable[..., Iterable[Any]]
 EXPECTATION_TTL = 30.0
 #: At most this long after a claim, the pool's refill waits for the claim's delivery.
 REFILL_HOLD = 3.0
+#: After a failed delivery the pool is not claimed from; it is probed (an idle pod's channel
+#: asked to answer, claiming nothing) after PROBE_BACKOFF seconds, doubling with each
+#: failure in a row up to PROBE_BACKOFF_MAX; the first probe answered lifts the block.
+PROBE_BACKOFF = 5.0
+PROBE_BACKOFF_MAX = 300.0
+PROBE_TIMEOUT = 5.0
+
+
+@dataclass
+class DeliveryTrouble:
+    """A pool whose claims could not be delivered: why, and when to probe it again."""
+
+    failures: int
+    message: str
+    next_probe: float
+    cleared: bool = False
+
+
+def probe_backoff(failures: int) -> float:
+    return float(min(PROBE_BACKOFF * 2 ** max(failures - 1, 0), PROBE_BACKOFF_MAX))
 
 
 @dataclass(frozen=True)
@@ -80,6 +115,8 @@ class PoolController:
         self._creds_ready: set[str] = set()  # pool uids whose claim Secrets exist
         self._created: dict[str, dict[str, float]] = {}  # pool uid -> pod name -> when
         self._claimed: dict[str, float] = {}  # pod uid -> when this process claimed it
+        self._trouble: dict[str, DeliveryTrouble] = {}  # pool uid -> deliveries failing
+        self._secret_problem: dict[str, str] = {}  # pool uid -> its claim Secrets' problem
         # The claim port's NetworkPolicy in each pool's namespace (poolnetwork.py).
         self.network = poolnetwork.PolicyKeeper(api, poolnetwork.source_from_os(), claim_port)
 
@@ -101,7 +138,8 @@ class PoolController:
             return None
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid") or "")
-        self._ensure_credentials(namespace, pool, uid)
+        secret_problem = self._ensure_credentials(namespace, pool, uid)
+        current = pool_spec_hash(pool)
         self.network.ensure(namespace, name, uid)
         seen = {p.name for p in pods}
         now = time.monotonic()
@@ -120,22 +158,38 @@ class PoolController:
                     del pending[pod_name]
             expected = [
                 PoolPodView(
-                    name=n, uid="", resource_version="", pool=name, state="idle", phase="Pending"
+                    name=n,
+                    uid="",
+                    resource_version="",
+                    pool=name,
+                    state="idle",
+                    phase="Pending",
+                    spec_hash=current,
                 )
                 for n in pending
             ]
         previous = WorkerPoolStatus.model_validate(body.get("status") or {})
         hold = self._refill_hold(pods, now)
+        delivery, probe_in = self._delivery_condition(namespace, pool, uid, pods, previous)
+        if secret_problem:
+            delivery = Condition(
+                type=CLAIMS_DELIVERED,
+                status="False",
+                reason="ClaimSecretsNotBound",
+                message=secret_problem,
+            )
         steps = plan_pool(
             pool,
             [*pods, *expected],
             previous if body.get("status") else None,
             generation=meta.get("generation"),
             now=now_rfc3339(self.clock()),
-            hold_refill=hold > 0,
+            hold_refill=hold > 0 or bool(secret_problem),
+            delivery=delivery,
         )
         for _ in range(steps.create):
             pod = desired.pool_pod(pool, uid, "")
+            pod["metadata"].setdefault("annotations", {})[POOL_SPEC_HASH_ANNOTATION] = current
             pod["metadata"].pop("name")
             pod["metadata"]["generateName"] = f"{name}-"
             try:
@@ -167,7 +221,135 @@ class PoolController:
         self.metrics.pool_workers.labels(namespace, name, "claimed").set(status.claimed)
         if steps.create:
             logger.info("[%s/%s] started %d idle worker(s)", namespace, name, steps.create)
-        return hold or None
+        stale = [v for v in steps.delete if v.active and v.spec_hash != current]
+        if stale:
+            logger.info(
+                "[%s/%s] replacing %d idle worker(s) made from an earlier spec",
+                namespace,
+                name,
+                len(stale),
+            )
+        waits = [t for t in (hold, probe_in) if t]
+        return min(waits) if waits else None
+
+    # -- claims that cannot be delivered --------------------------------------------------
+
+    def undeliverable(self, uid: str, body: Mapping[str, Any] | None) -> str:
+        """Why this pool's claims cannot be delivered now ("": they can). Known from this
+        process's deliveries and probes, else (after a restart) from the pool's status."""
+        with self._lock:
+            problem = self._secret_problem.get(uid, "")
+            trouble = self._trouble.get(uid)
+        if problem:
+            return problem
+        if trouble is not None:
+            return "" if trouble.cleared else trouble.message
+        for c in ((body or {}).get("status") or {}).get("conditions") or []:
+            if c.get("type") == CLAIMS_DELIVERED and c.get("status") == "False":
+                return str(c.get("message") or c.get("reason") or "deliveries failed")
+        return ""
+
+    def delivery_failed(self, uid: str, pod: str, issue: str) -> None:
+        """A claim of the pool with ``uid`` could not be delivered to ``pod``: the pool is not
+        claimed from until a probe of one of its idle pods is answered."""
+        now = time.monotonic()
+        with self._lock:
+            old = self._trouble.get(uid)
+            failures = (old.failures if old is not None else 0) + 1
+            self._trouble[uid] = DeliveryTrouble(
+                failures=failures,
+                message=f"the claim to pod {pod} was not delivered: {issue}",
+                next_probe=now + probe_backoff(failures),
+            )
+
+    def delivery_succeeded(self, uid: str) -> None:
+        with self._lock:
+            trouble = self._trouble.get(uid)
+            if trouble is not None:
+                trouble.failures, trouble.cleared = 0, True
+
+    def _delivery_condition(
+        self,
+        namespace: str,
+        pool: WorkerPool,
+        uid: str,
+        pods: Sequence[PoolPodView],
+        previous: WorkerPoolStatus,
+    ) -> tuple[Condition | None, float]:
+        """The ClaimsDelivered condition (None: no delivery ever failed), probing one idle pod
+        when the pool is blocked and its probe is due; and seconds until the next probe."""
+        now = time.monotonic()
+        with self._lock:
+            trouble = self._trouble.get(uid)
+            if trouble is None:
+                old = next((c for c in previous.conditions if c.type == CLAIMS_DELIVERED), None)
+                if old is None or old.status == "True" or old.reason == "ClaimSecretsNotBound":
+                    return None, 0.0
+                # Blocked before this process started: probe now.
+                trouble = DeliveryTrouble(failures=1, message=old.message, next_probe=now)
+                self._trouble[uid] = trouble
+        if not trouble.cleared and now >= trouble.next_probe:
+            self._probe(namespace, pool, uid, pods, trouble)
+        if trouble.cleared:
+            return (
+                Condition(
+                    type=CLAIMS_DELIVERED,
+                    status="True",
+                    reason="Delivered",
+                    message="the pool's channel answers again",
+                ),
+                0.0,
+            )
+        return (
+            Condition(
+                type=CLAIMS_DELIVERED,
+                status="False",
+                reason="DeliveryFailed",
+                message=f"{trouble.message}; no idle worker is claimed until one answers a "
+                "probe (check NetworkPolicies admitting the operator to port "
+                f"{self.claim_port}, sidecars on the pool's pods, the pool's claim Secrets)",
+            ),
+            max(trouble.next_probe - time.monotonic(), 0.1),
+        )
+
+    def _probe(
+        self,
+        namespace: str,
+        pool: WorkerPool,
+        uid: str,
+        pods: Sequence[PoolPodView],
+        trouble: DeliveryTrouble,
+    ) -> None:
+        """Ask the newest claimable idle pod's channel to answer (it claims nothing)."""
+        current = pool_spec_hash(pool)
+        with self._lock:
+            candidates = [
+                p
+                for p in pods
+                if p.claimable and p.spec_hash == current and p.uid not in self._claimed
+            ]
+        if not candidates:
+            return  # probed once an idle pod is Ready (its pod event reconciles the pool)
+        target = max(candidates, key=lambda p: (p.created, p.name))
+        name = pool.metadata.name or ""
+        try:
+            context = self.context_for(namespace, name, uid)
+            pooltls.probe(context, target.ip, port=self.claim_port, timeout=PROBE_TIMEOUT)
+        except (pooltls.ClaimRefusedError, channel.ChannelError) as exc:
+            with self._lock:
+                trouble.failures += 1
+                trouble.next_probe = time.monotonic() + probe_backoff(trouble.failures)
+                trouble.message = f"pod {target.name} did not answer a probe: {exc}"
+            logger.warning("[%s/%s] %s", namespace, name, trouble.message)
+            if "ConnectionRefused" in str(exc):
+                # Idle-labelled but listening no more: someone claimed it outside the
+                # operator, or its worker broke. It holds no job of ours: replaced.
+                with contextlib.suppress(ApiError):
+                    self.api.delete_pod(namespace, target.name, target.uid)
+            return
+        with self._lock:
+            trouble.cleared = True
+        logger.info("[%s/%s] pod %s answered a probe: claiming again", namespace, name, target.name)
 
     def _refill_hold(self, pods: Sequence[PoolPodView], now: float) -> float:
         """Seconds the refill still waits: while a pod this process claimed in the last
@@ -180,56 +362,107 @@ class PoolController:
             ]
         return max([0.0, *(REFILL_HOLD - (now - t) for t in since)])
 
-    def _ensure_credentials(self, namespace: str, pool: WorkerPool, uid: str) -> None:
-        """The pool's two claim Secrets (a new CA the first time; 409: already there)."""
+    def _ensure_credentials(self, namespace: str, pool: WorkerPool, uid: str) -> str:
+        """The pool's claim Secrets, bound to its uid; "" or why they cannot be used.
+
+        The operator's Secret is made first, with one create: it holds the operator's pair
+        and a copy of the workers' (the CA's key is gone after signing both). The workers'
+        Secret is then made from that copy, so an error between the two creates leaves
+        nothing that cannot be finished. Both are named after the pool's uid, owned by it
+        (controller), annotated with its uid and the CA's fingerprint, and checked: a Secret
+        at either name the operator did not make for this pool is never used (the operator
+        may not delete Secrets: the message says which one to delete)."""
         if uid in self._creds_ready:
-            return
+            return ""
         name = pool.metadata.name or ""
-        existing = self.api.read_secret(namespace, pooltls.operator_secret_name(name))
-        if existing is None:
+        if not uid:
+            return "the WorkerPool has no uid yet"
+        labels = desired.pool_labels(name)
+        owner = desired.pool_owner_reference(pool, uid)
+        op_name = pooltls.operator_secret_name(name, uid)
+        wk_name = pooltls.worker_secret_name(name, uid)
+
+        def fix(secret_name: str, problem: str) -> str:
+            message = (
+                f"Secret {secret_name}: {problem}; delete it (kubectl -n {namespace} delete "
+                f"secret {secret_name}) and the operator makes the pool's claim Secrets"
+            )
+            with self._lock:
+                self._secret_problem[uid] = message
+            logger.warning("[%s/%s] %s", namespace, name, message)
+            return message
+
+        def create(body: dict[str, Any]) -> dict[str, Any] | None:
+            try:
+                return self.api.create_secret(namespace, body)
+            except ApiError as exc:
+                if exc.code != 409:
+                    raise ApiError(
+                        exc.code, exc.reason, f"creating Secret {body['metadata']['name']} failed"
+                    ) from None
+            return self.api.read_secret(namespace, body["metadata"]["name"])
+
+        operator = self.api.read_secret(namespace, op_name)
+        if operator is None:
             creds = pooltls.new_pool_credentials(name)
-            owner = desired.pool_owner_reference(pool, uid)
-            for secret_name, pair in (
-                (pooltls.worker_secret_name(name), creds.worker),
-                (pooltls.operator_secret_name(name), creds.operator),
-            ):
-                body = {
-                    "apiVersion": "v1",
-                    "kind": "Secret",
-                    "metadata": {
-                        "name": secret_name,
-                        "namespace": namespace,
-                        "labels": desired.pool_labels(name),
-                        "ownerReferences": [owner],
-                    },
-                    "type": "Opaque",
-                    "immutable": True,
-                    "data": pair.secret_data(),
-                }
-                try:
-                    self.api.create_secret(namespace, body)
-                except ApiError as exc:
-                    if exc.code != 409:
-                        raise ApiError(
-                            exc.code, exc.reason, f"creating Secret {secret_name} failed"
-                        ) from None
-        self._creds_ready.add(uid)
+            operator = create(
+                pooltls.claim_secret(
+                    op_name,
+                    namespace,
+                    labels,
+                    owner,
+                    uid,
+                    creds.fingerprint,
+                    pooltls.operator_secret_data(creds),
+                )
+            )
+            if operator is None:
+                raise ApiError(409, "Conflict", f"Secret {op_name} was deleted while made")
+        problem = pooltls.binding_problem(operator, uid)
+        if problem:
+            return fix(op_name, problem)
+        fingerprint = str(operator["metadata"]["annotations"][pooltls.CA_FINGERPRINT_ANNOTATION])
+        worker = self.api.read_secret(namespace, wk_name)
+        if worker is None:
+            try:
+                creds = pooltls.credentials_from_operator_secret(dict(operator.get("data") or {}))
+            except channel.ChannelError as exc:
+                return fix(op_name, str(exc))
+            if pooltls.ca_fingerprint(creds.worker.ca_pem) != fingerprint:
+                return fix(op_name, "its copy of the workers' pair is of another CA")
+            worker = create(
+                pooltls.claim_secret(
+                    wk_name, namespace, labels, owner, uid, fingerprint, creds.worker.secret_data()
+                )
+            )
+            if worker is None:
+                raise ApiError(409, "Conflict", f"Secret {wk_name} was deleted while made")
+        problem = pooltls.binding_problem(worker, uid, fingerprint)
+        if problem:
+            return fix(wk_name, problem)
+        with self._lock:
+            self._secret_problem.pop(uid, None)
+            self._creds_ready.add(uid)
+        return ""
 
     def context_for(self, namespace: str, pool: str, uid: str) -> ssl.SSLContext:
-        cache_key = uid or f"{namespace}/{pool}"
         with self._lock:
-            context = self._contexts.get(cache_key)
+            context = self._contexts.get(uid)
         if context is not None:
             return context
-        secret = self.api.read_secret(namespace, pooltls.operator_secret_name(pool))
+        if not uid:
+            raise pooltls.ClaimRefusedError(f"WorkerPool {pool} is not known (no uid)")
+        secret_name = pooltls.operator_secret_name(pool, uid)
+        secret = self.api.read_secret(namespace, secret_name)
         if secret is None:
-            raise pooltls.ClaimRefusedError(
-                f"Secret {pooltls.operator_secret_name(pool)} of WorkerPool {pool} is missing"
-            )
+            raise pooltls.ClaimRefusedError(f"Secret {secret_name} of WorkerPool {pool} is missing")
+        problem = pooltls.binding_problem(secret, uid)
+        if problem:
+            raise pooltls.ClaimRefusedError(f"Secret {secret_name}: {problem}")
         pair = pooltls.KeyPair.from_secret_data(dict(secret.get("data") or {}))
         context = pooltls.client_context(pair)
         with self._lock:
-            self._contexts[cache_key] = context
+            self._contexts[uid] = context
         return context
 
     # -- claims (used by the job controller) ----------------------------------------------
@@ -255,7 +488,8 @@ class PoolController:
         ``run`` (the controller's thread pool's ``map``) sends them in parallel."""
         pool = _pool_of(snapshot.body if snapshot else None)
         pods = [p for p in (snapshot.pods if snapshot else ()) if not self.recently_claimed(p.uid)]
-        choice = choose_claims(job.job.spec, pool, pods, creates)
+        blocked = self.undeliverable(pool_uid_of(snapshot), snapshot.body if snapshot else None)
+        choice = choose_claims(job.job.spec, pool, pods, creates, blocked if pool else "")
         pool_name = job.job.spec.pool or ""
 
         def adopt(claim: tuple[desired.WorkerId, PoolPodView]) -> PodView | ApiError | None:
@@ -309,11 +543,21 @@ class PoolController:
         return context, text, env_hash
 
     def deliver_one(
-        self, job: JobView, pod: PodView, context: ssl.SSLContext, text: str, env_hash: str
+        self,
+        job: JobView,
+        pod: PodView,
+        context: ssl.SSLContext,
+        text: str,
+        env_hash: str,
+        pool_uid: str = "",
     ) -> str:
         """Send the snapshot to one adopted worker and mark it confirmed; "" or the problem
-        (never a value)."""
+        (never a value). Confirmed only on the worker's answer to this very claim (it repeats
+        the job's uid and a nonce made for this delivery): a worker that does not listen any
+        more, or answers for another job, took someone else's claim and is never confirmed.
+        A failure blocks the pool's claims (:meth:`delivery_failed`)."""
         pool_name = job.job.spec.pool or ""
+        nonce = secrets.token_hex(16)
         message = claims.dumps(
             claims.Claim(
                 worker=pod.name,
@@ -325,18 +569,23 @@ class PoolController:
                     ("APPLIANCE_WORKER_INDEX", str(pod.index)),
                 ),
                 snapshot=text,
+                job=job.uid,
+                nonce=nonce,
             )
         )
         try:
-            pooltls.deliver(context, pod.ip, message, port=self.claim_port)
+            pooltls.deliver(
+                context, pod.ip, message, port=self.claim_port, job=job.uid, nonce=nonce
+            )
         except pooltls.ClaimRefusedError as exc:
-            if "ConnectionRefused" not in str(exc):
-                self.metrics.pool_claims.labels(job.namespace, pool_name, "failed").inc()
-                return str(exc)
-            # Not listening any more: it accepted its one claim already, which only this
-            # job's operator could send (the pod was adopted before anything was sent).
+            self.metrics.pool_claims.labels(job.namespace, pool_name, "failed").inc()
+            if pool_uid:
+                self.delivery_failed(pool_uid, pod.name, str(exc))
+            return str(exc)
+        if pool_uid:
+            self.delivery_succeeded(pool_uid)
         try:
-            self.api.patch_pod(job.namespace, pod.name, desired.confirm_patch(env_hash))
+            self.api.patch_pod(job.namespace, pod.name, desired.confirm_patch(env_hash, job.uid))
         except ApiError as exc:
             if exc.code != 404:
                 raise

@@ -14,6 +14,8 @@ pods a job claims (like :mod:`appliance_operator.reconcile`, no API call here).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 from appliance_operator.desired import (
     CLAIM_CONFIRMED_ANNOTATION,
     CLAIMED,
+    CLAIMED_FOR_ANNOTATION,
     CONTAINER_NAME,
     IDLE,
     JOB_NAME_LABEL,
@@ -38,6 +41,18 @@ POOL_CLAIM = "PoolClaim"
 #: The pool's conditions: Ready (all idle workers warm), WarmStartFailed (an idle pod died).
 POOL_READY = "Ready"
 WARM_START_FAILED = "WarmStartFailed"
+#: False while the pool's claims cannot be delivered (its idle pods are not claimed then).
+CLAIMS_DELIVERED = "ClaimsDelivered"
+#: On every idle pod: the hash of the pool's spec it was made from (image, template, imports,
+#: startupVariables). An idle pod of another hash is replaced and never claimed.
+POOL_SPEC_HASH_ANNOTATION = "appliance.dev/pool-spec-hash"
+
+
+def pool_spec_hash(pool: WorkerPool) -> str:
+    """The hash of everything an idle pod is built from (``spec`` but ``replicas``)."""
+    spec = pool.spec.model_dump(mode="json", by_alias=True, exclude={"replicas"})
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -55,6 +70,7 @@ class PoolPodView:
     image: str = ""
     reason: str = ""
     confirmed: bool = False  # claimed, and its worker accepted the job's snapshot
+    spec_hash: str = ""  # the pool spec it was made from (POOL_SPEC_HASH_ANNOTATION)
 
     @property
     def active(self) -> bool:
@@ -88,6 +104,11 @@ def pool_pod_view(pod: Mapping[str, Any]) -> PoolPodView | None:
         "",
     )
     reason = str(status.get("reason") or "")
+    annotations = meta.get("annotations") or {}
+    owner = next(
+        (str(r.get("uid")) for r in meta.get("ownerReferences") or [] if r.get("controller")),
+        None,
+    )
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") == CONTAINER_NAME:
             term = (cs.get("state") or {}).get("terminated") or {}
@@ -106,7 +127,10 @@ def pool_pod_view(pod: Mapping[str, Any]) -> PoolPodView | None:
         created=str(meta.get("creationTimestamp") or ""),
         image=image,
         reason=reason,
-        confirmed=bool((meta.get("annotations") or {}).get(CLAIM_CONFIRMED_ANNOTATION)),
+        confirmed=bool(annotations.get(CLAIM_CONFIRMED_ANNOTATION))
+        and owner is not None
+        and annotations.get(CLAIMED_FOR_ANNOTATION) == owner,
+        spec_hash=str(annotations.get(POOL_SPEC_HASH_ANNOTATION) or ""),
     )
 
 
@@ -129,16 +153,23 @@ def plan_pool(
     generation: int | None,
     now: str,
     hold_refill: bool = False,
+    delivery: Condition | None = None,
 ) -> PoolPlan:
     """Keep ``spec.replicas`` idle pods: start the missing ones, remove the surplus (those
     not yet warm first, then the newest) and idle pods that ended (a failed import, a node
-    lost: an idle pod holds no job's value, so nothing is lost with it).
+    lost: an idle pod holds no job's value, so nothing is lost with it). Idle pods made from
+    another version of the spec (their :data:`POOL_SPEC_HASH_ANNOTATION`) are removed and
+    replaced; claimed pods are the jobs' and never touched.
+
+    ``delivery``: the :data:`CLAIMS_DELIVERED` condition, when there is one to show.
 
     ``hold_refill``: a claim of this pool is being delivered; the missing pods are started
     after it, so that no pod start competes with it for the nodes' CPU and the API server
     (a job's cold remainder is the job's own, never held)."""
     name = pool.metadata.name or ""
-    idle = [p for p in pods if p.state == IDLE and p.active]
+    current = pool_spec_hash(pool)
+    stale = [p for p in pods if p.state == IDLE and p.active and p.spec_hash != current]
+    idle = [p for p in pods if p.state == IDLE and p.active and p.spec_hash == current]
     ended = [p for p in pods if p.state == IDLE and not p.active and not p.terminating]
     claimed = [p for p in pods if p.state == CLAIMED and p.active]
     want = pool.spec.replicas
@@ -155,6 +186,8 @@ def plan_pool(
             f"{len(warm)}/{want} idle workers warm",
         )
     ]
+    if delivery is not None:
+        conditions.append(delivery)
     if ended:
         conditions.append(
             _condition(
@@ -176,7 +209,7 @@ def plan_pool(
     )
     return PoolPlan(
         create=create,
-        delete=tuple(surplus) + tuple(ended),
+        delete=tuple(surplus) + tuple(ended) + tuple(stale),
         status=None if previous is not None and _same(previous, status) else status,
     )
 
@@ -225,8 +258,13 @@ def choose_claims(
     pool: WorkerPool | None,
     pods: Sequence[PoolPodView],
     creates: Sequence[WorkerId],
+    undeliverable: str = "",
 ) -> ClaimChoice:
-    """Which idle pods become which of the workers about to be created (the rest go cold)."""
+    """Which idle pods become which of the workers about to be created (the rest go cold).
+
+    Only idle pods made from the pool's current spec are claimed. ``undeliverable``: why the
+    pool's claims cannot be delivered now (its ``ClaimsDelivered`` condition): nothing is
+    claimed, every worker starts cold."""
     name = spec.pool or ""
     if pool is None:
         return ClaimChoice(
@@ -260,7 +298,21 @@ def choose_claims(
                 "template, or another pool)",
             )
         )
-    idle = sorted((p for p in pods if p.claimable), key=lambda p: (p.created, p.name))
+    if undeliverable:
+        return ClaimChoice(
+            condition=_condition(
+                POOL_CLAIM,
+                False,
+                "PoolClaimsNotDelivered",
+                f"WorkerPool {name!r} cannot deliver claims ({undeliverable}); the workers "
+                "start cold (see the pool's ClaimsDelivered condition)",
+            )
+        )
+    current = pool_spec_hash(pool)
+    idle = sorted(
+        (p for p in pods if p.claimable and p.spec_hash == current),
+        key=lambda p: (p.created, p.name),
+    )
     claims = tuple(zip(creates, idle, strict=False))
     cold = len(creates) - len(claims)
     return ClaimChoice(

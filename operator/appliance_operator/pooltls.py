@@ -4,10 +4,16 @@ Each WorkerPool gets its own CA, made by the operator when it first sees the poo
 ``cryptography`` package). The CA signs two certificates, then its private key is thrown
 away (nobody can issue another certificate of that pool, the operator included):
 
-* the workers' (CN ``appliance-worker``, serverAuth), in the Secret ``<pool>-claim-worker``
-  that the pool's pods mount (``ca.crt``, ``tls.crt``, ``tls.key``);
+* the workers' (CN ``appliance-worker``, serverAuth), in the Secret
+  ``<pool>-claim-worker-<pool uid>`` that the pool's pods mount (``ca.crt``, ``tls.crt``,
+  ``tls.key``);
 * the operator's (CN ``appliance-operator``, clientAuth), in the Secret
-  ``<pool>-claim-operator``, which only the operator reads (no pod mounts it).
+  ``<pool>-claim-operator-<pool uid>``, which only the operator reads (no pod mounts it); it
+  also holds a copy of the workers' pair, so the pair is made with one create (a missing
+  worker Secret is made again from it).
+
+Both are owned by the pool (controller), annotated with its uid and the CA's fingerprint, and
+checked before use (:func:`binding_problem`).
 
 A worker accepts a claim only over TLS 1.3 from a peer holding the operator's certificate;
 the operator sends a claim only to a peer holding the workers' certificate.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import os
 import socket
@@ -38,12 +45,25 @@ CERT_DAYS = 3650
 CA_CN_PREFIX = "appliance-pool-ca"
 
 
-def worker_secret_name(pool: str) -> str:
-    return f"{pool}-claim-worker"
+def worker_secret_name(pool: str, uid: str) -> str:
+    """The Secret the pool's pods mount. Named after the pool's uid: a pool deleted and made
+    again under the same name never finds the old pool's Secrets, and nobody can make the
+    Secret before the pool exists."""
+    return f"{pool}-claim-worker-{uid}"
 
 
-def operator_secret_name(pool: str) -> str:
-    return f"{pool}-claim-operator"
+def operator_secret_name(pool: str, uid: str) -> str:
+    """The Secret only the operator reads (the operator's certificate, and a copy of the
+    workers' pair, from which a missing worker Secret is made again)."""
+    return f"{pool}-claim-operator-{uid}"
+
+
+#: On both claim Secrets: the pool's uid, and the SHA-256 of the pool's CA certificate (the
+#: two halves of one pair carry the same).
+POOL_UID_ANNOTATION = "appliance.dev/pool-uid"
+CA_FINGERPRINT_ANNOTATION = "appliance.dev/claim-ca-sha256"
+#: The keys of the workers' pair inside the operator's Secret.
+WORKER_COPY_PREFIX = "worker-"
 
 
 @dataclass(frozen=True)
@@ -78,6 +98,88 @@ class KeyPair:
 class PoolCredentials:
     worker: KeyPair
     operator: KeyPair
+
+    @property
+    def fingerprint(self) -> str:
+        return ca_fingerprint(self.operator.ca_pem)
+
+
+def ca_fingerprint(ca_pem: bytes) -> str:
+    return hashlib.sha256(ca_pem).hexdigest()
+
+
+def operator_secret_data(creds: PoolCredentials) -> dict[str, str]:
+    """The operator's Secret: its pair, and a copy of the workers' (keys ``worker-*``)."""
+    data = creds.operator.secret_data()
+    for key, value in creds.worker.secret_data().items():
+        data[WORKER_COPY_PREFIX + key] = value
+    return data
+
+
+def credentials_from_operator_secret(data: Mapping[str, str]) -> PoolCredentials:
+    worker = {
+        key[len(WORKER_COPY_PREFIX) :]: value
+        for key, value in data.items()
+        if key.startswith(WORKER_COPY_PREFIX)
+    }
+    return PoolCredentials(
+        worker=KeyPair.from_secret_data(worker),
+        operator=KeyPair.from_secret_data(data),
+    )
+
+
+def binding_problem(
+    secret: Mapping[str, Any], pool_uid: str, fingerprint: str | None = None
+) -> str:
+    """Why ``secret`` is not one of the claim Secrets the operator made for the pool with
+    ``pool_uid`` ("" when it is): controlled by that pool, annotated with its uid and its
+    CA's fingerprint (``fingerprint``: the one its other half carries), immutable, and its
+    CA certificate the one the fingerprint names."""
+    meta = secret.get("metadata") or {}
+    owners = {str(r.get("uid")) for r in meta.get("ownerReferences") or [] if r.get("controller")}
+    annotations = meta.get("annotations") or {}
+    if pool_uid not in owners or annotations.get(POOL_UID_ANNOTATION) != pool_uid:
+        return "it is not bound to this WorkerPool's uid (the operator did not make it)"
+    if secret.get("immutable") is not True:
+        return "it is not immutable"
+    want = str(annotations.get(CA_FINGERPRINT_ANNOTATION) or "")
+    try:
+        ca_pem = base64.b64decode((secret.get("data") or {})[channel.CA_FILE], validate=True)
+    except (KeyError, TypeError, ValueError):
+        return f"it has no {channel.CA_FILE}"
+    if not want or ca_fingerprint(ca_pem) != want:
+        return "its CA is not the one its annotation names"
+    if fingerprint is not None and want != fingerprint:
+        return "its CA is not the CA of the other claim Secret"
+    return ""
+
+
+def claim_secret(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    owner: Mapping[str, Any],
+    pool_uid: str,
+    fingerprint: str,
+    data: Mapping[str, str],
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": dict(labels),
+            "annotations": {
+                POOL_UID_ANNOTATION: pool_uid,
+                CA_FINGERPRINT_ANNOTATION: fingerprint,
+            },
+            "ownerReferences": [dict(owner)],
+        },
+        "type": "Opaque",
+        "immutable": True,
+        "data": dict(data),
+    }
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -186,17 +288,7 @@ class ClaimRefusedError(RuntimeError):
     """The worker could not be reached, was not a worker of the pool, or refused the claim."""
 
 
-def deliver(
-    context: ssl.SSLContext,
-    host: str,
-    claim_bytes: bytes,
-    *,
-    port: int = channel.DEFAULT_PORT,
-    timeout: float = channel.IO_TIMEOUT_SECONDS,
-) -> dict[str, Any]:
-    """Send one claim to the worker at ``host``; return its answer (``accepted``, ``envHash``).
-
-    Raises :class:`ClaimRefusedError` (message without values) when it is not delivered."""
+def _exchange(context: ssl.SSLContext, host: str, port: int, payload: bytes, timeout: float) -> Any:
     try:
         with (
             socket.create_connection((host, port), timeout=timeout) as raw,
@@ -204,11 +296,48 @@ def deliver(
         ):
             if channel.peer_common_name(conn) != channel.WORKER_CN:
                 raise ClaimRefusedError(f"{host}: the peer is not a worker of the pool")
-            channel.send_frame(conn, claim_bytes)
-            answer = json.loads(channel.recv_frame(conn, limit=65536))
+            channel.send_frame(conn, payload)
+            return json.loads(channel.recv_frame(conn, limit=65536))
     except (OSError, ssl.SSLError, channel.ChannelError, ValueError) as exc:
         raise ClaimRefusedError(f"{host}:{port}: {type(exc).__name__}: {exc}") from None
+
+
+def deliver(
+    context: ssl.SSLContext,
+    host: str,
+    claim_bytes: bytes,
+    *,
+    port: int = channel.DEFAULT_PORT,
+    timeout: float = channel.IO_TIMEOUT_SECONDS,
+    job: str = "",
+    nonce: str = "",
+) -> dict[str, Any]:
+    """Send one claim to the worker at ``host``; return its answer (``accepted``, ``envHash``).
+
+    ``job``/``nonce``: the claim's; the answer must repeat both, else it is not an answer to
+    this claim (a worker that took someone else's claim answers with theirs, or not at all).
+    Raises :class:`ClaimRefusedError` (message without values) when it is not delivered: a
+    worker that does not listen any more is *not* taken as having accepted this claim."""
+    answer = _exchange(context, host, port, claim_bytes, timeout)
     if not isinstance(answer, dict) or not answer.get("accepted"):
         reason = answer.get("reason", "?") if isinstance(answer, dict) else "?"
         raise ClaimRefusedError(f"{host}: the worker refused the claim: {reason}")
+    if answer.get("job", "") != job or answer.get("nonce", "") != nonce:
+        raise ClaimRefusedError(f"{host}: the worker's answer is not bound to this claim")
     return answer
+
+
+def probe(
+    context: ssl.SSLContext,
+    host: str,
+    *,
+    port: int = channel.DEFAULT_PORT,
+    timeout: float = 5.0,
+) -> None:
+    """Check that the idle worker at ``host`` answers on its channel (it claims nothing);
+    raises :class:`ClaimRefusedError` saying why not."""
+    answer = _exchange(
+        context, host, port, json.dumps({"kind": channel.PROBE_KIND}).encode(), timeout
+    )
+    if not isinstance(answer, dict) or answer.get("kind") != channel.PROBE_ANSWER_KIND:
+        raise ClaimRefusedError(f"{host}: the worker did not answer the probe")

@@ -35,6 +35,7 @@ from appliance_operator.poolplan import (
     choose_claims,
     plan_pool,
     pool_pod_view,
+    pool_spec_hash,
 )
 from cerebras_appliance import channel, envfile
 from cerebras_appliance import worker as worker_mod
@@ -62,8 +63,10 @@ def view(
     phase: str = "Running",
     created: str = "2026-03-01T11:00:00Z",
     ip: str = "10.0.0.1",
+    spec_hash: str | None = None,
 ) -> PoolPodView:
     return PoolPodView(
+        spec_hash=SPEC_HASH if spec_hash is None else spec_hash,
         name=name,
         uid=f"u-{name}",
         resource_version="1",
@@ -74,6 +77,10 @@ def view(
         ip=ip,
         created=created,
     )
+
+
+#: The spec hash of ``pool_body()``'s pool (any replicas): its idle pods carry it.
+SPEC_HASH = pool_spec_hash(parse_pool(pool_body()))
 
 
 # -- the pure part ---------------------------------------------------------------------------
@@ -176,7 +183,12 @@ def test_claim_patch_is_a_compare_and_swap_that_makes_the_job_the_only_owner() -
     patch = desired.claim_patch(job, "uid-job", desired.WorkerId(3), "42")
     meta = patch["metadata"]
     assert meta["resourceVersion"] == "42"
-    assert "annotations" not in meta  # adopted before the snapshot exists: no hash yet
+    # Adopted before the snapshot exists: no hash yet, and any confirmation the pod carried
+    # (not this job's) is removed.
+    assert meta["annotations"] == {
+        desired.CLAIM_CONFIRMED_ANNOTATION: None,
+        desired.CLAIMED_FOR_ANNOTATION: None,
+    }
     assert [r["uid"] for r in meta["ownerReferences"]] == ["uid-job"]
     assert meta["labels"][desired.POOL_STATE_LABEL] == desired.CLAIMED
     assert meta["labels"][desired.WORKER_INDEX_LABEL] == "3"
@@ -197,7 +209,7 @@ def test_pool_pod_holds_no_value_and_listens_only_with_the_pool_certificate() ->
     assert all(name.startswith(("APPLIANCE_", "PYTHONUNBUFFERED")) for name in env)
     assert pod["spec"]["automountServiceAccountToken"] is False
     secret = next(v for v in pod["spec"]["volumes"] if v["name"] == desired.CLAIM_TLS_VOLUME)
-    assert secret["secret"]["secretName"] == pooltls.worker_secret_name("warm")
+    assert secret["secret"]["secretName"] == pooltls.worker_secret_name("warm", "uid-pool")
     assert pod["metadata"]["labels"][desired.POOL_STATE_LABEL] == desired.IDLE
     view_ = pool_pod_view(
         {
@@ -259,8 +271,9 @@ class FakeApi:
             raise ApiError(409, "Conflict", "the object has been modified")
         meta = pod["metadata"]
         for key, value in patch["metadata"].items():
-            if isinstance(value, dict):
-                meta[key] = {**meta.get(key, {}), **value}  # merge patch: maps merge
+            if isinstance(value, dict):  # merge patch: maps merge, null removes a key
+                merged = {**meta.get(key, {}), **value}
+                meta[key] = {k: v for k, v in merged.items() if v is not None}
             else:
                 meta[key] = value  # lists are replaced
         meta["resourceVersion"] = str(next(self._rv))
@@ -375,7 +388,7 @@ class Cluster:
         self.reconcile_pool()
         tls = self.tmp / "tls"
         tls.mkdir(exist_ok=True)
-        for key, value in self.api.secrets[pooltls.worker_secret_name("warm")]["data"].items():
+        for key, value in self.api.secrets[pooltls.worker_secret_name("warm", "uid-pool")]["data"].items():
             (tls / key).write_bytes(base64.b64decode(value))
         for number, (name, pod) in enumerate(sorted(self.api.pods.items()), start=2):
             if name in self.procs:
@@ -507,7 +520,9 @@ def test_idle_pods_are_adopted_while_the_client_writes_the_values_and_get_them_o
     assert len(claimed) == 2  # adopted at once: the claims overlap the client's writes
     assert "demo-env" not in cluster.api.secrets  # nothing resolved, nothing sent
     for name, pod in claimed.items():
-        assert not pod["metadata"].get("annotations"), "no hash, no confirmation yet"
+        annotations = pod["metadata"].get("annotations", {})
+        assert desired.CLAIM_CONFIRMED_ANNOTATION not in annotations, "no confirmation yet"
+        assert desired.ENV_HASH_ANNOTATION not in annotations, "no hash yet"
         assert cluster.procs[name].poll() is None  # still waiting for its one claim
     assert cluster.api.statuses == []  # the first status waits for the release
     assert not [n for n in cluster.api.pods if n.startswith("demo-worker-")]
