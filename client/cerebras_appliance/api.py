@@ -14,8 +14,10 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -55,6 +57,17 @@ RESERVED_ENV_PREFIX = "APPLIANCE_"
 #: resolves nothing and starts no worker while it is there (value: that Secret's name).
 AWAITING_VALUES_ANNOTATION = "appliance.dev/awaiting-values"
 
+#: The longest activeDeadlineSeconds / ttlSecondsAfterFinished: 2**31 - 1 s (about 68 years;
+#: Kubernetes' own ttlSecondsAfterFinished is an int32). A start time plus this much is still a
+#: date Python (and every backend) can represent, so a deadline never overflows a reconcile.
+MAX_DURATION_SECONDS = 2**31 - 1
+
+#: Label and annotation keys the operator writes on the pods it makes (and selects them by):
+#: refused in a template's labels and annotations, so a user cannot make an idle pool pod look
+#: claimed, or a cold worker look like a pool's.
+RESERVED_KEY_PREFIX = f"{GROUP}/"
+RESERVED_KEYS = frozenset({"app.kubernetes.io/managed-by"})
+
 #: WorkerPool names: a DNS-1123 label, short enough to be a label value and a pod name part.
 MAX_POOL_NAME_LENGTH = 52
 MAX_POOL_SIZE = 1000
@@ -91,6 +104,55 @@ def _check_entrypoint(value: str) -> str:
     problem = entrypoint_problem(value)
     if problem:
         raise ValueError(problem)
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    """What the API server takes for a JSON integer: a number, not text or a boolean (pydantic
+    alone would turn "2" or true into 2; a whole float such as 2.0 stays accepted, as the API
+    server's JSON decoder reads it as 2)."""
+    if isinstance(value, bool | str | bytes):
+        raise ValueError("must be a JSON integer (a number, not text or true/false)")
+    return value
+
+
+#: An integer as the CRD's ``type: integer`` takes it.
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+#: Durations in seconds, up to :data:`MAX_DURATION_SECONDS`.
+Seconds = Annotated[int, Field(ge=0, le=MAX_DURATION_SECONDS), BeforeValidator(_json_integer)]
+PositiveSeconds = Annotated[
+    int, Field(ge=1, le=MAX_DURATION_SECONDS), BeforeValidator(_json_integer)
+]
+
+
+def reserved_key(key: str) -> bool:
+    """A label/annotation key the operator writes itself (:data:`RESERVED_KEY_PREFIX`, ...)."""
+    return key.startswith(RESERVED_KEY_PREFIX) or key in RESERVED_KEYS
+
+
+def _no_reserved_keys(what: str) -> Any:
+    def check(value: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(k for k in value if reserved_key(k))
+        if reserved:
+            raise ValueError(
+                f"{', '.join(map(repr, reserved))}: {what} keys starting with "
+                f"{RESERVED_KEY_PREFIX!r} (and {', '.join(sorted(RESERVED_KEYS))}) are the "
+                "operator's own; use another key"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+NUL_MESSAGE = (
+    "holds a NUL character (\\x00), which no process can receive in its environment or "
+    "arguments; remove it"
+)
+
+
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError(NUL_MESSAGE)
     return value
 
 
@@ -138,11 +200,14 @@ class EnvVar(_Model):
             "or contain '='.",
         ),
     ]
-    value: str | None = Field(
-        default=None,
-        description="The value, inline: readable by everyone who can read the job. Exactly "
-        "one of value/valueFrom.",
-    )
+    value: Annotated[
+        str | None,
+        Field(
+            description="The value, inline: readable by everyone who can read the job. Exactly "
+            "one of value/valueFrom. No NUL character.",
+        ),
+        AfterValidator(_no_nul),
+    ] = None
     value_from: EnvVarSource | None = Field(
         default=None,
         description="A reference to a Secret key holding the value (the Python client sends "
@@ -171,8 +236,23 @@ class EnvVar(_Model):
 class WorkerTemplate(_Model):
     """Optional overrides merged into every worker pod."""
 
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    labels: Annotated[
+        dict[str, str],
+        Field(
+            default_factory=dict,
+            description=f"Extra pod labels (not under {RESERVED_KEY_PREFIX!r}: the operator's).",
+        ),
+        _no_reserved_keys("label"),
+    ]
+    annotations: Annotated[
+        dict[str, str],
+        Field(
+            default_factory=dict,
+            description="Extra pod annotations (not under "
+            f"{RESERVED_KEY_PREFIX!r}: the operator's).",
+        ),
+        _no_reserved_keys("annotation"),
+    ]
     resources: dict[str, Any] | None = Field(
         default=None, description="Worker container resources (requests/limits)."
     )
@@ -214,7 +294,9 @@ def _unique_env_names(env: list[EnvVar]) -> list[EnvVar]:
 class ExecuteJobSpec(_Model):
     """What to run and with which environment."""
 
-    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS, description="Number of input workers.")
+    replicas: JsonInt = Field(
+        default=1, ge=1, le=MAX_REPLICAS, description="Number of input workers."
+    )
     image: str = Field(
         min_length=1,
         description="Worker image; must contain the cerebras_appliance package. Immutable.",
@@ -245,16 +327,18 @@ class ExecuteJobSpec(_Model):
     template: WorkerTemplate = Field(
         default_factory=WorkerTemplate, description="Optional worker pod overrides."
     )
-    backoff_limit: int = Field(
+    backoff_limit: JsonInt = Field(
         default=0, ge=0, le=1000, description="Worker failures tolerated before the job fails."
     )
-    active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Fail the job when it has run this long."
+    active_deadline_seconds: PositiveSeconds | None = Field(
+        default=None,
+        description="Fail the job when it has run this long (at most 2147483647 s: 68 years).",
     )
-    ttl_seconds_after_finished: int | None = Field(
-        default=None, ge=0, description="Delete the job this long after it finished."
+    ttl_seconds_after_finished: Seconds | None = Field(
+        default=None,
+        description="Delete the job this long after it finished (at most 2147483647 s).",
     )
-    suspend: bool = Field(default=False, description="Remove the workers but keep the job.")
+    suspend: StrictBool = Field(default=False, description="Remove the workers but keep the job.")
     pool: str | None = Field(
         default=None,
         min_length=1,
@@ -310,7 +394,7 @@ class ExecuteJobStatus(_Model):
 
 def _checked_name(value: str | None, kind: str, limit: int) -> str | None:
     """``value`` if it is a valid name of a ``kind`` (job, pool), else ValueError saying why."""
-    if value is not None and (len(value) > limit or not re.match(JOB_NAME_PATTERN, value)):
+    if value is not None and (len(value) > limit or not re.fullmatch(JOB_NAME_PATTERN, value)):
         raise ValueError(
             f"{value!r} is not a valid {kind} name: use at most {limit} lower-case letters, "
             "digits and '-', starting and ending with a letter or digit"
@@ -370,7 +454,7 @@ class WorkerPoolSpec(_Model):
         description="Worker image (must contain the cerebras_appliance package). A job "
         "claims from the pool only when its spec.image is this image.",
     )
-    replicas: int = Field(
+    replicas: JsonInt = Field(
         default=1,
         ge=0,
         le=MAX_POOL_SIZE,

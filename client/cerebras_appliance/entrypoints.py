@@ -18,7 +18,7 @@ def is_script_entrypoint(entrypoint: str) -> bool:
 
 def entrypoint_problem(value: str) -> str | None:
     """Why ``value`` is not a valid entrypoint, or None when it is."""
-    if is_script_entrypoint(value) or re.match(ENTRYPOINT_MODULE_PATTERN, value):
+    if is_script_entrypoint(value) or re.fullmatch(ENTRYPOINT_MODULE_PATTERN, value):
         return None
     return (
         f"{value!r} is neither 'package.module:function' nor a script path ending in .py; "

@@ -161,6 +161,19 @@ def record_of(status: ExecuteJobStatus | None) -> Record:
     return Record(completed=parse_indexes(status.completed_indexes), failed=status.failed)
 
 
+def time_until(start: datetime, seconds: int, now: datetime) -> tuple[bool, float | None]:
+    """(due, seconds left) for something due ``seconds`` after ``start``. Never raises: a due
+    date past the last one a datetime can hold (year 9999) is never due, and has no time left
+    to wait for (``(False, None)``): no value an API server stores can crash a reconcile."""
+    try:
+        due = start + timedelta(seconds=seconds)
+    except OverflowError:
+        return False, None
+    if now >= due:
+        return True, None
+    return False, (due - now).total_seconds()
+
+
 def deadline_due(
     spec: ExecuteJobSpec, start_time: datetime | None, now: datetime
 ) -> tuple[bool, float | None]:
@@ -168,10 +181,7 @@ def deadline_due(
     is not enforced while suspended."""
     if spec.active_deadline_seconds is None or spec.suspend or start_time is None:
         return False, None
-    due = start_time + timedelta(seconds=spec.active_deadline_seconds)
-    if now >= due:
-        return True, None
-    return False, (due - now).total_seconds()
+    return time_until(start_time, spec.active_deadline_seconds, now)
 
 
 def decide(

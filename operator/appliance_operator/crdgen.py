@@ -41,6 +41,28 @@ HEADER = (
 
 _IMMUTABLE = "is immutable: the snapshot is taken when the job is created; create a new job"
 
+
+def _reserved_keys_rule(field: str) -> dict[str, Any]:
+    """A template's labels/annotations may not use the operator's own keys (api.reserved_key):
+    the pool and job controllers select and count pods by them."""
+    keys = " && ".join(f"k != '{key}'" for key in sorted(api.RESERVED_KEYS))
+    return {
+        "x-kubernetes-validations": [
+            {
+                "rule": f"self.all(k, !k.startsWith('{api.RESERVED_KEY_PREFIX}') && {keys})",
+                "message": f"{field} keys starting with '{api.RESERVED_KEY_PREFIX}' (and "
+                f"{', '.join(sorted(api.RESERVED_KEYS))}) are the operator's own; use another key",
+            }
+        ]
+    }
+
+
+#: Both kinds' ``spec.template`` (api.WorkerTemplate).
+_TEMPLATE_RULES: dict[str, dict[str, Any]] = {
+    "spec.template.labels": _reserved_keys_rule("spec.template.labels"),
+    "spec.template.annotations": _reserved_keys_rule("spec.template.annotations"),
+}
+
 #: CEL rules and other hand-kept keywords, merged into the generated schema at these paths
 #: (dotted, relative to the ExecuteJob root; ``[]`` steps into array items).
 #: Every rule's cost is bounded by the maxLength/maxItems the models declare.
@@ -106,11 +128,20 @@ HAND_KEPT: dict[str, dict[str, Any]] = {
             },
         ]
     },
+    "spec.env[].value": {
+        "x-kubernetes-validations": [
+            {
+                "rule": "!self.contains('\\x00')",
+                "message": f"spec.env[].value {api.NUL_MESSAGE}",
+            }
+        ]
+    },
     "spec.pool": {
         "x-kubernetes-validations": [
             {"rule": "self == oldSelf", "message": f"spec.pool {_IMMUTABLE}"},
         ]
     },
+    **_TEMPLATE_RULES,
     "status.conditions": {
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],
@@ -164,6 +195,7 @@ POOL_HAND_KEPT: dict[str, dict[str, Any]] = {
             },
         ]
     },
+    **_TEMPLATE_RULES,
     "status.conditions": {
         "x-kubernetes-list-type": "map",
         "x-kubernetes-list-map-keys": ["type"],

@@ -8,11 +8,15 @@ from typing import Any
 import pytest
 
 from cerebras_appliance.api import (
+    NUL_MESSAGE,
     EnvVar,
     ExecuteJob,
     InvalidJobError,
+    WorkerTemplate,
     env_from_snapshot,
     parse_job,
+    parse_pool,
+    reserved_key,
 )
 from cerebras_appliance.jobs import build_job
 
@@ -159,3 +163,134 @@ def test_generated_names_are_valid_and_distinct() -> None:
     b = build_job("loader.py", 1, [])
     assert a.metadata.name != b.metadata.name
     assert isinstance(ExecuteJob.model_validate(a.to_manifest()), ExecuteJob)
+
+
+# -- issue 21: the operator's own keys, NUL, and what the API server takes for a number -------
+
+RESERVED = ["appliance.dev/job-name", "appliance.dev/pool-state", "app.kubernetes.io/managed-by"]
+
+
+@pytest.mark.parametrize("key", RESERVED)
+@pytest.mark.parametrize("part", ["labels", "annotations"])
+def test_a_pool_template_may_not_use_the_operators_keys(part: str, key: str) -> None:
+    """Defect 8: a pool whose template set appliance.dev/job-name had every idle pod look
+    claimed, and created `replicas` new pods on every reconcile."""
+    with pytest.raises(InvalidJobError) as refused:
+        parse_pool(
+            {"metadata": {"name": "p"}, "spec": {"image": "i", "template": {part: {key: "x"}}}}
+        )
+    line = next(e for e in refused.value.errors if e.startswith(f"spec.template.{part}"))
+    assert key in line and "operator's own" in line and "use another key" in line
+
+
+def test_template_keys_of_other_prefixes_are_kept() -> None:
+    pool = parse_pool(
+        {
+            "metadata": {"name": "p"},
+            "spec": {
+                "image": "i",
+                "template": {"labels": {"team": "a", "x.appliance.dev/y": "b"}},
+            },
+        }
+    )
+    assert pool.spec.template.labels == {"team": "a", "x.appliance.dev/y": "b"}
+
+
+def test_every_key_the_operator_writes_on_pods_is_reserved() -> None:
+    """So the models' refusal covers whatever desired.py writes and selects on."""
+    from appliance_operator import desired
+
+    keys = [
+        value
+        for name, value in vars(desired).items()
+        if name.endswith(("_LABEL", "_ANNOTATION")) and isinstance(value, str)
+    ]
+    assert len(keys) >= 6
+    for key in keys:
+        assert reserved_key(key), key
+
+
+def test_pods_never_carry_a_template_key_the_operator_owns() -> None:
+    """Belt and braces for a template the models did not check (an older CRD, model_construct):
+    the operator's keys on a pod are always its own values."""
+    from appliance_operator import desired
+
+    forged = {"appliance.dev/job-name": "victim", "app.kubernetes.io/managed-by": "me", "t": "1"}
+    template = WorkerTemplate.model_construct(
+        **{**dict(WorkerTemplate()), "labels": forged, "annotations": forged}
+    )
+    pool = parse_pool({"metadata": {"name": "p", "namespace": "ml"}, "spec": {"image": "i"}})
+    pool.spec.__dict__["template"] = template
+    pod = desired.pool_pod(pool, "uid-p", "abcde")
+    labels, annotations = pod["metadata"]["labels"], pod["metadata"]["annotations"]
+    assert desired.JOB_NAME_LABEL not in labels and labels["t"] == "1"
+    assert labels[desired.MANAGED_BY_LABEL] == desired.MANAGED_BY
+    assert not [k for k in annotations if reserved_key(k)] and annotations["t"] == "1"
+    job = parse_job(copy.deepcopy(VALID))
+    job.spec.__dict__["template"] = template
+    worker = desired.worker_pod(job, "uid-j", desired.WorkerId(0), "h")
+    assert worker["metadata"]["labels"][desired.JOB_NAME_LABEL] == "demo"
+    assert worker["metadata"]["labels"]["t"] == "1"
+    assert not [
+        k
+        for k in worker["metadata"]["annotations"]
+        if reserved_key(k) and k != desired.ENV_HASH_ANNOTATION
+    ]
+
+
+@pytest.mark.parametrize("value", ["\x00", "a\x00", "\x00b", "/mnt/\x00/data"])
+def test_an_inline_value_with_nul_is_refused_naming_the_variable_and_the_fix(value: str) -> None:
+    """Defect 13: every worker exited 78 on it and counted as a failure."""
+    doc = copy.deepcopy(VALID)
+    doc["spec"]["env"][0]["value"] = value
+    with pytest.raises(InvalidJobError) as refused:
+        parse_job(doc)
+    assert [e for e in refused.value.errors if e.startswith("spec.env[0].value")] == [
+        f"spec.env[0].value: {NUL_MESSAGE}"
+    ]
+    assert "remove it" in NUL_MESSAGE
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("replicas", "2"),
+        ("replicas", True),
+        ("backoffLimit", "1"),
+        ("activeDeadlineSeconds", "600"),
+        ("ttlSecondsAfterFinished", False),
+        ("suspend", "true"),
+        ("suspend", 1),
+    ],
+)
+def test_numbers_and_booleans_are_json_typed_as_the_crd_takes_them(path: str, value: Any) -> None:
+    """The API server refuses "2" for an integer and "true" for a boolean; pydantic's lax mode
+    converted them, so the client accepted what admission refuses."""
+    doc = copy.deepcopy(VALID)
+    doc["spec"][path] = value
+    with pytest.raises(InvalidJobError) as refused:
+        parse_job(doc)
+    assert any(e.startswith(f"spec.{path}") for e in refused.value.errors), refused.value.errors
+
+
+def test_a_whole_float_is_an_integer_as_for_the_api_server() -> None:
+    doc = copy.deepcopy(VALID)
+    doc["spec"]["replicas"] = 3.0  # the API server's JSON decoder reads 3.0 as 3
+    assert parse_job(doc).spec.replicas == 3
+    pool = parse_pool({"metadata": {"name": "p"}, "spec": {"image": "i", "replicas": 2.0}})
+    assert pool.spec.replicas == 2
+
+
+@pytest.mark.parametrize("name", ["demo\n", "demo\n\n"])
+def test_a_name_with_a_trailing_newline_is_refused(name: str) -> None:
+    """Python's `$` matches before a final newline; the API server's does not."""
+    doc = copy.deepcopy(VALID)
+    doc["metadata"]["name"] = name
+    with pytest.raises(InvalidJobError):
+        parse_job(doc)
+    with pytest.raises(InvalidJobError):
+        parse_pool({"metadata": {"name": name}, "spec": {"image": "i"}})
+    doc = copy.deepcopy(VALID)
+    doc["spec"]["entrypoint"] = "my_pkg.loader:main\n"
+    with pytest.raises(InvalidJobError, match=r"spec\.entrypoint"):
+        parse_job(doc)

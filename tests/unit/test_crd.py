@@ -79,6 +79,7 @@ def test_descriptions_are_kept_and_optional_fields_are_not_null() -> None:
     assert deadline == {
         "description": deadline["description"],
         "minimum": 1,
+        "maximum": api.MAX_DURATION_SECONDS,
         "type": "integer",
     }
     assert spec["properties"]["replicas"]["default"] == 1

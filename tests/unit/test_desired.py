@@ -112,7 +112,9 @@ def test_env_values_never_appear_in_a_pod() -> None:
 
 def test_template_overrides_are_merged() -> None:
     template = {
-        "labels": {"team": "ml", "appliance.dev/job-name": "spoofed"},
+        # The operator's own keys are refused in a template (issue 21, defect 8); that a forged
+        # one never reaches a pod is tests/unit/test_api.py's.
+        "labels": {"team": "ml"},
         "annotations": {"note": "x"},
         "resources": {"limits": {"cpu": "2"}},
         "nodeSelector": {"type": "kwok"},
@@ -131,7 +133,7 @@ def test_template_overrides_are_merged() -> None:
     meta, spec = pod["metadata"], pod["spec"]
     (container,) = spec["containers"]
     assert meta["labels"]["team"] == "ml"
-    assert meta["labels"]["appliance.dev/job-name"] == "demo"  # ours win
+    assert meta["labels"]["appliance.dev/job-name"] == "demo"
     assert meta["annotations"]["note"] == "x"
     assert container["resources"] == {"limits": {"cpu": "2"}}
     assert container["securityContext"] == {"runAsNonRoot": True}

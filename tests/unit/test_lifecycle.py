@@ -13,13 +13,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cerebras_appliance as app
-from cerebras_appliance.api import ExecuteJobSpec, ExecuteJobStatus
+from cerebras_appliance.api import (
+    MAX_DURATION_SECONDS,
+    ExecuteJobSpec,
+    ExecuteJobStatus,
+    InvalidJobError,
+    parse_job,
+)
 from cerebras_appliance.lifecycle import (
     Attempt,
+    deadline_due,
     decide,
     format_indexes,
     outcome,
     parse_indexes,
+    time_until,
 )
 from cerebras_appliance.local import LocalJob
 
@@ -129,6 +137,62 @@ def test_deadline_counts_from_the_start_time() -> None:
     assert d.requeue_after == 20 and d.status.phase == "Running"
     late = decide(spec, [att(0), att(1)], started, env_hash="h", now=T0 + timedelta(seconds=20))
     assert late.status.phase == "Failed" and len(late.stop) == 2
+
+
+# Issue 21, defect 9: activeDeadlineSeconds around 1e12 raised OverflowError (date value out
+# of range) in every reconcile, freezing the job's status and its pods' finalizers. The models
+# and the CRD now stop at api.MAX_DURATION_SECONDS; the arithmetic itself never raises, for a
+# value an older CRD admitted or a start time near the end of the calendar.
+HUGE = 10**12
+
+
+def test_a_deadline_beyond_the_calendar_is_never_due_and_does_not_raise() -> None:
+    spec = SPEC.model_construct(**{**dict(SPEC), "active_deadline_seconds": HUGE})
+    started = ExecuteJobStatus(phase="Running", start_time="2026-03-01T11:59:50Z", replicas=2)
+    d = run([att(0), att(1)], spec, started)
+    assert d.status.phase == "Running" and d.requeue_after is None
+    assert deadline_due(spec, T0, T0) == (False, None)
+
+
+def test_the_longest_admitted_deadline_from_the_last_year_does_not_raise() -> None:
+    spec = SPEC.model_copy(update={"active_deadline_seconds": MAX_DURATION_SECONDS})
+    late = datetime(9999, 12, 31, tzinfo=UTC)
+    assert deadline_due(spec, late, late) == (False, None)
+    assert deadline_due(spec, T0, T0) == (False, float(MAX_DURATION_SECONDS))
+
+
+@given(
+    start=st.datetimes(timezones=st.just(UTC)),
+    seconds=st.integers(min_value=0, max_value=2**63),
+    elapsed=st.integers(min_value=0, max_value=10**6),
+)
+def test_time_until_never_raises(start: datetime, seconds: int, elapsed: int) -> None:
+    """Any start, any duration an API server could store (int64): an answer, never an
+    exception; when it is due, it is due at start + seconds."""
+    try:
+        now = start + timedelta(seconds=elapsed)
+    except OverflowError:
+        now = start
+    due, left = time_until(start, seconds, now)
+    if due:
+        assert left is None and start + timedelta(seconds=seconds) <= now
+    elif left is not None:
+        assert 0 < left <= seconds + 1
+
+
+@pytest.mark.parametrize("field", ["active_deadline_seconds", "ttl_seconds_after_finished"])
+@pytest.mark.parametrize("value", [MAX_DURATION_SECONDS + 1, HUGE, 2**63])
+def test_durations_above_the_maximum_are_refused(field: str, value: int) -> None:
+    alias = {"active_deadline_seconds": "activeDeadlineSeconds"}.get(
+        field, "ttlSecondsAfterFinished"
+    )
+    with pytest.raises(InvalidJobError) as refused:
+        parse_job(
+            {"metadata": {"name": "j"}, "spec": {"image": "i", "entrypoint": "a.py", alias: value}}
+        )
+    assert any(
+        line.startswith(f"spec.{alias}") and "2147483647" in line for line in refused.value.errors
+    ), refused.value.errors
 
 
 @given(st.frozensets(st.integers(min_value=0, max_value=200), max_size=40))

@@ -349,6 +349,18 @@ def test_ttl_after_finished() -> None:
     assert step.delete_job
 
 
+def test_a_ttl_past_the_calendar_never_deletes_and_does_not_raise() -> None:
+    """Issue 21, defect 9: finished + ttlSecondsAfterFinished past year 9999 raised
+    OverflowError in every reconcile (status frozen, finalizers never released)."""
+    done = [pod(0, "Succeeded", exit_code=0), pod(1, "Succeeded", exit_code=0)]
+    late = datetime(9999, 12, 31, tzinfo=UTC)
+    longest = 2**31 - 1  # api.MAX_DURATION_SECONDS, the most the models and the CRD admit
+    status = settle(done, ttlSecondsAfterFinished=longest, now=late)
+    assert status.phase == "Succeeded"
+    step = run(done, status=status, ttlSecondsAfterFinished=longest, now=late)
+    assert not step.delete_job and step.requeue_after is None
+
+
 def test_scale_down_deletes_extra_workers() -> None:
     step = run([pod(0), pod(1), pod(2)], replicas=2)
     assert [p.name for p in step.delete] == ["demo-worker-2"]
