@@ -155,9 +155,15 @@ def plan(inputs: Inputs) -> Plan:
     """The actions that bring one job's pods, Secret and status to the desired state."""
     job, now = inputs.job, inputs.now
     mine = [p for p in inputs.pods if p.owner_uid == job.uid]
+    # Pods named for this job but owned by an earlier job of the same name (deleted and
+    # recreated at once, e.g. `kubectl replace --force`): the deleted job's reconcile never
+    # ran under this key, so their finalizers go here, or they would stay Terminating.
+    orphaned = tuple(
+        p for p in inputs.pods if p.owner_uid != job.uid and p.tracked and not p.released
+    )
     if job.deleting:
         # The garbage collector removes what the job owns, once the finalizers are gone.
-        return Plan(release=tuple(p for p in mine if p.tracked and not p.released))
+        return Plan(release=(*(p for p in mine if p.tracked and not p.released), *orphaned))
     spec = job.job.spec
     previous = inputs.previous if inputs.previous is not None else job.status
     counted_before = frozenset(previous.counted_pods) if previous is not None else frozenset()
@@ -214,6 +220,7 @@ def plan(inputs: Inputs) -> Plan:
         for p in mine
         if p.tracked and not p.released and (p.uid in counted_pods or p.name in disrupted)
     ]
+    release.extend(orphaned)
 
     delete_job = False
     if status.finished and spec.ttl_seconds_after_finished is not None:

@@ -373,6 +373,24 @@ def test_deleting_job_is_left_to_the_garbage_collector() -> None:
     assert step == type(step)(release=(pod(0),))  # only its pods' finalizers go
 
 
+def test_pods_of_an_earlier_job_of_the_same_name_are_released() -> None:
+    """`kubectl replace --force`: the job is deleted and recreated under the same name before
+    the operator reconciled the deletion. The old job's pods (another owner uid) must lose
+    the tracking finalizer, or they stay Terminating until the new job goes."""
+    old = [
+        pod(0, "Failed", exit_code=143, owner="uid-of-the-deleted-job", terminating=True),
+        pod(1, "Running", owner="uid-of-the-deleted-job", terminating=True),
+        pod(2, "Succeeded", exit_code=0, owner="uid-of-the-deleted-job", tracked=False),
+    ]
+    step = run(old)
+    assert sorted(p.uid for p in step.release) == sorted(p.uid for p in old[:2])
+    assert step.status is not None and step.status.failed == 0  # not this job's failures
+    body = job_body()
+    body["metadata"]["deletionTimestamp"] = "2026-03-01T12:01:00Z"
+    step = plan(Inputs(job=job_view(body), pods=[pod(0), *old], now=T0))
+    assert [p.uid for p in step.release] == [pod(0).uid, old[0].uid, old[1].uid]
+
+
 def test_env_problem_is_a_condition_and_keeps_the_job_pending() -> None:
     problem = Condition(
         type=ENV_RESOLVED,
