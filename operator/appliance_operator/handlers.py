@@ -380,10 +380,24 @@ async def _resync(rt: _Runtime) -> None:
                 rt.queue.add_after(key, random.uniform(0, period))
 
 
+def prune_tombstones(rt: _Runtime) -> None:
+    """Forget the tombstones of uids no index holds any more (a later watch event or re-list
+    dropped them): the set stays as small as the ghosts still cached, not all there were."""
+    indexed: set[str] = set()
+    for index in (rt.jobs, rt.pool_bodies):
+        for key in list(index):
+            indexed.update(str(body["metadata"].get("uid")) for body in index.get(key, ()))
+    for views in (rt.pods, rt.pool_pods):
+        for key in list(views):
+            indexed.update(view.uid for view in views.get(key, ()))
+    rt.tombstones.intersection_update(indexed)
+
+
 async def _check_drift(rt: _Runtime) -> None:
     """Find objects the indexes hold that are gone from the API server, tombstone them and
     reconcile their jobs. Only objects indexed *before* the list started are judged, so one
     created meanwhile is never mistaken for a ghost."""
+    prune_tombstones(rt)
     before: dict[str, tuple[dict[str, JobKey], dict[str, JobKey]]] = {}
     for key in list(rt.jobs):
         pods, jobs = before.setdefault(key[0], ({}, {}))

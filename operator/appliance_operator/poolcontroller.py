@@ -97,6 +97,10 @@ def _pool_of(body: Mapping[str, Any] | None) -> WorkerPool | None:
         return None
 
 
+#: The ``outcome`` label values of ``appliance_operator_pool_claims_total``.
+CLAIM_OUTCOMES = ("claimed", "cold", "conflict", "failed")
+
+
 class PoolController:
     def __init__(
         self,
@@ -117,10 +121,31 @@ class PoolController:
         self._claimed: dict[str, float] = {}  # pod uid -> when this process claimed it
         self._trouble: dict[str, DeliveryTrouble] = {}  # pool uid -> deliveries failing
         self._secret_problem: dict[str, str] = {}  # pool uid -> its claim Secrets' problem
+        self._uids: dict[PoolKey, str] = {}  # the uid each pool's state above is kept under
         # The claim port's NetworkPolicy in each pool's namespace (poolnetwork.py).
         self.network = poolnetwork.PolicyKeeper(api, poolnetwork.source_from_os(), claim_port)
 
     # -- one pool ------------------------------------------------------------------------
+
+    def _forget(self, key: PoolKey, uid: str | None) -> None:
+        """Drop what this process keeps for pool ``key`` unless it is still pool ``uid``:
+        its TLS context, credentials, expectations and claim counters go with the pool (the
+        operator's memory is bounded by the pools that exist, not by all there ever were)."""
+        with self._lock:
+            old = self._uids.pop(key, None)
+            if uid is not None:
+                self._uids[key] = uid
+            if old is None or old == uid:
+                return
+            self._contexts.pop(old, None)
+            self._creds_ready.discard(old)
+            self._created.pop(old, None)
+            self._trouble.pop(old, None)
+            self._secret_problem.pop(old, None)
+        if uid is None:
+            for outcome in CLAIM_OUTCOMES:
+                with contextlib.suppress(KeyError):
+                    self.metrics.pool_claims.remove(key[0], key[1], outcome)
 
     def reconcile(
         self, key: PoolKey, body: Mapping[str, Any] | None, pods: Sequence[PoolPodView]
@@ -131,6 +156,7 @@ class PoolController:
                 with contextlib.suppress(KeyError):
                     self.metrics.pool_workers.remove(namespace, name, state)
             self.network.forget(namespace, name)
+            self._forget(key, None)
             return None
         pool = _pool_of(body)
         if pool is None:
@@ -138,6 +164,7 @@ class PoolController:
             return None
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid") or "")
+        self._forget(key, uid)  # a pool recreated under the same name: the old one's state
         secret_problem = self._ensure_credentials(namespace, pool, uid)
         current = pool_spec_hash(pool)
         self.network.ensure(namespace, name, uid)

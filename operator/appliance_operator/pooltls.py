@@ -272,16 +272,34 @@ def client_context(pair: KeyPair) -> ssl.SSLContext:
     context.check_hostname = False  # pods have no stable names: the CN is checked instead
     context.verify_mode = ssl.CERT_REQUIRED
     context.load_verify_locations(cadata=pair.ca_pem.decode("ascii"))
-    # load_cert_chain reads files only: a private file, removed as soon as it is loaded.
+    load_cert_chain_from_memory(context, pair.cert_pem + pair.key_pem)
+    return context
+
+
+def load_cert_chain_from_memory(context: ssl.SSLContext, pem: bytes) -> None:
+    """``context.load_cert_chain`` of a certificate and key that never touch a disk.
+
+    The ssl module reads a key from a path only. On Linux the path is an anonymous memory file
+    (``memfd_create``, read through ``/proc/self/fd``); elsewhere (a developer's machine) a
+    private temporary file, removed as soon as it is loaded."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("claim-key", os.MFD_CLOEXEC)
+        try:
+            view = memoryview(pem)
+            while view:
+                view = view[os.write(fd, view) :]
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
+        return
     fd, path = tempfile.mkstemp(prefix="claim-", suffix=".pem")
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(pair.cert_pem + pair.key_pem)
+            handle.write(pem)
         context.load_cert_chain(path)
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
-    return context
 
 
 class ClaimRefusedError(RuntimeError):
