@@ -323,3 +323,88 @@ def test_credentials_round_trip_through_secret_data(creds: pooltls.PoolCredentia
     assert creds.worker.key_pem != creds.operator.key_pem
     with pytest.raises(channel.ChannelError, match=r"tls\.key"):
         pooltls.KeyPair.from_secret_data({"ca.crt": "", "tls.crt": ""})
+
+
+def test_silent_connections_do_not_stall_the_operators_claim(
+    start: Callable[[str], Warm], creds: pooltls.PoolCredentials
+) -> None:
+    """Peers that connect and send nothing (a port scan, a stuck proxy, a hostile pod) each
+    hold a connection for up to IO_TIMEOUT_SECONDS; handshaken one at a time they stalled
+    every claim for N x 10 s. Handshaken concurrently, the claim is answered at once."""
+    warm = start("pod-a")
+    silent = []
+    for _ in range(12):  # 12 x 10 s = 120 s, one at a time
+        silent.append(socket.create_connection(("127.0.0.1", warm.port), timeout=10))
+    try:
+        data, digest = a_claim()
+        began = time.monotonic()
+        answer = pooltls.deliver(
+            operator_context(creds), "127.0.0.1", data, port=warm.port, timeout=30
+        )
+        took = time.monotonic() - began
+        assert answer["envHash"] == digest
+        assert took < 5.0, f"the claim waited {took:.1f} s behind silent connections"
+    finally:
+        for s in silent:
+            s.close()
+    code, _, err = warm.result()
+    assert code == 0, err
+
+
+def test_a_probe_is_answered_and_claims_nothing(
+    start: Callable[[str], Warm], creds: pooltls.PoolCredentials
+) -> None:
+    warm = start("pod-a")
+    for _ in range(2):
+        pooltls.probe(operator_context(creds), "127.0.0.1", port=warm.port)
+    assert warm.idle.exists() and warm.proc.poll() is None  # still idle
+    with pytest.raises(pooltls.ClaimRefusedError):  # only the operator may probe
+        pooltls.probe(pooltls.client_context(creds.worker), "127.0.0.1", port=warm.port)
+    data, _ = a_claim()
+    assert pooltls.deliver(operator_context(creds), "127.0.0.1", data, port=warm.port)
+    code, _, err = warm.result()
+    assert code == 0, err
+
+
+def test_an_answer_confirms_only_the_claim_it_answers(
+    start: Callable[[str], Warm], creds: pooltls.PoolCredentials
+) -> None:
+    """A worker claimed first by someone else (job A) is never confirmed for job B: B's
+    delivery finds nobody listening, which is a failure (not "it accepted B's claim"), and
+    an answer that does not repeat B's job uid and nonce is refused."""
+    warm = start("pod-a")
+    context = operator_context(creds)
+    data_a = claims.dumps(claims.parse(a_claim()[0])._replace(job="uid-a", nonce="n-a"))
+    answer = pooltls.deliver(context, "127.0.0.1", data_a, port=warm.port, job="uid-a", nonce="n-a")
+    assert (answer["job"], answer["nonce"]) == ("uid-a", "n-a")
+    data_b = claims.dumps(claims.parse(a_claim()[0])._replace(job="uid-b", nonce="n-b"))
+    with pytest.raises(pooltls.ClaimRefusedError, match="ConnectionRefused"):
+        pooltls.deliver(context, "127.0.0.1", data_b, port=warm.port, job="uid-b", nonce="n-b")
+    assert warm.result()[0] == 0
+
+
+def test_an_answer_not_bound_to_the_claim_is_refused(
+    creds: pooltls.PoolCredentials, tmp_path: Path
+) -> None:
+    """A peer with the workers' certificate (e.g. a claimed job's own code) answering
+    "accepted" without this claim's job uid and nonce confirms nothing."""
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    for name, value in creds.worker.secret_data().items():
+        (tls / name).write_bytes(base64.b64decode(value))
+    server = channel.ClaimServer.listen(channel.server_context(tls), 0, host="127.0.0.1")
+
+    def answer_for_another_job() -> None:
+        with contextlib.suppress(OSError):
+            _, reply = server.accept_one()
+            reply({"accepted": True, "envHash": "x", "job": "uid-a", "nonce": "old"})
+
+    thread = threading.Thread(target=answer_for_another_job, daemon=True)
+    thread.start()
+    data = claims.dumps(claims.parse(a_claim()[0])._replace(job="uid-b", nonce="n-b"))
+    with pytest.raises(pooltls.ClaimRefusedError, match="not bound to this claim"):
+        pooltls.deliver(
+            operator_context(creds), "127.0.0.1", data, port=server.port, job="uid-b", nonce="n-b"
+        )
+    thread.join(timeout=10)
+    server.close()

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from appliance_operator import desired, poolcontroller, pooltls
+from appliance_operator import desired, poolcontroller, poolplan, pooltls
 from appliance_operator.controller import Controller
 from appliance_operator.kubeapi import ApiError
 from appliance_operator.metrics import Metrics
@@ -38,6 +38,7 @@ from appliance_operator.poolplan import (
     pool_spec_hash,
 )
 from cerebras_appliance import channel, envfile
+from cerebras_appliance import claim as claims
 from cerebras_appliance import worker as worker_mod
 from cerebras_appliance.api import AWAITING_VALUES_ANNOTATION, ExecuteJobSpec, parse_pool
 
@@ -241,6 +242,7 @@ class FakeApi:
         self.deleted: list[str] = []
         self._rv = itertools.count(100)
         self._uid = itertools.count(1)
+        self.fail_secret_creates: list[str] = []  # the next create of each fails once
         self.job_version = 10
 
     def _record(self, body: Any) -> None:
@@ -280,13 +282,25 @@ class FakeApi:
         return json.loads(json.dumps(pod))
 
     def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """As the API server: a pod with finalizers is marked Terminating, else removed."""
         self.deleted.append(name)
+        pod = self.pods.get(name)
+        if pod is None or pod["metadata"]["uid"] != uid:
+            return
+        if pod["metadata"].get("finalizers"):
+            pod["metadata"].setdefault("deletionTimestamp", "2026-03-01T12:00:00Z")
+            pod["metadata"]["resourceVersion"] = str(next(self._rv))
+        else:
+            del self.pods[name]
 
     def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.pods.get(name)
 
     def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         name = body["metadata"]["name"]
+        if name in self.fail_secret_creates:
+            self.fail_secret_creates.remove(name)
+            raise ApiError(500, "InternalError", "etcdserver: request timed out")
         if name in self.secrets:
             raise ApiError(409, "AlreadyExists", "exists")
         self.secrets[name] = json.loads(json.dumps(body))
@@ -378,20 +392,28 @@ class Cluster:
             '\'import os; print("child", os.environ.get("TOKEN"))\'], check=True)\n'
         )
         self.pool = pool_body(replicas=0)
+        self.spec_changes: dict[str, Any] = {}
 
     def reconcile_pool(self) -> None:
         self.pools.reconcile(("ml", "warm"), self.pool, self.pool_views())
 
-    def start_idle(self, count: int) -> None:
-        """Pods the pool controller created, each run by a real warm worker on 127.0.0.N."""
+    def start_idle(self, count: int, tls_of: pooltls.PoolCredentials | None = None) -> None:
+        """Pods the pool controller created, each run by a real warm worker on 127.0.0.N
+        (``tls_of``: with another CA's worker certificate, a channel that cannot work)."""
         self.pool = pool_body(replicas=count)
+        self.pool["spec"].update(self.spec_changes)
         self.reconcile_pool()
-        tls = self.tmp / "tls"
+        tls = self.tmp / ("tls" if tls_of is None else f"tls-{id(tls_of)}")
         tls.mkdir(exist_ok=True)
-        for key, value in self.api.secrets[pooltls.worker_secret_name("warm", "uid-pool")]["data"].items():
+        data = (
+            self.api.secrets[pooltls.worker_secret_name("warm", "uid-pool")]["data"]
+            if tls_of is None
+            else tls_of.worker.secret_data()
+        )
+        for key, value in data.items():
             (tls / key).write_bytes(base64.b64decode(value))
         for number, (name, pod) in enumerate(sorted(self.api.pods.items()), start=2):
-            if name in self.procs:
+            if name in self.procs or desired.POOL_NAME_LABEL not in pod["metadata"]["labels"]:
                 continue
             ip = f"127.0.0.{number}"
             state = self.tmp / name
@@ -697,3 +719,277 @@ def test_unknown_pool_is_a_condition_and_every_worker_starts_cold(cluster: Clust
         c for s in cluster.api.statuses for c in s.get("conditions", []) if c["type"] == POOL_CLAIM
     )
     assert condition["status"] == "False" and condition["reason"] == "PoolNotFound"
+
+
+# -- claims that cannot be delivered (issue 21, defect 1) -------------------------------------
+
+
+def _warm_pods(c: Cluster, uid: str = "uid-job") -> list[str]:
+    return [
+        n
+        for n, p in c.api.pods.items()
+        if desired.POOL_NAME_LABEL in p["metadata"]["labels"]
+        and [r["uid"] for r in p["metadata"].get("ownerReferences", [])] == [uid]
+    ]
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), None)
+
+
+def test_a_pool_whose_claims_cannot_be_delivered_falls_back_cold_and_says_so(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle workers whose channel cannot work (here: another CA's certificate, as a CA
+    mismatch, a sidecar or a NetworkPolicy would break it): the job's claimed workers are
+    replaced cold, the pool says why (ClaimsDelivered=False naming the pod) and is claimed
+    from no more, so no pool pod is burnt after the first failure; a probe answered by a
+    newer idle pod lifts the block."""
+    cluster.start_idle(2, tls_of=pooltls.new_pool_credentials("elsewhere"))
+    ctl = cluster.controller()
+    key = ("ml", "demo")
+    ctl.reconcile(key, job_body(replicas=2), [], cluster.snapshot())
+    burnt = set(_warm_pods(cluster))
+    assert len(burnt) == 2 and set(cluster.api.deleted) == burnt  # tried, failed, deleted
+    for name in burnt:
+        annotations = cluster.api.pods[name]["metadata"].get("annotations", {})
+        assert desired.CLAIM_CONFIRMED_ANNOTATION not in annotations
+    warnings = [e for e in cluster.api.events if e["reason"] == "ClaimNotDelivered"]
+    assert warnings, cluster.api.events
+    # The pool refills (with pods that cannot work either) and says why it is not claimed.
+    cluster.start_idle(2, tls_of=pooltls.new_pool_credentials("elsewhere"))
+    status = cluster.api.pool_statuses[-1]
+    delivered = _condition(status, "ClaimsDelivered")
+    assert delivered is not None and delivered["status"] == "False", status
+    assert delivered["reason"] == "DeliveryFailed"
+    assert any(name in delivered["message"] for name in burnt), delivered
+    # The job's workers are replaced cold; reconciling again and again claims nothing more.
+    for _ in range(5):
+        ctl.reconcile(key, job_body(replicas=2), cluster.job_pods(), cluster.snapshot())
+    cold = sorted(n for n in cluster.api.pods if n.startswith("demo-worker-"))
+    assert len(cold) == 2, sorted(cluster.api.pods)
+    assert set(_warm_pods(cluster)) == burnt  # no pool pod claimed after the failure
+    condition = next(
+        c
+        for s in reversed(cluster.api.statuses)
+        for c in s.get("conditions", [])
+        if c["type"] == POOL_CLAIM
+    )
+    assert condition["status"] == "False", condition
+    # Another job is not claimed warm either (no pod burnt for it).
+    other = job_body(replicas=1, name="other", uid="uid-other")
+    ctl.reconcile(("ml", "other"), other, [], cluster.snapshot())
+    assert _warm_pods(cluster, "uid-other") == [] and "other-worker-0" in cluster.api.pods
+    # The cause is fixed (new idle pods with the pool's certificate): a probe (no claim)
+    # answered by one of them lifts the block, and the next job is claimed warm again.
+    for name in [n for n, p in cluster.api.pods.items() if n.startswith("warm-")]:
+        if name not in burnt:
+            cluster.api.pods[name]["status"]["phase"] = "Failed"  # the broken idle pods end
+    cluster.reconcile_pool()
+    monkeypatch.setattr(poolcontroller, "PROBE_BACKOFF", 0.0)
+    cluster.pools._trouble["uid-pool"].next_probe = 0.0
+    cluster.start_idle(1)
+    cluster.reconcile_pool()
+    delivered = _condition(cluster.api.pool_statuses[-1], "ClaimsDelivered")
+    assert delivered is not None and delivered["status"] == "True", delivered
+    third = job_body(replicas=1, name="third", uid="uid-third")
+    ctl.reconcile(("ml", "third"), third, [], cluster.snapshot())
+    (warm,) = _warm_pods(cluster, "uid-third")
+    code, out, err = cluster.output(warm)
+    assert code == 0 and f"INLINE {SENTINEL}" in out, err
+
+
+# -- a claim is the job's only on an answer bound to it (defect 4) ----------------------------
+
+
+def test_a_worker_claimed_by_someone_else_is_never_confirmed_for_the_job(
+    cluster: Cluster,
+) -> None:
+    """Someone holding the operator's certificate claims an idle worker first (job A's
+    values, A's code); the operator then adopts that pod for job B. B's delivery finds it not
+    listening: that is not B's claim accepted. The pod is never confirmed (nor Ready) for B,
+    it is deleted, and B's worker starts cold with B's values."""
+    cluster.start_idle(1)
+    (victim,) = list(cluster.api.pods)
+    operator_secret = cluster.api.secrets[pooltls.operator_secret_name("warm", "uid-pool")]
+    stolen = pooltls.client_context(pooltls.KeyPair.from_secret_data(operator_secret["data"]))
+    pairs = [("INLINE", "from-job-a")]
+    key, digest = envfile.seal(pairs)
+    claim_a = claims.Claim(
+        worker=victim,
+        entrypoint="user.py",
+        args=(),
+        plumbing=(("APPLIANCE_JOB_NAME", "a"),),
+        snapshot=envfile.dumps(pairs, digest, key),
+        job="uid-a",
+        nonce="n-a",
+    )
+    ip = cluster.api.pods[victim]["status"]["podIP"]
+    pooltls.deliver(stolen, ip, claims.dumps(claim_a), port=cluster.port, job="uid-a", nonce="n-a")
+    ctl = cluster.controller()
+    ctl.reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
+    meta = cluster.api.pods[victim]["metadata"]
+    assert [r["uid"] for r in meta["ownerReferences"]] == ["uid-job"]  # adopted...
+    # ...never confirmed
+    assert desired.CLAIM_CONFIRMED_ANNOTATION not in meta.get("annotations", {})
+    assert victim in cluster.api.deleted
+    ctl.reconcile(("ml", "demo"), job_body(replicas=1), cluster.job_pods(), cluster.snapshot())
+    assert [n for n in cluster.api.pods if n.startswith("demo-worker-0")]  # B's, cold
+    _, out, _ = cluster.output(victim)
+    assert "INLINE from-job-a" in out  # the victim pod ran A's code and values, not B's
+    for status in cluster.api.statuses:
+        assert status.get("readyReplicas", 0) == 0  # never Ready as B's worker
+
+
+def test_a_claimed_pod_is_ready_only_when_its_worker_answered_for_its_owner() -> None:
+    def pod(claimed_for: str) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": "warm-1",
+                "uid": "p1",
+                "labels": {
+                    **desired.job_labels("demo"),
+                    desired.WORKER_INDEX_LABEL: "0",
+                    desired.POOL_NAME_LABEL: "warm",
+                },
+                "ownerReferences": [{"uid": "uid-job", "controller": True}],
+                "annotations": {
+                    desired.CLAIM_CONFIRMED_ANNOTATION: "hmac-sha256:x",
+                    desired.CLAIMED_FOR_ANNOTATION: claimed_for,
+                },
+            },
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        }
+
+    mine, theirs = pod_view(pod("uid-job")), pod_view(pod("uid-other"))
+    assert mine is not None and mine.ready and mine.confirmed
+    assert theirs is not None and not theirs.ready and not theirs.confirmed
+    assert (
+        desired.confirm_patch("h", "uid-job")["metadata"]["annotations"][
+            desired.CLAIMED_FOR_ANNOTATION
+        ]
+        == "uid-job"
+    )
+
+
+# -- the claim Secrets, bound to the pool's uid (defect 2) ------------------------------------
+
+
+def _ca(c: Cluster, name: str) -> bytes:
+    return base64.b64decode(c.api.secrets[name]["data"][channel.CA_FILE])
+
+
+def test_an_error_between_the_two_secret_creates_leaves_a_matching_pair(
+    cluster: Cluster,
+) -> None:
+    worker_name = pooltls.worker_secret_name("warm", "uid-pool")
+    operator_name = pooltls.operator_secret_name("warm", "uid-pool")
+    cluster.api.fail_secret_creates = [worker_name]
+    cluster.pool = pool_body(replicas=1)
+    with pytest.raises(ApiError):
+        cluster.reconcile_pool()
+    assert operator_name in cluster.api.secrets and worker_name not in cluster.api.secrets
+    cluster.reconcile_pool()  # the retry finishes the pair from the operator's copy
+    assert _ca(cluster, worker_name) == _ca(cluster, operator_name)
+    cluster.start_idle(1)
+    cluster.controller().reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
+    (warm,) = _warm_pods(cluster)
+    code, out, err = cluster.output(warm)
+    assert code == 0 and f"INLINE {SENTINEL}" in out, err
+
+
+def test_claim_secrets_the_operator_did_not_make_for_this_pool_are_never_used(
+    cluster: Cluster,
+) -> None:
+    """Someone with `create secrets` makes the pool's claim Secrets (their own CA, even
+    owned by the pool): the operator uses neither, starts no idle pod, claims nothing, and
+    the pool's condition names the Secret and the fix."""
+    forged = pooltls.new_pool_credentials("warm")
+    name = pooltls.operator_secret_name("warm", "uid-pool")
+    cluster.api.secrets[name] = pooltls.claim_secret(
+        name,
+        "ml",
+        {},
+        {"uid": "uid-pool", "kind": "WorkerPool", "name": "warm"},  # not the controller
+        "uid-pool",
+        forged.fingerprint,
+        pooltls.operator_secret_data(forged),
+    )
+    cluster.pool = pool_body(replicas=2)
+    cluster.reconcile_pool()
+    assert not cluster.api.pods  # no idle pod mounts a CA someone else holds
+    delivered = _condition(cluster.api.pool_statuses[-1], "ClaimsDelivered")
+    assert delivered is not None and delivered["reason"] == "ClaimSecretsNotBound", delivered
+    assert name in delivered["message"] and "delete" in delivered["message"]
+    cluster.controller().reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
+    assert sorted(cluster.api.pods) == ["demo-worker-0"]  # cold
+    # Deleted (by someone allowed to): the operator makes its own pair.
+    del cluster.api.secrets[name]
+    cluster.reconcile_pool()
+    assert _ca(cluster, name) != forged.operator.ca_pem
+    assert len([n for n in cluster.api.pods if n.startswith("warm-")]) == 2
+
+
+def test_a_pool_made_again_under_the_same_name_never_uses_the_old_pools_secrets(
+    cluster: Cluster,
+) -> None:
+    cluster.pool = pool_body(replicas=1)
+    cluster.reconcile_pool()
+    old_ca = _ca(cluster, pooltls.operator_secret_name("warm", "uid-pool"))
+    again = pool_body(replicas=1)
+    again["metadata"]["uid"] = "uid-pool-2"  # deleted and made again; the old Secrets linger
+    cluster.pools.reconcile(("ml", "warm"), again, [])
+    new_name = pooltls.worker_secret_name("warm", "uid-pool-2")
+    assert _ca(cluster, new_name) != old_ca
+    (pod,) = [
+        p
+        for p in cluster.api.pods.values()
+        if p["metadata"]["ownerReferences"][0]["uid"] == "uid-pool-2"
+    ]
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert volumes[desired.CLAIM_TLS_VOLUME]["secret"]["secretName"] == new_name
+
+
+# -- idle pods follow the pool's spec (defect 3) ---------------------------------------------
+
+
+def test_plan_pool_replaces_idle_pods_of_an_earlier_spec_and_never_claimed_ones() -> None:
+    pool = parse_pool(pool_body(replicas=2, imports=["json"]))
+    old = SPEC_HASH  # made before spec.imports was set
+    new = pool_spec_hash(pool)
+    assert new != old
+    pods = [
+        view("a", spec_hash=old),
+        view("b", spec_hash=new),
+        view("c", state="claimed", spec_hash=old),
+    ]
+    steps = plan_pool(pool, pods, None, generation=2, now="t")
+    assert [p.name for p in steps.delete] == ["a"]
+    assert steps.create == 1
+    choice = choose_claims(
+        spec(),
+        parse_pool(pool_body(imports=["json"])),
+        pods,
+        [desired.WorkerId(0), desired.WorkerId(1)],
+    )
+    assert [p.name for _, p in choice.claims] == ["b"]  # never a pod of the earlier spec
+
+
+def test_editing_a_pools_imports_replaces_its_idle_pods(cluster: Cluster) -> None:
+    cluster.start_idle(2)
+    before = set(cluster.api.pods)
+    cluster.pool["spec"]["imports"] = ["json"]
+    cluster.pool["metadata"]["generation"] = 2
+    cluster.reconcile_pool()
+    assert set(cluster.api.deleted) == before  # both idle pods were made without the import
+    made = set(cluster.api.pods) - before
+    assert len(made) == 2
+    want = pool_spec_hash(parse_pool(cluster.pool))
+    for name in made:
+        annotations = cluster.api.pods[name]["metadata"]["annotations"]
+        assert annotations[poolplan.POOL_SPEC_HASH_ANNOTATION] == want
+        env = {
+            e["name"]: e.get("value")
+            for e in cluster.api.pods[name]["spec"]["containers"][0]["env"]
+        }
+        assert env[worker_mod.WARM_IMPORTS_VAR] == "json"
