@@ -6,9 +6,13 @@ controller uses for a job with ``spec.pool``: adopt idle pods for workers about 
 (one merge patch each, with the observed ``resourceVersion`` as precondition), then send each
 adopted worker the job's snapshot over the claim channel (:mod:`appliance_operator.pooltls`)
 and mark it confirmed. Delivery is level-triggered: a claimed pod that is not confirmed (the
-operator died between adoption and delivery) is delivered to by the next reconcile; a worker
-that no longer listens has already accepted its one claim, which only this job's operator
-could have sent, since the pod was adopted before anything was sent.
+operator died between adoption and delivery) is delivered to by the next reconcile. A pod is
+confirmed only on its worker's answer to this very claim (the job's uid and a nonce repeated);
+a worker that no longer listens, or answers otherwise, is deleted (the job replaces it), and
+the pool is then claimed from no more (``ClaimsDelivered=False``) until one of its idle pods
+answers a probe (backoff 5 s doubling to 5 min): a job never loops on a pool that cannot take
+its claims, it starts cold. The claim Secrets are named after and bound to the pool's uid, and
+idle pods carry the hash of the spec they were made from (others are replaced, never claimed).
 """
 
 from __future__ import annotations

@@ -299,3 +299,205 @@ def _run(
             assert sentinel not in text
     assert INLINE_SENTINEL not in pods_yaml and INLINE_SENTINEL not in operator_log
     assert INLINE_SENTINEL not in events
+
+
+# -- claims that cannot be delivered; a claim is the job's only (issue 21, defects 1 and 4) ---
+
+#: Claims every idle worker given as IP=NAME with the pool's operator certificate (mounted from
+#: the operator's claim Secret: what anyone allowed to `get` Secrets there can do), for a job
+#: "uid-rogue" of its own; the claimed workers then wait (signal.pause) running its code.
+ROGUE = """
+import socket, ssl, sys
+from cerebras_appliance import channel, envfile
+from cerebras_appliance import claim as claims
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.load_verify_locations(cafile="/claim/ca.crt")
+ctx.load_cert_chain("/claim/tls.crt", "/claim/tls.key")
+pairs = [("ROGUE", "1")]
+key, digest = envfile.seal(pairs)
+for arg in sys.argv[1:]:
+    ip, name = arg.split("=")
+    claim = claims.Claim(worker=name, entrypoint="signal:pause", args=(), plumbing=(),
+                         snapshot=envfile.dumps(pairs, digest, key), job="uid-rogue", nonce="n")
+    try:
+        with socket.create_connection((ip, 7443), timeout=10) as raw, ctx.wrap_socket(raw) as c:
+            channel.send_frame(c, claims.dumps(claim))
+            print("CLAIMED", name, channel.recv_frame(c, limit=65536).decode(), flush=True)
+    except Exception as exc:
+        print("FAILED", name, type(exc).__name__, exc, flush=True)
+"""
+SMALL_POOL = 2
+
+
+def test_pool_claims_not_delivered_fall_back_cold_and_are_never_another_jobs(
+    cluster: KindCluster, namespace: str, loader: Loader, wait_until: WaitUntil
+) -> None:
+    """Every idle worker of the pool is claimed first by someone else (a pod holding the
+    operator's certificate: its claim channel no longer works for the operator). A job on
+    the pool then adopts them: they are never confirmed (nor Ready) for it, the job's workers
+    start cold and it succeeds, the pool says ClaimsDelivered=False naming the pod, no more
+    pool pods are burnt than the job's workers, and once a refilled idle pod answers a probe
+    the next job is claimed warm again."""
+    ns = namespace
+    operator_pod = _install_operator(cluster, ns, wait_until)
+    try:
+        _run_undeliverable(cluster, ns, loader, wait_until, operator_pod)
+    except BaseException:
+        _print_diagnostics(cluster, ns)
+        raise
+    finally:
+        cluster.helm("uninstall", RELEASE, "--namespace", ns, check=False)
+
+
+def _run_undeliverable(
+    cluster: KindCluster, ns: str, loader: Loader, wait_until: WaitUntil, operator_pod: str
+) -> None:
+    image = cluster.worker_image
+    loader.template = {**loader.template, "imagePullPolicy": "Never"}
+    _apply(cluster, ns, {
+        "apiVersion": "appliance.dev/v1alpha1", "kind": "WorkerPool",
+        "metadata": {"name": POOL},
+        "spec": {"image": image, "replicas": SMALL_POOL, "imports": ["json"],
+                 "template": loader.template},
+    })  # fmt: skip
+
+    def idle_pods() -> list[dict[str, Any]]:
+        items = _json(cluster, "get", "pods", "-n", ns, "-l", "appliance.dev/pool-state=idle")
+        return [p for p in items["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def full() -> list[dict[str, Any]] | None:
+        pods = [p for p in idle_pods() if p["status"].get("podIP")]
+        ready = [
+            p
+            for p in pods
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p["status"].get("conditions", [])
+            )
+        ]
+        return ready if len(ready) >= SMALL_POOL else None
+
+    targets = wait_until(full, timeout=240, what=f"{SMALL_POOL} idle warm workers")
+    pool_uid = _json(cluster, "get", "wp", POOL, "-n", ns)["metadata"]["uid"]
+    operator_labels = {
+        k: v
+        for k, v in _json(cluster, "get", "pod", operator_pod, "-n", ns)["metadata"][
+            "labels"
+        ].items()
+        if k != "pod-template-hash"
+    }
+    rogue_args = [f"{p['status']['podIP']}={p['metadata']['name']}" for p in targets]
+    stolen = {p["metadata"]["name"] for p in targets}
+    _apply(cluster, ns, {
+        "apiVersion": "v1", "kind": "Pod",
+        # The operator's labels: a NetworkPolicy admitting "the operator's pods" admits it too.
+        "metadata": {"name": "rogue", "labels": operator_labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "rogue", "image": image, "imagePullPolicy": "Never",
+                "command": ["python3", "-c", ROGUE, *rogue_args],
+                "volumeMounts": [{"name": "claim", "mountPath": "/claim", "readOnly": True}],
+            }],
+            "volumes": [{"name": "claim", "secret": {
+                "secretName": f"{POOL}-claim-operator-{pool_uid}"}}],
+        },
+    })  # fmt: skip
+
+    def rogue_done() -> str | None:
+        phase = _json(cluster, "get", "pod", "rogue", "-n", ns)["status"].get("phase")
+        return _logs(cluster, ns, "rogue") if phase in ("Succeeded", "Failed") else None
+
+    out = wait_until(rogue_done, timeout=120, what="the rogue pod to claim the idle workers")
+    assert out.count("CLAIMED") == SMALL_POOL, out
+    assert all(p["metadata"]["name"] in stolen for p in idle_pods())  # still look idle
+
+    cluster.kubectl(
+        "create", "secret", "generic", "creds", "-n", ns, f"--from-literal=token={SECRET_SENTINEL}"
+    )
+    env: list[dict[str, Any]] = [
+        {"name": "INLINE", "value": INLINE_SENTINEL},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+    ]
+    _apply(cluster, ns, _job("victim", SMALL_POOL, image, loader, env, ["INLINE", "TOKEN"]))
+    pool_pods_seen: set[str] = set()
+    victims_warm: set[str] = set()
+    confirmed_for_victim: set[str] = set()
+    undelivered: list[dict[str, Any]] = []
+
+    def observe() -> None:
+        for pod in _json(cluster, "get", "pods", "-n", ns, "-l", "appliance.dev/pool-name")[
+            "items"
+        ]:
+            meta = pod["metadata"]
+            pool_pods_seen.add(meta["name"])
+            if meta["labels"].get("appliance.dev/job-name") == "victim":
+                victims_warm.add(meta["name"])
+                if "appliance.dev/claim-confirmed" in meta.get("annotations", {}):
+                    confirmed_for_victim.add(meta["name"])
+        for c in _pool_status(cluster, ns).get("conditions", []):
+            if c["type"] == "ClaimsDelivered" and c["status"] == "False":
+                undelivered.append(c)
+
+    def victim_done() -> dict[str, Any] | None:
+        observe()
+        status = _json(cluster, "get", "ej", "victim", "-n", ns).get("status") or {}
+        if status.get("phase") == "Failed":
+            pytest.fail(f"job victim failed: {json.dumps(status, indent=2)}")
+        return status if status.get("phase") == "Succeeded" else None
+
+    status = wait_until(victim_done, timeout=JOB_TIMEOUT_S, interval=0.5, what="victim to succeed")
+    # (4) adopted by the job, never confirmed for it: it runs the rogue's claim, not the job's.
+    assert victims_warm and victims_warm <= stolen, (victims_warm, stolen)
+    assert not confirmed_for_victim, confirmed_for_victim
+    for pod in _job_pods(cluster, ns, "victim"):
+        annotations = pod["metadata"].get("annotations", {})
+        if "appliance.dev/claim-confirmed" in annotations:  # any warm one left: its own job's
+            assert (
+                annotations.get("appliance.dev/claimed-for")
+                == pod["metadata"]["ownerReferences"][0]["uid"]
+            )
+    # (1) the job ran cold, with its own values; the pool said why it was not claimed.
+    claim = next(c for c in status["conditions"] if c["type"] == "PoolClaim")
+    assert claim["status"] == "False" and claim["reason"] == "PoolClaimsNotDelivered", claim
+    cold = [
+        p
+        for p in _job_pods(cluster, ns, "victim")
+        if "appliance.dev/pool-name" not in p["metadata"]["labels"]
+        and p["status"].get("phase") == "Succeeded"
+    ]
+    assert len(cold) == SMALL_POOL, [
+        p["metadata"]["name"] for p in _job_pods(cluster, ns, "victim")
+    ]
+    for pod in cold:
+        seen = loader.parse(_logs(cluster, ns, pod["metadata"]["name"]))
+        assert seen.get("env INLINE") == INLINE_SENTINEL, seen
+    observe()
+    assert undelivered, "the pool never said ClaimsDelivered=False"
+    assert any(name in c["message"] for c in undelivered for name in stolen), undelivered
+    events = cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout
+    assert "ClaimNotDelivered" in events
+    # Bounded: the job's workers burnt the stolen pods, nothing more.
+    assert len(victims_warm) <= SMALL_POOL
+
+    # Recovery: the pool refills; a probe of a fresh idle pod lifts the block; the next job
+    # is claimed warm and confirmed for itself.
+    def delivered_again() -> bool:
+        conditions = _pool_status(cluster, ns).get("conditions", [])
+        return any(c["type"] == "ClaimsDelivered" and c["status"] == "True" for c in conditions)
+
+    wait_until(delivered_again, timeout=240, what="ClaimsDelivered=True after a probe")
+    wait_until(full, timeout=240, what="the pool to refill")
+    _apply(cluster, ns, _job("after", 1, image, loader, env, ["INLINE"]))
+    status = _wait_succeeded(cluster, ns, "after", wait_until)
+    claim = next(c for c in status["conditions"] if c["type"] == "PoolClaim")
+    assert claim["reason"] == "Claimed", claim
+    (after,) = _job_pods(cluster, ns, "after")
+    annotations = after["metadata"]["annotations"]
+    assert (
+        annotations["appliance.dev/claimed-for"] == after["metadata"]["ownerReferences"][0]["uid"]
+    )
+    observe()
+    # Initial pool + the refill of the two burnt pods + the refill after "after": no churn.
+    assert len(pool_pods_seen) <= 2 * SMALL_POOL + 1 + 1, sorted(pool_pods_seen)
