@@ -718,13 +718,15 @@ def test_network_policy_admits_only_the_operator_to_idle_pool_workers(
     pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
     assert peer["podSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
     assert peer["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    role = one(docs, "ClusterRole" if scope == "cluster" else "Role")
-    if scope == "cluster":
-        role = next(
+    role = (
+        next(
             r
             for r in by_kind(docs, "ClusterRole")
             if r["metadata"]["name"] == f"{RELEASE}-appliance-operator"
         )
+        if scope == "cluster"
+        else one(docs, "Role")
+    )
     granted = rules_by_resource(role["rules"])
     assert granted["networking.k8s.io/networkpolicies"] == {"get", "create", "update"}
 
@@ -741,3 +743,49 @@ def test_network_policy_admits_only_the_operator_to_idle_pool_workers(
     assert poolnetwork.POD_LABELS_VAR not in _operator_env(off)
     for r in [*by_kind(off, "ClusterRole"), *by_kind(off, "Role")]:
         assert "networking.k8s.io/networkpolicies" not in rules_by_resource(r["rules"])
+
+
+@pytest.mark.parametrize(
+    ("kube_version", "value", "guarded"),
+    [
+        ("1.32.9", "auto", True),  # deletes a namespace's objects in no set order
+        ("1.33.13", "auto", False),  # deletes its pods first (OrderedNamespaceDeletion)
+        ("1.33.13", "true", True),
+        ("1.31.0", "false", False),
+    ],
+)
+def test_namespace_deletion_guard(helm: Helm, kube_version: str, value: str, guarded: bool) -> None:
+    """rbac.guardNamespaceDeletion: the Role and RoleBinding carry the finalizer the operator
+    lifts once its pods are released, the operator is told their name, and may read and patch
+    exactly those two objects (rbacguard.py)."""
+    docs = helm.template(
+        *("--set", "rbac.scope=namespace", "--set", "watchNamespaces={team-a,team-b}"),
+        *("--set", f"rbac.guardNamespaceDeletion={value}", "--kube-version", kube_version),
+    )
+    name = f"{RELEASE}-appliance-operator"
+    for obj in [*by_kind(docs, "Role"), *by_kind(docs, "RoleBinding")]:
+        finalizers = obj["metadata"].get("finalizers", [])
+        assert finalizers == (["appliance.dev/workers-released"] if guarded else [])
+    rbac_rules = [
+        rule
+        for role in by_kind(docs, "Role")
+        for rule in role["rules"]
+        if "rbac.authorization.k8s.io" in rule["apiGroups"]
+    ]
+    args = container(docs)["args"]
+    if guarded:
+        assert f"--rbac-guard={name}" in args
+        assert rbac_rules == 2 * [
+            {
+                "apiGroups": ["rbac.authorization.k8s.io"],
+                "resources": ["roles", "rolebindings"],
+                "resourceNames": [name],
+                "verbs": ["get", "patch"],
+            }
+        ]
+    else:
+        assert not [a for a in args if a.startswith("--rbac-guard")] and not rbac_rules
+    cluster = helm.template(
+        "--set", f"rbac.guardNamespaceDeletion={value}", "--kube-version", kube_version
+    )
+    assert not [a for a in container(cluster)["args"] if a.startswith("--rbac-guard")]
