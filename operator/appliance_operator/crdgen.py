@@ -128,14 +128,6 @@ HAND_KEPT: dict[str, dict[str, Any]] = {
             },
         ]
     },
-    "spec.env[].value": {
-        "x-kubernetes-validations": [
-            {
-                "rule": "!self.contains('\\x00')",
-                "message": f"spec.env[].value {api.NUL_MESSAGE}",
-            }
-        ]
-    },
     "spec.pool": {
         "x-kubernetes-validations": [
             {"rule": "self == oldSelf", "message": f"spec.pool {_IMMUTABLE}"},

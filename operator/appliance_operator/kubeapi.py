@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import pydantic
 import urllib3
 from kubernetes import client
 
@@ -41,6 +42,25 @@ def _api_error(exc: client.ApiException) -> ApiError:
     return ApiError(int(exc.status or 0), reason, message)
 
 
+def _refused_by_the_client(exc: pydantic.ValidationError) -> ApiError:
+    """The Kubernetes client (37+) validates a request's body against its own models before
+    sending it: a template field it does not know (a typo in ``affinity``) or types otherwise
+    (``cpu: 2`` where it wants text) raises pydantic's error, not an ApiException. That is a
+    request the user must fix, as a 422 is (it was a crash on every reconcile: issue 21,
+    found by tests/integration/test_generated_input.py). Field paths and problems only: never
+    the input (a Secret's body holds values)."""
+    problems = []
+    for item in exc.errors(include_input=False, include_url=False):
+        path = ""
+        for part in item["loc"][1:]:  # loc[0]: the argument (the body)
+            path += f"[{part}]" if isinstance(part, int) else ("." if path else "") + str(part)
+        problems.append(f"{path or 'body'}: {item['msg']}")
+    message = "refused before it was sent (by the Kubernetes client's models): " + "; ".join(
+        problems[:5]
+    )
+    return ApiError(422, "Invalid", message)
+
+
 def _delete_options(uid: str, propagation: str | None) -> client.V1DeleteOptions:
     """Delete exactly this object (a newer one with the same name is left alone)."""
     return client.V1DeleteOptions(
@@ -59,6 +79,7 @@ class KubeApi:
         self.api_client = api_client
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
         self.metrics = metrics
 
     def _call(self, verb: str, resource: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -67,6 +88,10 @@ class KubeApi:
             response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except client.ApiException as exc:
             error = _api_error(exc)
+            self.metrics.api_errors.labels(verb, resource, str(error.code)).inc()
+            raise error from None
+        except pydantic.ValidationError as exc:
+            error = _refused_by_the_client(exc)
             self.metrics.api_errors.labels(verb, resource, str(error.code)).inc()
             raise error from None
         except (OSError, urllib3.exceptions.HTTPError) as exc:
