@@ -319,8 +319,10 @@ class PoolController:
                 # Blocked before this process started: probe now.
                 trouble = DeliveryTrouble(failures=1, message=old.message, next_probe=now)
                 self._trouble[uid] = trouble
-        if not trouble.cleared and now >= trouble.next_probe:
-            self._probe(namespace, pool, uid, pods, trouble)
+        due = not trouble.cleared and now >= trouble.next_probe
+        # No idle pod to probe yet: a pod event brings one (no busy requeue meanwhile).
+        unprobed = due and not self._probe(namespace, pool, uid, pods, trouble)
+        wait = PROBE_BACKOFF if unprobed else 0.0
         if trouble.cleared:
             return (
                 Condition(
@@ -340,7 +342,7 @@ class PoolController:
                 "probe (check NetworkPolicies admitting the operator to port "
                 f"{self.claim_port}, sidecars on the pool's pods, the pool's claim Secrets)",
             ),
-            max(trouble.next_probe - time.monotonic(), 0.1),
+            max(trouble.next_probe - time.monotonic(), wait, 0.1),
         )
 
     def _probe(
@@ -350,8 +352,9 @@ class PoolController:
         uid: str,
         pods: Sequence[PoolPodView],
         trouble: DeliveryTrouble,
-    ) -> None:
-        """Ask the newest claimable idle pod's channel to answer (it claims nothing)."""
+    ) -> bool:
+        """Ask the newest claimable idle pod's channel to answer (it claims nothing); False
+        when there is none to ask."""
         current = pool_spec_hash(pool)
         with self._lock:
             candidates = [
@@ -360,7 +363,7 @@ class PoolController:
                 if p.claimable and p.spec_hash == current and p.uid not in self._claimed
             ]
         if not candidates:
-            return  # probed once an idle pod is Ready (its pod event reconciles the pool)
+            return False  # probed once an idle pod is Ready (its pod event reconciles the pool)
         target = max(candidates, key=lambda p: (p.created, p.name))
         name = pool.metadata.name or ""
         try:
@@ -377,10 +380,11 @@ class PoolController:
                 # operator, or its worker broke. It holds no job of ours: replaced.
                 with contextlib.suppress(ApiError):
                     self.api.delete_pod(namespace, target.name, target.uid)
-            return
+            return True
         with self._lock:
             trouble.cleared = True
         logger.info("[%s/%s] pod %s answered a probe: claiming again", namespace, name, target.name)
+        return True
 
     def _refill_hold(self, pods: Sequence[PoolPodView], now: float) -> float:
         """Seconds the refill still waits: while a pod this process claimed in the last
