@@ -993,3 +993,31 @@ def test_editing_a_pools_imports_replaces_its_idle_pods(cluster: Cluster) -> Non
             for e in cluster.api.pods[name]["spec"]["containers"][0]["env"]
         }
         assert env[worker_mod.WARM_IMPORTS_VAR] == "json"
+
+
+def test_after_a_restart_a_blocked_pool_stays_blocked_until_a_probe_answers(
+    cluster: Cluster,
+) -> None:
+    """The block is level-triggered: a restarted operator reads ClaimsDelivered=False from
+    the pool's status, claims nothing, and probes an idle pod at once."""
+    cluster.start_idle(1)
+    cluster.pool["status"] = {
+        "conditions": [
+            {
+                "type": "ClaimsDelivered",
+                "status": "False",
+                "reason": "DeliveryFailed",
+                "message": "the claim to pod x was not delivered",
+            }
+        ]
+    }
+    restarted = cluster.controller(PoolController)
+    restarted.reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
+    assert _warm_pods(cluster) == [] and "demo-worker-0" in cluster.api.pods  # cold
+    assert restarted.pools is not None
+    restarted.pools.reconcile(("ml", "warm"), cluster.pool, cluster.pool_views())  # probes
+    assert restarted.pools.undeliverable("uid-pool", cluster.pool) == ""
+    restarted.reconcile(
+        ("ml", "other"), job_body(replicas=1, name="other", uid="uid-other"), [], cluster.snapshot()
+    )
+    assert len(_warm_pods(cluster, "uid-other")) == 1
