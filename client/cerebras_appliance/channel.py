@@ -17,6 +17,7 @@ cryptography. The operator's side (certificates, connecting) is ``appliance_oper
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -210,7 +211,9 @@ class ClaimServer:
             while not done.is_set():
                 try:
                     raw, address = self._sock.accept()
-                except OSError:
+                except OSError as exc:
+                    if exc.errno in (errno.ECONNABORTED, errno.EINTR, errno.EPROTO):
+                        continue  # that one connection went away before it was accepted
                     break  # the listener was closed: a claim was taken
                 if done.is_set():
                     with contextlib.suppress(OSError):
