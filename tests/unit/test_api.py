@@ -5,7 +5,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import generated_input  # tests/data, on pytest's pythonpath
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cerebras_appliance.api import (
     NUL_MESSAGE,
@@ -197,12 +200,13 @@ def test_template_keys_of_other_prefixes_are_kept() -> None:
 
 
 def test_every_key_the_operator_writes_on_pods_is_reserved() -> None:
-    """So the models' refusal covers whatever desired.py writes and selects on."""
-    from appliance_operator import desired
+    """So the models' refusal covers whatever the operator writes on pods and selects on."""
+    from appliance_operator import desired, poolplan, pooltls
 
     keys = [
         value
-        for name, value in vars(desired).items()
+        for module in (desired, poolplan, pooltls)
+        for name, value in vars(module).items()
         if name.endswith(("_LABEL", "_ANNOTATION")) and isinstance(value, str)
     ]
     assert len(keys) >= 6
@@ -294,3 +298,17 @@ def test_a_name_with_a_trailing_newline_is_refused(name: str) -> None:
     doc["spec"]["entrypoint"] = "my_pkg.loader:main\n"
     with pytest.raises(InvalidJobError, match=r"spec\.entrypoint"):
         parse_job(doc)
+
+
+@settings(max_examples=150, derandomize=True, database=None, deadline=None)
+@given(st.one_of(generated_input.objects("ExecuteJob"), generated_input.objects("WorkerPool")))
+def test_generated_input_is_accepted_or_refused_naming_fields(obj: dict[str, Any]) -> None:
+    """The client's half of tests/integration/test_generated_input.py, without a cluster:
+    whatever the generator makes is accepted, or refused with InvalidJobError whose every
+    line names a field (never another exception)."""
+    parse = parse_job if obj["kind"] == "ExecuteJob" else parse_pool
+    try:
+        parse(obj)
+    except InvalidJobError as exc:
+        assert exc.errors
+        assert all(line.startswith(("spec", "metadata")) for line in exc.errors), exc.errors
