@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -307,7 +308,7 @@ def _run(
 #: the operator's claim Secret: what anyone allowed to `get` Secrets there can do), for a job
 #: "uid-rogue" of its own; the claimed workers then wait (signal.pause) running its code.
 ROGUE = """
-import socket, ssl, sys
+import socket, ssl, sys, time
 from cerebras_appliance import channel, envfile
 from cerebras_appliance import claim as claims
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -320,12 +321,20 @@ for arg in sys.argv[1:]:
     ip, name = arg.split("=")
     claim = claims.Claim(worker=name, entrypoint="signal:pause", args=(), plumbing=(),
                          snapshot=envfile.dumps(pairs, digest, key), job="uid-rogue", nonce="n")
-    try:
-        with socket.create_connection((ip, 7443), timeout=10) as raw, ctx.wrap_socket(raw) as c:
-            channel.send_frame(c, claims.dumps(claim))
-            print("CLAIMED", name, channel.recv_frame(c, limit=65536).decode(), flush=True)
-    except Exception as exc:
-        print("FAILED", name, type(exc).__name__, exc, flush=True)
+    deadline = time.monotonic() + 90  # a policy enforcer admits a new pod's IP a bit later
+    while True:
+        try:
+            with socket.create_connection((ip, 7443), timeout=10) as raw:
+                with ctx.wrap_socket(raw) as c:
+                    channel.send_frame(c, claims.dumps(claim))
+                    answer = channel.recv_frame(c, limit=65536).decode()
+            print("CLAIMED", name, answer, flush=True)
+            break
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                print("FAILED", name, type(exc).__name__, exc, flush=True)
+                break
+            time.sleep(0.5)  # retry interval while the network admits this pod
 """
 SMALL_POOL = 2
 
@@ -409,7 +418,7 @@ def _run_undeliverable(
         phase = _json(cluster, "get", "pod", "rogue", "-n", ns)["status"].get("phase")
         return _logs(cluster, ns, "rogue") if phase in ("Succeeded", "Failed") else None
 
-    out = wait_until(rogue_done, timeout=120, what="the rogue pod to claim the idle workers")
+    out = wait_until(rogue_done, timeout=240, what="the rogue pod to claim the idle workers")
     assert out.count("CLAIMED") == SMALL_POOL, out
     assert all(p["metadata"]["name"] in stolen for p in idle_pods())  # still look idle
 
@@ -421,6 +430,7 @@ def _run_undeliverable(
         {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
     ]
     _apply(cluster, ns, _job("victim", SMALL_POOL, image, loader, env, ["INLINE", "TOKEN"]))
+    began = time.monotonic()
     pool_pods_seen: set[str] = set()
     victims_warm: set[str] = set()
     confirmed_for_victim: set[str] = set()
@@ -448,6 +458,7 @@ def _run_undeliverable(
         return status if status.get("phase") == "Succeeded" else None
 
     status = wait_until(victim_done, timeout=JOB_TIMEOUT_S, interval=0.5, what="victim to succeed")
+    victim_s = time.monotonic() - began
     # (4) adopted by the job, never confirmed for it: it runs the rogue's claim, not the job's.
     assert victims_warm and victims_warm <= stolen, (victims_warm, stolen)
     assert not confirmed_for_victim, confirmed_for_victim
@@ -488,6 +499,7 @@ def _run_undeliverable(
         return any(c["type"] == "ClaimsDelivered" and c["status"] == "True" for c in conditions)
 
     wait_until(delivered_again, timeout=240, what="ClaimsDelivered=True after a probe")
+    recovered_s = time.monotonic() - began
     wait_until(full, timeout=240, what="the pool to refill")
     _apply(cluster, ns, _job("after", 1, image, loader, env, ["INLINE"]))
     status = _wait_succeeded(cluster, ns, "after", wait_until)
@@ -501,3 +513,8 @@ def _run_undeliverable(
     observe()
     # Initial pool + the refill of the two burnt pods + the refill after "after": no churn.
     assert len(pool_pods_seen) <= 2 * SMALL_POOL + 1 + 1, sorted(pool_pods_seen)
+    print(
+        f"undeliverable pool: victim succeeded cold after {victim_s:.1f} s, ClaimsDelivered=True "
+        f"again {recovered_s:.1f} s after it was submitted; {len(victims_warm)} pool pod(s) "
+        f"adopted by it, {len(pool_pods_seen)} pool pods in all"
+    )
