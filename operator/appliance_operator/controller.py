@@ -77,7 +77,7 @@ class StatusWrite:
     version: str  # the job version the write produced
 
 
-@dataclass
+@dataclass(slots=True)  # one per job the operator has seen: no __dict__ per record
 class JobMemory:
     uid: str
     secret_ready: bool = False
@@ -739,6 +739,26 @@ class Controller:
         try:
             self.api.remove_finalizer(namespace, pod.name, pod.uid, desired.TRACKING_FINALIZER)
         except ApiError as exc:
+            if exc.code == 403:
+                # Retrying cannot help until the grant is back: say what happened and what to
+                # do, and go on with the rest of the reconcile (the next one tries again).
+                logger.error(
+                    "[%s] %s: the operator may not patch pod %s any more (403), so its "
+                    "finalizer %s stays and the pod cannot go. In namespace scope this is "
+                    "its Role or RoleBinding deleted first by the namespace's deletion: "
+                    "Kubernetes before 1.33 deletes in no set order (turn on the "
+                    "OrderedNamespaceDeletion feature gate, or delete the ExecuteJobs before "
+                    "their namespace; docs/install.md). Remove it by hand: kubectl patch pod "
+                    "%s -n %s --type=json "
+                    '-p \'[{"op":"remove","path":"/metadata/finalizers"}]\'',
+                    namespace,
+                    pod.job_name,
+                    pod.name,
+                    desired.TRACKING_FINALIZER,
+                    pod.name,
+                    namespace,
+                )
+                return
             if exc.code not in (404, 409, 422):  # gone, or a newer pod of that name
                 raise
         if memory is not None:

@@ -124,7 +124,8 @@ class _Runtime:
     pool_queue: WorkQueue[PoolKey]
     pool_pods: Any  # kopf.Index[PoolKey, PoolPodView]
     pool_bodies: Any  # kopf.Index[PoolKey, dict]
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # end when queues shut
+    periodic: list[asyncio.Task[None]] = field(default_factory=list)  # cancelled at clean-up
     #: uids of objects that no longer exist but that kopf's indexes still hold (a watch
     #: re-listed after 410 Gone delivers no DELETED for what vanished meanwhile)
     tombstones: set[str] = field(default_factory=set)
@@ -471,7 +472,7 @@ async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         logger.info("metrics on http://%s:%d/metrics", config.metrics_address, config.metrics_port)
     rt.tasks = [asyncio.create_task(_worker(rt)) for _ in range(config.workers)]
     rt.tasks.append(asyncio.create_task(_pool_worker(rt)))
-    rt.tasks.append(asyncio.create_task(_resync(rt)))
+    rt.periodic.append(asyncio.create_task(_resync(rt)))
     _runtime = rt
     logger.info("appliance-operator started: %d reconcile workers", config.workers)
 
@@ -496,10 +497,10 @@ async def cleanup(**_: Any) -> None:
         return
     rt.queue.shutdown()
     rt.pool_queue.shutdown()
-    for task in rt.tasks[-1:]:
+    for task in rt.periodic:
         task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.gather(*rt.tasks, return_exceptions=True)
+        await asyncio.gather(*rt.tasks, *rt.periodic, return_exceptions=True)
     rt.executor.shutdown(wait=False, cancel_futures=True)
     rt.controller.close()
     if rt.metrics_server is not None:

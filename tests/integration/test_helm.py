@@ -9,6 +9,7 @@ process authenticated as the chart's ServiceAccount, with exactly the chart's RB
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -598,26 +599,12 @@ def test_operator_works_with_exactly_the_charts_rbac(
     core = client.CoreV1Api(cluster.api_client)
     custom = client.CustomObjectsApi(cluster.api_client)
     rel = helm_install(cluster, _release_name("aorun"), namespace, "--set", "rbac.scope=namespace")
-    kubeconfig = tmp_path / "sa.kubeconfig"
-    _service_account_kubeconfig(cluster, rel, kubeconfig)
-    health, metrics = _free_port(), _free_port()
-    log_path = tmp_path / "operator.log"
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
-    with log_path.open("w") as log:
-        operator = subprocess.Popen(
-            [
-                sys.executable, "-m", "appliance_operator", "--namespace", namespace,
-                "--liveness", f"http://127.0.0.1:{health}/healthz",
-                "--metrics-port", str(metrics), "--metrics-address", "127.0.0.1",
-            ],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True,
-        )  # fmt: skip
+    metrics = _free_port()
+    operator, log_path = _operator_as_chart_sa(
+        cluster, rel, tmp_path, wait_until,
+        "--namespace", namespace, "--metrics-port", str(metrics), "--metrics-address", "127.0.0.1",
+    )  # fmt: skip
     try:
-        wait_until(
-            lambda: operator.poll() is None and _http_get(f"http://127.0.0.1:{health}/healthz"),
-            timeout=60,
-            what=f"the operator's liveness endpoint (log: {log_path})",
-        )
         core.create_namespaced_secret(
             namespace,
             {"metadata": {"name": "creds"}, "stringData": {"token": "t0ps3cret"}},
@@ -719,19 +706,131 @@ def test_operator_works_with_exactly_the_charts_rbac(
         ]
         assert not errors, f"API calls refused or failed: {errors}"
     finally:
-        if operator.poll() is None:
-            os.killpg(operator.pid, signal.SIGTERM)
-            try:
-                operator.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(operator.pid, signal.SIGKILL)
-                operator.wait(timeout=10)
+        _stop(operator)
         helm_uninstall(cluster, rel)
-    log_text = log_path.read_text()
+    _assert_nothing_refused(log_path)
+
+
+def _operator_as_chart_sa(
+    cluster: Cluster, rel: Release, tmp_path: Path, wait_until: WaitUntil, *args: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """The real operator, authenticated as the release's ServiceAccount, once it is live."""
+    kubeconfig = tmp_path / "sa.kubeconfig"
+    _service_account_kubeconfig(cluster, rel, kubeconfig)
+    health = _free_port()
+    log_path = tmp_path / "operator.log"
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONUNBUFFERED": "1"}
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            [
+                sys.executable, "-m", "appliance_operator",
+                "--liveness", f"http://127.0.0.1:{health}/healthz", *args,
+            ],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_until(
+            lambda: operator.poll() is None and _http_get(f"http://127.0.0.1:{health}/healthz"),
+            timeout=60,
+            what=f"the operator's liveness endpoint (log: {log_path})",
+        )
+    except BaseException:
+        _stop(operator)
+        raise
+    return operator, log_path
+
+
+def _stop(operator: subprocess.Popen[bytes]) -> None:
+    if operator.poll() is None:
+        os.killpg(operator.pid, signal.SIGTERM)
+        try:
+            operator.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(operator.pid, signal.SIGKILL)
+            operator.wait(timeout=10)
+
+
+def _assert_nothing_refused(log_path: Path) -> None:
     refused = [
         line
-        for line in log_text.splitlines()
+        for line in log_path.read_text().splitlines()
         if ("403" in line or "orbidden" in line or "permission" in line.lower())
         and not any(w in line for w in KOPF_SCANNING_READS)
     ]
     assert not refused, "\n".join(refused)
+
+
+def test_deleting_a_watched_namespace_is_not_stopped_by_the_operators_finalizers(
+    cluster: Cluster, namespace: str, tmp_path: Path, wait_until: WaitUntil
+) -> None:
+    """Namespace scope (issue 21, defect 5a): a watched namespace deleted while its worker
+    pods run. The operator may remove their tracking finalizer only through the Role and
+    RoleBinding in that same namespace, which the deletion removes too. Kubernetes 1.33
+    deletes a namespace's pods first and the rest only once they are gone
+    (OrderedNamespaceDeletion; GA in 1.34), so the operator sees its pods terminating while
+    it still may act, releases them (a disruption needs no count), and the namespace goes.
+    Before 1.33 the order is undefined: docs/install.md says what to do there."""
+    core = client.CoreV1Api(cluster.api_client)
+    custom = client.CustomObjectsApi(cluster.api_client)
+    watched = f"it-nsdel-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=watched)))
+    rel = helm_install(
+        cluster, _release_name("aond"), namespace,
+        "--set", "rbac.scope=namespace", "--set", f"watchNamespaces={{{watched}}}",
+    )  # fmt: skip
+    operator, log_path = _operator_as_chart_sa(
+        cluster, rel, tmp_path, wait_until, "--namespace", watched, "--metrics-port", "0"
+    )
+    try:
+        wait_until(
+            lambda: core.read_namespaced_service_account("default", watched),
+            timeout=30,
+            what="the watched namespace's default ServiceAccount",
+        )
+        custom.create_namespaced_custom_object(
+            "appliance.dev", "v1alpha1", watched, "executejobs",
+            {
+                "apiVersion": "appliance.dev/v1alpha1",
+                "kind": "ExecuteJob",
+                "metadata": {"name": "doomed"},
+                "spec": {
+                    "replicas": 2,
+                    "image": "appliance-operator/worker:0.1.0",
+                    "entrypoint": "show_env.py",
+                    "env": [{"name": "DATA_ROOT", "value": "/mnt/data"}],
+                    "template": {
+                        "nodeSelector": cluster.kwok_pod_spec["nodeSelector"],
+                        "tolerations": cluster.kwok_pod_spec["tolerations"],
+                    },
+                },
+            },
+        )  # fmt: skip
+
+        def tracked_pods() -> list[str]:
+            return [
+                p.metadata.name
+                for p in core.list_namespaced_pod(watched).items
+                if "appliance.dev/worker-tracking" in (p.metadata.finalizers or [])
+            ]
+
+        wait_until(
+            lambda: [
+                p
+                for p in core.list_namespaced_pod(watched).items
+                if p.status.phase == "Running" and p.metadata.name in tracked_pods()
+            ],
+            timeout=60,
+            what="running worker pods with the tracking finalizer",
+        )
+        core.delete_namespace(watched)
+        wait_until(
+            lambda: gone(core.read_namespace, watched),
+            timeout=120,
+            what=f"namespace {watched} deleted (pods still tracked: {tracked_pods()})",
+        )
+    finally:
+        _stop(operator)
+        helm_uninstall(cluster, rel)
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(watched)
+    _assert_nothing_refused(log_path)

@@ -304,6 +304,26 @@ def test_a_watch_lagging_past_the_operators_memory_does_not_count_a_failure_twic
     assert api.statuses[-1]["countedPods"] == [] and api.statuses[-1]["failed"] == 1
 
 
+def test_a_refused_finalizer_removal_says_why_and_what_to_do(
+    api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Namespace scope before Kubernetes 1.33: deleting the namespace may remove the
+    operator's Role before its pods (403 on every finalizer removal). Retrying cannot help:
+    the log names the cause and the fix, and the rest of the reconcile goes on."""
+    ctl = controller(api)
+    ctl.reconcile(KEY, job_body(), [])
+
+    def forbidden(namespace: str, name: str, uid: str, finalizer: str) -> None:
+        raise ApiError(403, "Forbidden", f'pods "{name}" is forbidden')
+
+    api.remove_finalizer = forbidden  # type: ignore[method-assign]
+    ctl.reconcile(KEY, None, views(api))  # the job is gone: its pods are released
+    records = [r.getMessage() for r in caplog.records if "may not patch pod" in r.getMessage()]
+    assert len(records) == 2  # one per pod, and no exception
+    assert all("OrderedNamespaceDeletion" in r for r in records)
+    assert "kubectl patch pod demo-worker-0 -n ml" in records[0]
+
+
 def test_a_status_planned_on_a_version_someone_else_replaced_is_refused(api: FakeApi) -> None:
     """Every status write is preconditioned on the version planned on: after another write
     (a second operator, a person), a plan made on the older cache is refused, not written."""
