@@ -25,6 +25,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -68,6 +69,13 @@ REFILL_HOLD = 3.0
 PROBE_BACKOFF = 5.0
 PROBE_BACKOFF_MAX = 300.0
 PROBE_TIMEOUT = 5.0
+#: Each new idle pod is claimable only once it answered a probe from this operator (a policy
+#: enforcer may admit its claim port seconds after the pod is Ready, a sidecar or a foreign CA
+#: never): probed with this timeout, again every CHECK_RETRY seconds; after CHECK_GRACE
+#: seconds without an answer the pool says so (ClaimsDelivered=False, ChannelNotAnswering).
+CHECK_TIMEOUT = 2.0
+CHECK_RETRY = 1.0
+CHECK_GRACE = 30.0
 
 
 @dataclass
@@ -125,6 +133,10 @@ class PoolController:
         self._claimed: dict[str, float] = {}  # pod uid -> when this process claimed it
         self._trouble: dict[str, DeliveryTrouble] = {}  # pool uid -> deliveries failing
         self._secret_problem: dict[str, str] = {}  # pool uid -> its claim Secrets' problem
+        #: pool uid -> idle pods (uids) that answered a probe of this operator: claimable
+        self._answered: dict[str, set[str]] = {}
+        #: pool uid -> idle pod uid -> (name, first probed, the last error) while they do not
+        self._unanswered: dict[str, dict[str, tuple[str, float, str]]] = {}
         self._uids: dict[PoolKey, str] = {}  # the uid each pool's state above is kept under
         # The claim port's NetworkPolicy in each pool's namespace (poolnetwork.py).
         self.network = poolnetwork.PolicyKeeper(api, poolnetwork.source_from_os(), claim_port)
@@ -146,6 +158,8 @@ class PoolController:
             self._created.pop(old, None)
             self._trouble.pop(old, None)
             self._secret_problem.pop(old, None)
+            self._answered.pop(old, None)
+            self._unanswered.pop(old, None)
         if uid is None:
             for outcome in CLAIM_OUTCOMES:
                 with contextlib.suppress(KeyError):
@@ -200,8 +214,25 @@ class PoolController:
                 for n in pending
             ]
         previous = WorkerPoolStatus.model_validate(body.get("status") or {})
+        check_in, not_answering = self._check_channels(namespace, pool, uid, pods)
+        with self._lock:
+            answered = self._answered.get(uid, set())
+            # Not warm before it answered this operator: counted as starting, never claimed.
+            pods = [
+                dataclasses.replace(p, ready=False)
+                if p.state == desired.IDLE and p.ready and p.uid not in answered
+                else p
+                for p in pods
+            ]
         hold = self._refill_hold(pods, now)
         delivery, probe_in = self._delivery_condition(namespace, pool, uid, pods, previous)
+        if not_answering and (delivery is None or delivery.status == "True"):
+            delivery = Condition(
+                type=CLAIMS_DELIVERED,
+                status="False",
+                reason="ChannelNotAnswering",
+                message=not_answering,
+            )
         if secret_problem:
             delivery = Condition(
                 type=CLAIMS_DELIVERED,
@@ -260,8 +291,70 @@ class PoolController:
                 name,
                 len(stale),
             )
-        waits = [t for t in (hold, probe_in) if t]
+        waits = [t for t in (hold, probe_in, check_in) if t]
         return min(waits) if waits else None
+
+    def _check_channels(
+        self, namespace: str, pool: WorkerPool, uid: str, pods: Sequence[PoolPodView]
+    ) -> tuple[float, str]:
+        """Probe the idle pods that are Ready and have not answered this operator yet (in
+        parallel); (seconds until the next check, "" or why the pool's channel does not
+        answer: a pod that has not answered for CHECK_GRACE seconds)."""
+        current = pool_spec_hash(pool)
+        now = time.monotonic()
+        live = {p.uid for p in pods}
+        with self._lock:
+            answered = self._answered.setdefault(uid, set())
+            unanswered = self._unanswered.setdefault(uid, {})
+            answered.intersection_update(live)
+            for gone in set(unanswered) - live:
+                del unanswered[gone]
+            todo = [
+                p for p in pods if p.claimable and p.spec_hash == current and p.uid not in answered
+            ]
+        if not todo:
+            return 0.0, ""
+        name = pool.metadata.name or ""
+        try:
+            context = self.context_for(namespace, name, uid)
+        except (pooltls.ClaimRefusedError, channel.ChannelError) as exc:
+            errors = {p.uid: str(exc) for p in todo}
+        else:
+
+            def check(p: PoolPodView) -> str:
+                try:
+                    pooltls.probe(context, p.ip, port=self.claim_port, timeout=CHECK_TIMEOUT)
+                except pooltls.ClaimRefusedError as exc:
+                    return str(exc)
+                return ""
+
+            with ThreadPoolExecutor(max_workers=min(8, len(todo))) as run:
+                errors = dict(zip((p.uid for p in todo), run.map(check, todo), strict=True))
+        oldest = now
+        problem = ""
+        with self._lock:
+            for p in todo:
+                error = errors[p.uid]
+                if not error:
+                    answered.add(p.uid)
+                    unanswered.pop(p.uid, None)
+                    continue
+                first = unanswered.get(p.uid, (p.name, now, ""))[1]
+                unanswered[p.uid] = (p.name, first, error)
+                if first <= oldest:
+                    oldest = first
+                    if now - first >= CHECK_GRACE:
+                        problem = (
+                            f"idle pod {p.name} has not answered the operator on its claim "
+                            f"channel for {now - first:.0f} s: {error}; it is not claimed (check "
+                            "NetworkPolicies admitting the operator to port "
+                            f"{self.claim_port}, sidecars on the pool's pods, the pool's claim "
+                            "Secrets)"
+                        )
+        left = [u for u in errors if errors[u]]
+        if not left:
+            return 0.0, ""
+        return (CHECK_RETRY if now - oldest < CHECK_GRACE else PROBE_BACKOFF), problem
 
     # -- claims that cannot be delivered --------------------------------------------------
 
@@ -522,7 +615,13 @@ class PoolController:
         The patches are independent (one pod each, each with its own precondition), so
         ``run`` (the controller's thread pool's ``map``) sends them in parallel."""
         pool = _pool_of(snapshot.body if snapshot else None)
-        pods = [p for p in (snapshot.pods if snapshot else ()) if not self.recently_claimed(p.uid)]
+        with self._lock:
+            answered = set(self._answered.get(pool_uid_of(snapshot), ()))
+        pods = [
+            p
+            for p in (snapshot.pods if snapshot else ())
+            if not self.recently_claimed(p.uid) and p.uid in answered
+        ]
         blocked = self.undeliverable(pool_uid_of(snapshot), snapshot.body if snapshot else None)
         choice = choose_claims(job.job.spec, pool, pods, creates, blocked if pool else "")
         pool_name = job.job.spec.pool or ""

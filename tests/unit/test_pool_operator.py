@@ -447,6 +447,9 @@ class Cluster:
                 "podIP": ip,
                 "conditions": [{"type": "Ready", "status": "True"}],
             }
+        # Ready: the pod event reconciles the pool, whose operator probes each new idle pod's
+        # channel (claimable once it answered).
+        self.reconcile_pool()
 
     def pool_views(self) -> list[PoolPodView]:
         return [v for p in self.api.pods.values() if (v := pool_pod_view(p)) is not None]
@@ -468,6 +471,8 @@ class Cluster:
         chosen = self.pools
         if pools is not None:
             chosen = pools(self.api, Metrics(), claim_port=self.port)  # type: ignore[arg-type]
+            # Starting, it reconciles the pool: its own probes of the idle pods' channels.
+            chosen.reconcile(("ml", "warm"), self.pool, self.pool_views())
         metrics = self.metrics if pools is None else Metrics()
         return Controller(self.api, metrics, clock=lambda: NOW, pools=chosen)  # type: ignore[arg-type]
 
@@ -740,12 +745,18 @@ def _condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
 def test_a_pool_whose_claims_cannot_be_delivered_falls_back_cold_and_says_so(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Idle workers whose channel cannot work (here: another CA's certificate, as a CA
-    mismatch, a sidecar or a NetworkPolicy would break it): the job's claimed workers are
-    replaced cold, the pool says why (ClaimsDelivered=False naming the pod) and is claimed
-    from no more, so no pool pod is burnt after the first failure; a probe answered by a
-    newer idle pod lifts the block."""
-    cluster.start_idle(2, tls_of=pooltls.new_pool_credentials("elsewhere"))
+    """Idle workers that answered the operator's probe, then cannot take a claim (their worker
+    died; or someone claimed them, below): the job's claimed workers are replaced cold, the
+    pool says why (ClaimsDelivered=False naming the pod) and is claimed from no more, so no
+    pool pod is burnt after the first failure. Idle pods whose channel never answers (here:
+    another CA's certificate, as a CA mismatch, a sidecar or a NetworkPolicy would break it)
+    are never claimed at all, and the pool says so. A probe answered by a newer idle pod
+    lifts the block."""
+    monkeypatch.setattr(poolcontroller, "CHECK_GRACE", 0.0)
+    cluster.start_idle(2)
+    for proc in cluster.procs.values():  # Ready and answered, then the workers die
+        proc.kill()
+        proc.communicate()
     ctl = cluster.controller()
     key = ("ml", "demo")
     ctl.reconcile(key, job_body(replicas=2), [], cluster.snapshot())
@@ -1011,7 +1022,10 @@ def test_after_a_restart_a_blocked_pool_stays_blocked_until_a_probe_answers(
             }
         ]
     }
-    restarted = cluster.controller(PoolController)
+    # A new process whose first event is the job's (its pool reconcile has not run yet).
+    pools = PoolController(cluster.api, Metrics(), claim_port=cluster.port)  # type: ignore[arg-type]
+    restarted = Controller(cluster.api, Metrics(), clock=lambda: NOW, pools=pools)  # type: ignore[arg-type]
+    pools._answered["uid-pool"] = {p.uid for p in cluster.pool_views()}  # its channel answers
     restarted.reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
     assert _warm_pods(cluster) == [] and "demo-worker-0" in cluster.api.pods  # cold
     assert restarted.pools is not None
@@ -1021,3 +1035,26 @@ def test_after_a_restart_a_blocked_pool_stays_blocked_until_a_probe_answers(
         ("ml", "other"), job_body(replicas=1, name="other", uid="uid-other"), [], cluster.snapshot()
     )
     assert len(_warm_pods(cluster, "uid-other")) == 1
+
+
+def test_idle_pods_whose_channel_does_not_answer_are_never_claimed(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool whose channel cannot work from the start (another CA here; a NetworkPolicy
+    without the operator, a sidecar): its idle pods are Ready but never answer the operator's
+    probe, so none is claimed (no pod burnt, no job delayed), they are not counted as warm,
+    and the pool says why."""
+    monkeypatch.setattr(poolcontroller, "CHECK_GRACE", 0.0)
+    cluster.start_idle(2, tls_of=pooltls.new_pool_credentials("elsewhere"))
+    cluster.reconcile_pool()
+    status = cluster.api.pool_statuses[-1]
+    assert (status["idle"], status["starting"]) == (0, 2), status
+    delivered = _condition(status, "ClaimsDelivered")
+    assert delivered is not None and delivered["reason"] == "ChannelNotAnswering", status
+    assert "has not answered the operator" in delivered["message"]
+    cluster.controller().reconcile(("ml", "demo"), job_body(replicas=2), [], cluster.snapshot())
+    assert _warm_pods(cluster) == [] and cluster.api.deleted == []
+    assert sorted(n for n in cluster.api.pods if n.startswith("demo-")) == [
+        "demo-worker-0",
+        "demo-worker-1",
+    ]
