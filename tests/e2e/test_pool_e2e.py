@@ -376,16 +376,11 @@ def _run_undeliverable(
         return [p for p in items["items"] if not p["metadata"].get("deletionTimestamp")]
 
     def full() -> list[dict[str, Any]] | None:
+        # status.idle counts idle pods that are Ready and answered the operator's probe.
+        if int(_pool_status(cluster, ns).get("idle", 0)) < SMALL_POOL:
+            return None
         pods = [p for p in idle_pods() if p["status"].get("podIP")]
-        ready = [
-            p
-            for p in pods
-            if any(
-                c["type"] == "Ready" and c["status"] == "True"
-                for c in p["status"].get("conditions", [])
-            )
-        ]
-        return ready if len(ready) >= SMALL_POOL else None
+        return pods if len(pods) == SMALL_POOL else None
 
     targets = wait_until(full, timeout=240, what=f"{SMALL_POOL} idle warm workers")
     pool_uid = _json(cluster, "get", "wp", POOL, "-n", ns)["metadata"]["uid"]
