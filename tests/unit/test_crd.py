@@ -198,3 +198,27 @@ def test_client_refuses_bad_pools_naming_the_field(spec: dict[str, Any], field: 
         api.parse_pool({"metadata": {"name": "p"}, "spec": spec})
     assert "invalid WorkerPool" in str(refused.value)
     assert any(line.startswith(field) for line in refused.value.errors), refused.value.errors
+
+
+@pytest.mark.parametrize("crd", ["executejobs", "workerpools"])
+def test_both_crds_refuse_the_operators_keys_in_templates(crd: str) -> None:
+    """Issue 21, defect 8: the rule the API server runs (the cases in
+    tests/data/invalid_executejobs.yaml and tests/integration/test_generated_input.py send
+    objects to it)."""
+    doc = yaml.safe_load((REPO / "crds" / f"{crd}.yaml").read_text())
+    template = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["template"]["properties"]
+    for part in ("labels", "annotations"):
+        (rule,) = template[part]["x-kubernetes-validations"]
+        assert f"!k.startsWith('{api.RESERVED_KEY_PREFIX}')" in rule["rule"]
+        for key in api.RESERVED_KEYS:
+            assert f"k != '{key}'" in rule["rule"]
+        assert f"spec.template.{part}" in rule["message"]
+
+
+def test_inline_values_refuse_nul_by_pattern_and_durations_are_bounded() -> None:
+    spec = _schema()["properties"]["spec"]["properties"]
+    assert spec["env"]["items"]["properties"]["value"]["pattern"] == api.NO_NUL_PATTERN
+    for name in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        assert spec[name]["maximum"] == api.MAX_DURATION_SECONDS == 2**31 - 1
