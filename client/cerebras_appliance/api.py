@@ -157,6 +157,12 @@ def _no_nul(value: str | None) -> str | None:
     return value
 
 
+#: Text a worker's process receives (its argv): no NUL, in the models and in the CRD.
+ProcessText = Annotated[
+    str, Field(json_schema_extra={"pattern": NO_NUL_PATTERN}), AfterValidator(_no_nul)
+]
+
+
 class SecretKeySelector(_Model):
     """A key of a Secret in the job's namespace."""
 
@@ -311,10 +317,12 @@ class ExecuteJobSpec(_Model):
             min_length=1,
             description="'package.module:function' or a script path (*.py) inside the image. "
             "Immutable.",
+            json_schema_extra={"pattern": NO_NUL_PATTERN},
         ),
+        AfterValidator(_no_nul),
         AfterValidator(_check_entrypoint),
     ]
-    args: list[str] = Field(
+    args: list[ProcessText] = Field(
         default_factory=list,
         max_length=MAX_ARGS,
         description="Arguments: sys.argv[1:] for scripts, positional arguments for functions.",
