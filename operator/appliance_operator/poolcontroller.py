@@ -76,6 +76,8 @@ PROBE_TIMEOUT = 5.0
 CHECK_TIMEOUT = 2.0
 CHECK_RETRY = 1.0
 CHECK_GRACE = 30.0
+#: How often claim Secrets that cannot be used are read again (the operator watches no Secret).
+SECRET_RECHECK = 10.0
 
 
 @dataclass
@@ -291,7 +293,9 @@ class PoolController:
                 name,
                 len(stale),
             )
-        waits = [t for t in (hold, probe_in, check_in) if t]
+        # No Secret watch: a claim Secret someone must delete is looked at again periodically.
+        recheck = SECRET_RECHECK if secret_problem else 0.0
+        waits = [t for t in (hold, probe_in, check_in, recheck) if t]
         return min(waits) if waits else None
 
     def _check_channels(

@@ -927,7 +927,8 @@ def test_claim_secrets_the_operator_did_not_make_for_this_pool_are_never_used(
         pooltls.operator_secret_data(forged),
     )
     cluster.pool = pool_body(replicas=2)
-    cluster.reconcile_pool()
+    again = cluster.pools.reconcile(("ml", "warm"), cluster.pool, [])
+    assert again is not None and again <= poolcontroller.SECRET_RECHECK  # no Secret watch
     assert not cluster.api.pods  # no idle pod mounts a CA someone else holds
     delivered = _condition(cluster.api.pool_statuses[-1], "ClaimsDelivered")
     assert delivered is not None and delivered["reason"] == "ClaimSecretsNotBound", delivered
