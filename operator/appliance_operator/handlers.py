@@ -22,10 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +119,7 @@ class _Runtime:
     queue: WorkQueue[JobKey]
     metrics: Metrics
     pods: Any  # kopf.Index[JobKey, PodView]
-    jobs: Any  # kopf.Index[JobKey, dict]
+    jobs: Any  # kopf.Index[JobKey, JobRecord]
     executor: ThreadPoolExecutor
     pools: PoolController
     pool_queue: WorkQueue[PoolKey]
@@ -192,14 +193,49 @@ _JOB_META = (
 )  # not annotations: kubectl's last-applied-configuration would be a second copy of the env
 
 
+class JobRecord(Mapping[str, Any]):
+    """An ExecuteJob as the cache keeps it: the parts the reconcile reads, as compact JSON
+    text, plus the few fields the loop looks at without decoding it.
+
+    A job's spec and status as nested dicts took ~15 KiB of the operator's memory per job;
+    as JSON text ~2.5 KiB (1,000 jobs: ~12 MiB less). A reconcile decodes it once
+    (:meth:`body`, tens of microseconds); reading it as a mapping decodes it each time.
+    """
+
+    __slots__ = ("_json", "created", "deleting", "finished_ttl", "phase", "uid")
+
+    def __init__(self, record: Mapping[str, Any]) -> None:
+        meta = record.get("metadata") or {}
+        self.uid = str(meta.get("uid") or "")
+        self.created = str(meta.get("creationTimestamp") or "")
+        self.deleting = bool(meta.get("deletionTimestamp"))
+        self.phase = str((record.get("status") or {}).get("phase") or "")
+        self.finished_ttl = (record.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
+        self._json = json.dumps(record, separators=(",", ":"))
+
+    def body(self) -> dict[str, Any]:
+        """A fresh copy of the job as a dict (the reconcile's to keep)."""
+        decoded: dict[str, Any] = json.loads(self._json)
+        return decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self.body()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.body())
+
+    def __len__(self) -> int:
+        return len(self.body())
+
+
 @kopf.index(GROUP, VERSION, PLURAL)
 def execute_jobs(
     body: kopf.Body, namespace: str | None, name: str, **_: Any
-) -> dict[JobKey, dict[str, Any]]:
+) -> dict[JobKey, JobRecord]:
     if not _serves(namespace):
         return {}
     meta = body.get("metadata", {})
-    metadata: dict[str, Any] = {k: copy.deepcopy(meta[k]) for k in _JOB_META if k in meta}
+    metadata: dict[str, Any] = {k: meta[k] for k in _JOB_META if k in meta}
     awaiting = (meta.get("annotations") or {}).get(AWAITING_VALUES_ANNOTATION)
     if awaiting is not None:  # the only annotation the operator reads (docs/security.md)
         metadata["annotations"] = {AWAITING_VALUES_ANNOTATION: awaiting}
@@ -207,11 +243,12 @@ def execute_jobs(
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": metadata,
-        "spec": copy.deepcopy(dict(body.get("spec", {}))),
+        "spec": body.get("spec", {}),
     }
     if body.get("status"):
-        record["status"] = copy.deepcopy(dict(body["status"]))
-    return {(namespace or "", name): record}
+        record["status"] = body["status"]
+    # Encoded at once: the record shares nothing with kopf's body (no deep copy needed).
+    return {(namespace or "", name): JobRecord(record)}
 
 
 @kopf.index("v1", "pods", labels=POOL_PODS)
@@ -277,10 +314,11 @@ async def pool_event(namespace: str | None, name: str, **_: Any) -> None:
 def _snapshot(rt: _Runtime, key: JobKey) -> tuple[dict[str, Any] | None, list[PodView]]:
     """The job and its pods, copied out of the indexes (on the event loop)."""
     gone = rt.tombstones
-    bodies = [b for b in rt.jobs.get(key, ()) if b["metadata"].get("uid") not in gone]
+    records: list[JobRecord] = [r for r in rt.jobs.get(key, ()) if r.uid not in gone]
     # Two objects under one name only while a deleted job's DELETED event is in flight.
-    live = [b for b in bodies if not b["metadata"].get("deletionTimestamp")] or bodies
-    body = max(live, key=lambda b: b["metadata"].get("creationTimestamp", ""), default=None)
+    live = [r for r in records if not r.deleting] or records
+    record = max(live, key=lambda r: r.created, default=None)
+    body = None if record is None else record.body()
     return body, [p for p in rt.pods.get(key, ()) if p.uid not in gone]
 
 
@@ -349,15 +387,11 @@ async def _worker(rt: _Runtime) -> None:
 def _settled(rt: _Runtime, key: JobKey) -> bool:
     """A finished job without a TTL and without pods to release: nothing about it can change
     by time alone, so the resync skips it (its pods' events still reconcile it)."""
-    bodies = list(rt.jobs.get(key, ()))
-    if len(bodies) != 1:
+    records: list[JobRecord] = list(rt.jobs.get(key, ()))
+    if len(records) != 1:
         return False
-    body = bodies[0]
-    phase = (body.get("status") or {}).get("phase")
-    if (
-        phase not in ("Succeeded", "Failed")
-        or (body.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
-    ):
+    record = records[0]
+    if record.phase not in ("Succeeded", "Failed") or record.finished_ttl:
         return False
     return not any(p.tracked or p.active for p in rt.pods.get(key, ()))
 

@@ -8,6 +8,7 @@ backend uses, so phases and conditions mean the same on every backend.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,9 +54,14 @@ _PHASES: dict[str, WorkerPhase] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PodView:
-    """The parts of a worker pod the reconcile loop needs."""
+    """The parts of a worker pod the reconcile loop needs.
+
+    One per worker pod stays in the operator's cache (8,000 at 1,000 jobs x 8): slots, not a
+    ``__dict__`` per view (~0.3 KiB less each), and the job's name and uid are shared by its
+    pods' views (``pod_view`` interns them) rather than copied out of each pod's body.
+    """
 
     name: str
     uid: str
@@ -153,8 +159,8 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
     return PodView(
         name=str(meta.get("name")),
         uid=str(meta.get("uid") or ""),
-        job_name=job_name,
-        owner_uid=owner,
+        job_name=sys.intern(job_name),
+        owner_uid=sys.intern(owner) if isinstance(owner, str) else None,
         index=index,
         attempt=attempt,
         phase=phase,
@@ -193,7 +199,7 @@ def attempt_of(pod: PodView, counted: frozenset[str] = frozenset()) -> Attempt:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobView:
     """An ExecuteJob as stored, parsed, with the metadata the reconcile loop needs."""
 
