@@ -26,7 +26,7 @@ fi
 eval "export $env_line"
 [[ -n $DOCKER_HOST ]] || unset DOCKER_HOST
 [[ -x $KIND ]] || die "kind is not built ($KIND): nothing made a cluster with it"
-if "$KIND" get clusters 2>/dev/null | grep -qx "$NAME"; then
+if "$KIND" get clusters 2>/dev/null | grep -x "$NAME" >/dev/null; then
   "$KIND" delete cluster --name "$NAME"
 else
   log "no kind cluster named $NAME"

@@ -30,7 +30,7 @@ case ${1:-} in
     eval "export $(bash "$KIND_DIR/dockerd.sh" env)"
     [[ -n $DOCKER_HOST ]] || unset DOCKER_HOST
     # Deleted by `stop` only if there was none of that name before (even if its start failed).
-    "$KIND" get clusters 2>/dev/null | grep -qx "$NAME" || touch "$BG".made
+    "$KIND" get clusters 2>/dev/null | grep -x "$NAME" >/dev/null || touch "$BG".made
     log "kind cluster $NAME: starting in the background (log $BG.log)"
     (
       rc=0

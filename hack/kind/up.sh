@@ -62,7 +62,10 @@ fi
 
 nodes_of() { "$KIND" get nodes --name "$NAME" 2>/dev/null | sort; }
 healthy() {
-  "$KIND" get clusters 2>/dev/null | grep -qx "$NAME" || return 1
+  # Not `grep -q`: it exits at the first match, and kind, still writing the next cluster's
+  # name, dies of SIGPIPE, which pipefail reads as "no such cluster" (a healthy cluster listed
+  # before another one was deleted and made again).
+  "$KIND" get clusters 2>/dev/null | grep -x "$NAME" >/dev/null || return 1
   "$KIND" get kubeconfig --name "$NAME" >"$KUBECONFIG_COPY.tmp" 2>/dev/null || return 1
   mv -f "$KUBECONFIG_COPY.tmp" "$KUBECONFIG_COPY"
   local ready
@@ -105,7 +108,7 @@ CREATED=0
 if healthy; then
   step "kind cluster $NAME is up and healthy; reusing it"
 else
-  if "$KIND" get clusters 2>/dev/null | grep -qx "$NAME"; then
+  if "$KIND" get clusters 2>/dev/null | grep -x "$NAME" >/dev/null; then
     step "kind cluster $NAME exists but is not healthy: deleting it"
     "$KIND" delete cluster --name "$NAME"
   fi
