@@ -527,11 +527,7 @@ class Controller:
         try:
             pairs = desired.resolve_env(job.job.spec.env, read)
         except desired.EnvResolutionError as exc:
-            memory.env_condition = Condition(
-                type=ENV_RESOLVED, status="False", reason=exc.reason, message=str(exc)
-            )
-            self._warn(job, memory, exc.reason, str(exc))
-            return False
+            return self._env_problem(job, memory, exc.reason, str(exc))
         env_key, sealed = envfile.seal(pairs)
         body = desired.env_secret(job.job, job.uid, pairs, env_key, sealed)
         env_hash: str | None = sealed
@@ -579,15 +575,13 @@ class Controller:
                         ),
                     )
                     return None
-                message = (
+                return self._env_problem(
+                    job,
+                    memory,
+                    "SecretNameTaken",
                     f"Secret {name} already exists and does not belong to this job; delete or "
-                    "rename it (the operator writes the job's env snapshot there)"
+                    "rename it (the operator writes the job's env snapshot there)",
                 )
-                memory.env_condition = Condition(
-                    type=ENV_RESOLVED, status="False", reason="SecretNameTaken", message=message
-                )
-                self._warn(job, memory, "SecretNameTaken", message)
-                return False
         else:
             memory.fresh_secret = body
         memory.secret_ready = True
@@ -600,31 +594,32 @@ class Controller:
         )
         return True
 
-    def _secret_refused(
-        self, job: JobView, memory: JobMemory, name: str, code: int | None, size: int
-    ) -> bool:
-        """``<job>-env`` refused by the API server (or over its size limit): a condition and
-        a Warning naming the cause, instead of a silent retry."""
-        reason, message = desired.env_secret_refused(name, code, size)
+    def _env_problem(self, job: JobView, memory: JobMemory, reason: str, message: str) -> bool:
+        """``EnvResolved=False`` with this reason and a Warning once: the job waits (False)."""
         memory.env_condition = Condition(
             type=ENV_RESOLVED, status="False", reason=reason, message=message
         )
         self._warn(job, memory, reason, message)
         return False
 
+    def _secret_refused(
+        self, job: JobView, memory: JobMemory, name: str, code: int | None, size: int
+    ) -> bool:
+        """``<job>-env`` refused by the API server (or over its size limit): a condition and
+        a Warning naming the cause, instead of a silent retry."""
+        return self._env_problem(job, memory, *desired.env_secret_refused(name, code, size))
+
     def _untrusted_secret(self, job: JobView, memory: JobMemory, name: str, why: str) -> bool:
         """An existing ``<job>-env`` the operator did not write (or cannot prove it did): the
         job waits, its workers never mount it, and the user is told (no value is named)."""
-        message = (
+        return self._env_problem(
+            job,
+            memory,
+            "UntrustedSecret",
             f"Secret {name} is owned by this job but is not the snapshot the operator wrote "
             f"({why}); someone who may create Secrets in this namespace made it. Delete it: "
-            "the operator then writes the job's snapshot there and the job starts"
+            "the operator then writes the job's snapshot there and the job starts",
         )
-        memory.env_condition = Condition(
-            type=ENV_RESOLVED, status="False", reason="UntrustedSecret", message=message
-        )
-        self._warn(job, memory, "UntrustedSecret", message)
-        return False
 
     def _create_pods(self, job: JobView, steps: Plan, memory: JobMemory) -> tuple[list[str], bool]:
         """Create the planned pods in slow-start batches; (names created, whether one failed)."""
