@@ -441,6 +441,7 @@ def _run_undeliverable(
                 victims_warm.add(meta["name"])
                 if "appliance.dev/claim-confirmed" in meta.get("annotations", {}):
                     confirmed_for_victim.add(meta["name"])
+                    pytest.fail(f"{meta['name']}, claimed by the rogue, confirmed for victim")
         for c in _pool_status(cluster, ns).get("conditions", []):
             if c["type"] == "ClaimsDelivered" and c["status"] == "False":
                 undelivered.append(c)
