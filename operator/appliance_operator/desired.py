@@ -355,6 +355,10 @@ CLAIM_CONFIRMED_ANNOTATION = "appliance.dev/claim-confirmed"
 #: Beside it: the uid of the job whose claim the worker answered (its answer repeated the
 #: claim's job uid and nonce). A claimed pod is Ready only when this is its owner's uid.
 CLAIMED_FOR_ANNOTATION = "appliance.dev/claimed-for"
+#: Label set with the confirmation: the claim port's NetworkPolicy (poolnetwork.py) selects a
+#: pool's pods until they have it, so the operator still reaches a claimed pod it has not
+#: delivered to yet (in a default-deny namespace too), and the job's pod is left alone after.
+CLAIM_DELIVERED_LABEL = "appliance.dev/claim-delivered"
 CLAIM_TLS_VOLUME = "appliance-claim-tls"
 CLAIM_TLS_DIR = "/var/run/appliance/claim-tls"
 CLAIM_PORT = 7443
@@ -477,11 +481,12 @@ def confirm_patch(env_hash: str, job_uid: str) -> dict[str, Any]:
     creation)."""
     return {
         "metadata": {
+            "labels": {CLAIM_DELIVERED_LABEL: "true"},
             "annotations": {
                 ENV_HASH_ANNOTATION: env_hash,
                 CLAIM_CONFIRMED_ANNOTATION: env_hash,
                 CLAIMED_FOR_ANNOTATION: job_uid,
-            }
+            },
         }
     }
 

@@ -8,8 +8,12 @@ scope), so the operator itself makes the policy where each pool is, when it firs
 the pool:
 
 * ``<pool>-claim``, owned by the pool (it goes with it), labelled as the pool's pods;
-* selecting the pool's *idle* pods only (a claimed pod loses the idle label, and the policy
-  with it: the job's own traffic is the job's business);
+* selecting the pool's pods until their claim is delivered: idle ones, and claimed ones the
+  operator has not delivered to yet (claim and delivery are two steps: a policy of idle pods
+  only would let go of a pod between them, and a default-deny policy of the namespace would
+  then refuse the delivery). The confirmation labels the pod
+  ``appliance.dev/claim-delivered``, and the policy lets go of it: the job's own traffic is
+  the job's business. Until then the pod runs no job code, so it needs no other ingress;
 * admitting TCP to the claim port only from the operator's pods (their labels, in the
   operator's namespace), plus the chart's ``workerPools.networkPolicy.extraFrom`` peers.
 
@@ -28,12 +32,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance_operator.desired import (
+    CLAIM_DELIVERED_LABEL,
     CLAIM_PORT,
-    IDLE,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     POOL_NAME_LABEL,
-    POOL_STATE_LABEL,
     pool_labels,
 )
 from appliance_operator.kubeapi import ApiError, KubeApi
@@ -121,7 +124,7 @@ def policy_name(pool_name: str) -> str:
 def claim_policy(
     pool_name: str, namespace: str, pool_uid: str, source: PolicySource, port: int = CLAIM_PORT
 ) -> dict[str, Any]:
-    """The NetworkPolicy admitting only ``source`` to the idle pods of a pool, on ``port``."""
+    """The NetworkPolicy admitting only ``source`` to a pool's undelivered pods, on ``port``."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -142,11 +145,8 @@ def claim_policy(
         },
         "spec": {
             "podSelector": {
-                "matchLabels": {
-                    MANAGED_BY_LABEL: MANAGED_BY,
-                    POOL_NAME_LABEL: pool_name,
-                    POOL_STATE_LABEL: IDLE,
-                }
+                "matchLabels": {MANAGED_BY_LABEL: MANAGED_BY, POOL_NAME_LABEL: pool_name},
+                "matchExpressions": [{"key": CLAIM_DELIVERED_LABEL, "operator": "DoesNotExist"}],
             },
             "policyTypes": ["Ingress"],
             "ingress": [{"from": source.peers(), "ports": [{"protocol": "TCP", "port": port}]}],

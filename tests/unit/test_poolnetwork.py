@@ -46,13 +46,14 @@ def test_the_policy_admits_only_the_operator_to_the_pools_idle_pods() -> None:
     assert owner["kind"] == "WorkerPool" and owner["name"] == "warm"
     assert owner["uid"] == "uid-1" and owner["controller"] is True
     spec = body["spec"]
-    # Only this pool's idle pods: a claimed pod (the job's) is not selected any more.
+    # Only this pool's pods, until their claim is delivered: idle ones, and claimed ones
+    # the operator has yet to deliver to (claim and delivery are two steps).
     assert spec["podSelector"] == {
         "matchLabels": {
             "app.kubernetes.io/managed-by": "appliance-operator",
             "appliance.dev/pool-name": "warm",
-            "appliance.dev/pool-state": "idle",
-        }
+        },
+        "matchExpressions": [{"key": "appliance.dev/claim-delivered", "operator": "DoesNotExist"}],
     }
     assert spec["policyTypes"] == ["Ingress"]
     (rule,) = spec["ingress"]
@@ -70,6 +71,50 @@ def test_the_policy_admits_only_the_operator_to_the_pools_idle_pods() -> None:
             },
         }
     ]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector's meaning (matchLabels, and the DoesNotExist expressions used here)."""
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "DoesNotExist", expr
+        if expr["key"] in labels:
+            return False
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def test_the_policy_lets_go_of_a_pod_once_its_claim_is_delivered() -> None:
+    """Idle, then claimed (the claim patch's labels), then delivered (the confirm patch's):
+    selected, selected, not selected. Built from the patches the operator sends."""
+    from appliance_operator import desired
+    from cerebras_appliance.api import parse_job, parse_pool
+
+    pool = parse_pool(
+        {
+            "apiVersion": "appliance.dev/v1alpha1",
+            "kind": "WorkerPool",
+            "metadata": {"name": "warm", "namespace": "ml"},
+            "spec": {"image": "img", "replicas": 1, "template": {"labels": {"team": "a"}}},
+        }
+    )
+    selector = claim_policy("warm", "ml", "uid-1", source())["spec"]["podSelector"]
+    labels = dict(desired.pool_pod(pool, "uid-1", "x")["metadata"]["labels"])
+    assert _selects(selector, labels), labels
+    job = parse_job(
+        {
+            "apiVersion": "appliance.dev/v1alpha1",
+            "kind": "ExecuteJob",
+            "metadata": {"name": "j", "namespace": "ml"},
+            "spec": {"image": "img", "entrypoint": "x.py", "pool": "warm"},
+        }
+    )
+    claim = desired.claim_patch(job, "job-uid", desired.WorkerId(0, 0), "1")
+    labels.update(claim["metadata"]["labels"])
+    assert _selects(selector, labels), labels  # the operator still reaches it to deliver
+    labels.update(desired.confirm_patch("hmac-sha256:00", "job-uid")["metadata"]["labels"])
+    assert not _selects(selector, labels), labels  # the job's pod: left to the job
+    other = dict(desired.pool_pod(pool, "uid-1", "y")["metadata"]["labels"])
+    other[desired.POOL_NAME_LABEL] = "other"
+    assert not _selects(selector, other)
 
 
 def test_extra_peers_are_added_after_the_operator() -> None:
