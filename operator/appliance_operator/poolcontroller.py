@@ -37,6 +37,7 @@ from appliance_operator.observe import JobView, PodView, pod_view
 from appliance_operator.poolplan import (
     CLAIMS_DELIVERED,
     POOL_SPEC_HASH_ANNOTATION,
+    REPLICA_FAILURE,
     ClaimChoice,
     PoolPodView,
     choose_claims,
@@ -78,6 +79,9 @@ CHECK_RETRY = 1.0
 CHECK_GRACE = 30.0
 #: How often claim Secrets that cannot be used are read again (the operator watches no Secret).
 SECRET_RECHECK = 10.0
+CONDITION_MESSAGE_LIMIT = 1024
+#: Seconds until the next reconcile writes a condition this one found (a refused create).
+STATUS_SOON = 0.5
 
 
 @dataclass
@@ -139,6 +143,8 @@ class PoolController:
         self._answered: dict[str, set[str]] = {}
         #: pool uid -> idle pod uid -> (name, first probed, the last error) while they do not
         self._unanswered: dict[str, dict[str, tuple[str, float, str]]] = {}
+        #: pool uid -> ReplicaFailure, while the API server refuses its idle pods
+        self._create_failed: dict[str, Condition] = {}
         self._uids: dict[PoolKey, str] = {}  # the uid each pool's state above is kept under
         # The claim port's NetworkPolicy in each pool's namespace (poolnetwork.py).
         self.network = poolnetwork.PolicyKeeper(api, poolnetwork.source_from_os(), claim_port)
@@ -160,6 +166,7 @@ class PoolController:
             self._created.pop(old, None)
             self._trouble.pop(old, None)
             self._secret_problem.pop(old, None)
+            self._create_failed.pop(old, None)
             self._answered.pop(old, None)
             self._unanswered.pop(old, None)
         if uid is None:
@@ -250,7 +257,9 @@ class PoolController:
             now=now_rfc3339(self.clock()),
             hold_refill=hold > 0 or bool(secret_problem),
             delivery=delivery,
+            create_failure=self._create_failed.get(uid),
         )
+        first_refusal = False
         for _ in range(steps.create):
             pod = desired.pool_pod(pool, uid, "")
             pod["metadata"].setdefault("annotations", {})[POOL_SPEC_HASH_ANNOTATION] = current
@@ -260,9 +269,20 @@ class PoolController:
                 created = self.api.create_pod(namespace, pod)
             except ApiError as exc:
                 logger.warning("[%s/%s] creating an idle worker failed: %s", namespace, name, exc)
+                if exc.code in (400, 403, 404, 422):  # refused as it is: say so in the status
+                    first_refusal = uid not in self._create_failed
+                    message = f"creating idle workers: {exc}"[:CONDITION_MESSAGE_LIMIT]
+                    with self._lock:
+                        self._create_failed[uid] = Condition(
+                            type=REPLICA_FAILURE,
+                            status="True",
+                            reason="FailedCreate",
+                            message=message,
+                        )
                 break
             with self._lock:
                 pending[str((created.get("metadata") or {}).get("name"))] = time.monotonic()
+                self._create_failed.pop(uid, None)
         for view in steps.delete:
             if not view.uid:
                 continue
@@ -294,7 +314,9 @@ class PoolController:
                 len(stale),
             )
         # No Secret watch: a claim Secret someone must delete is looked at again periodically.
-        recheck = SECRET_RECHECK if secret_problem else 0.0
+        recheck = SECRET_RECHECK if secret_problem or uid in self._create_failed else 0.0
+        if first_refusal:
+            recheck = STATUS_SOON  # the status planned above does not show the refusal yet
         waits = [t for t in (hold, probe_in, check_in, recheck) if t]
         return min(waits) if waits else None
 

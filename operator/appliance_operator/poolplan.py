@@ -43,6 +43,8 @@ POOL_READY = "Ready"
 WARM_START_FAILED = "WarmStartFailed"
 #: False while the pool's claims cannot be delivered (its idle pods are not claimed then).
 CLAIMS_DELIVERED = "ClaimsDelivered"
+#: True while the API server refuses the pool's idle pods (as a ReplicaSet's).
+REPLICA_FAILURE = "ReplicaFailure"
 #: On every idle pod: the hash of the pool's spec it was made from (image, template, imports,
 #: startupVariables). An idle pod of another hash is replaced and never claimed.
 POOL_SPEC_HASH_ANNOTATION = "appliance.dev/pool-spec-hash"
@@ -154,6 +156,7 @@ def plan_pool(
     now: str,
     hold_refill: bool = False,
     delivery: Condition | None = None,
+    create_failure: Condition | None = None,
 ) -> PoolPlan:
     """Keep ``spec.replicas`` idle pods: start the missing ones, remove the surplus (those
     not yet warm first, then the newest) and idle pods that ended (a failed import, a node
@@ -161,7 +164,8 @@ def plan_pool(
     another version of the spec (their :data:`POOL_SPEC_HASH_ANNOTATION`) are removed and
     replaced; claimed pods are the jobs' and never touched.
 
-    ``delivery``: the :data:`CLAIMS_DELIVERED` condition, when there is one to show.
+    ``delivery``: the :data:`CLAIMS_DELIVERED` condition, when there is one to show;
+    ``create_failure``: :data:`REPLICA_FAILURE`, while idle pods cannot be created.
 
     ``hold_refill``: a claim of this pool is being delivered; the missing pods are started
     after it, so that no pod start competes with it for the nodes' CPU and the API server
@@ -188,6 +192,8 @@ def plan_pool(
     ]
     if delivery is not None:
         conditions.append(delivery)
+    if create_failure is not None:
+        conditions.append(create_failure)
     if ended:
         conditions.append(
             _condition(

@@ -1059,3 +1059,32 @@ def test_idle_pods_whose_channel_does_not_answer_are_never_claimed(
         "demo-worker-0",
         "demo-worker-1",
     ]
+
+
+def test_idle_pods_the_api_server_refuses_are_a_condition_not_a_log_line(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pool whose pod the API server (or the client's own model check) refuses, e.g. a
+    template field of the wrong type, got a warning in the operator's log on every reconcile
+    and nothing in its status."""
+    refused = ApiError(422, "Invalid", 'Pod "warm-" is invalid: spec.containers[0].resources')
+    real_create = cluster.api.create_pod
+
+    def create_pod(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        raise refused
+
+    monkeypatch.setattr(cluster.api, "create_pod", create_pod)
+    cluster.pool = pool_body(replicas=2)
+    key = ("ml", "warm")
+    soon = cluster.pools.reconcile(key, cluster.pool, cluster.pool_views())
+    assert soon is not None and soon <= 1  # written by the next reconcile, not in 10 s
+    cluster.pools.reconcile(key, cluster.pool, cluster.pool_views())
+    failure = _condition(cluster.api.pool_statuses[-1], "ReplicaFailure")
+    assert failure is not None and failure["status"] == "True"
+    assert (
+        failure["reason"] == "FailedCreate" and "spec.containers[0].resources" in failure["message"]
+    )
+    monkeypatch.setattr(cluster.api, "create_pod", real_create)  # the template was fixed
+    cluster.pools.reconcile(key, cluster.pool, cluster.pool_views())
+    cluster.pools.reconcile(key, cluster.pool, cluster.pool_views())
+    assert _condition(cluster.api.pool_statuses[-1], "ReplicaFailure") is None
