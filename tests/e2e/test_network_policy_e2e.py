@@ -14,7 +14,10 @@ Deployment and makes the policy ``<pool>-claim`` in each pool's namespace
 3. pods that are not the operator, in the release namespace and in the user namespace, cannot
    even open a TCP connection to an idle worker's claim port (nor across namespaces);
 4. a namespace with a default-deny ingress policy still gets warm workers: its job is claimed
-   warm (``PoolClaim`` ``Claimed``), runs with its env and succeeds;
+   warm (``PoolClaim`` ``Claimed``), runs with its env and succeeds (the policy keeps admitting
+   the operator to a claimed pod until its claim is delivered: with a policy of idle pods
+   only, the delivery raced kube-router letting go of the just-claimed pod, and 2 of 4 runs
+   fell back to cold workers);
 5. deleting a pool deletes its policy (owner reference).
 
 The namespaces are ``it-test-pool-*``: the package's host operator leaves them alone.
@@ -398,6 +401,8 @@ def _run(
         assert pod["metadata"]["labels"].get("appliance.dev/pool-name") == POOL, pod["metadata"]
         seen = loader.parse(cluster.pod_logs(deny_ns, pod["metadata"]["name"]))
         assert seen.get("env INLINE") == INLINE_SENTINEL, seen
+        # Delivered: the claim port's policy has let go of it (the job's pod, not the pool's).
+        assert pod["metadata"]["labels"].get("appliance.dev/claim-delivered") == "true"
 
     # 5. the policy goes with its pool.
     cluster.kubectl("delete", "wp", POOL, "-n", user_ns, "--wait=false")
