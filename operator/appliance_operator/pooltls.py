@@ -32,14 +32,16 @@ import ssl
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, Any
 
 from cerebras_appliance import channel
+
+# ``cryptography`` is imported where a pool's certificates are made, not with the operator:
+# it takes ~10 MiB of the operator's memory (measured), which an operator serving no pool
+# never needs.
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 CERT_DAYS = 3650
 CA_CN_PREFIX = "appliance-pool-ca"
@@ -183,10 +185,14 @@ def claim_secret(
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -195,6 +201,9 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _name(cn: str) -> x509.Name:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
@@ -208,6 +217,8 @@ def _certificate(
 ) -> x509.CertificateBuilder:
     """What a pool's CA and its two leaf certificates share: validity, and either CA rights
     (sign certificates, nothing else) or a leaf's (sign handshakes, nothing else)."""
+    from cryptography import x509
+
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -241,6 +252,9 @@ def _leaf(
     usage: x509.ObjectIdentifier,
     now: dt.datetime,
 ) -> tuple[bytes, bytes]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
     key = _key()
     cert = (
         _certificate(_name(cn), ca_name, key, now, ca=False)
@@ -252,6 +266,9 @@ def _leaf(
 
 def new_pool_credentials(pool: str, now: dt.datetime | None = None) -> PoolCredentials:
     """A new CA for ``pool``, its two certificates; the CA's key is not kept."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     now = now or dt.datetime.now(dt.UTC)
     ca_key = _key()
     ca_name = _name(f"{CA_CN_PREFIX}-{pool}")
