@@ -251,3 +251,14 @@ def test_the_operator_loads_cryptography_only_to_make_a_pools_certificates() -> 
         "assert 'cryptography' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_the_indexes_run_on_the_event_loop() -> None:
+    """kopf ran each (plain ``def``) index function in a thread of its executor: a hop per
+    watch event, during which the event's whole body waits in kopf's per-object queue. The
+    indexes are now ``async`` wrappers (same ids, so the same kwargs) of the pure functions."""
+    import inspect
+
+    indexers = {h.id: h.fn for h in kopf.get_default_registry()._indexing.get_all_handlers()}
+    assert set(indexers) >= {"worker_pods", "execute_jobs", "pool_pods", "worker_pools"}
+    assert all(inspect.iscoroutinefunction(fn) for fn in indexers.values()), indexers
