@@ -180,8 +180,14 @@ def test_pool_claim_port_admits_only_the_operator(
             f"the kind cluster has no NetworkPolicy enforcer (DaemonSet kube-system/{ENFORCER}, "
             "made by hack/kind/node-image.sh's node image): nothing here would be enforced"
         )
-    ds = json.loads(found.stdout)
-    assert ds["status"].get("numberReady") == ds["status"].get("desiredNumberScheduled"), ds
+
+    def enforcer_ready() -> bool:
+        # On every node (a node restarted by an earlier test restarts its pod too).
+        status = _json(cluster, "get", "daemonset", ENFORCER, "-n", "kube-system")["status"]
+        want = status.get("desiredNumberScheduled")
+        return bool(want) and status.get("numberReady") == want
+
+    wait_until(enforcer_ready, timeout=180, what=f"{ENFORCER} ready on every node")
     release_ns = namespace  # it-test-pool-*: the host operator leaves it to the chart's
     user_ns = _make_namespace(cluster, "it-test-pool-np-user", wait_until)
     deny_ns = _make_namespace(cluster, "it-test-pool-np-deny", wait_until)
@@ -319,6 +325,15 @@ def _run(
         (user_ns, release_ns),
         (release_ns, user_ns),
     ]:
+        # The policies are older than the probes; an enforcer just restarted on a node (an
+        # earlier test's) may still be writing its rules: the first probe may wait for it.
+        wait_until(
+            lambda c=client_ns, t=target_ns: _probe(
+                cluster, c, "intruder", worker_ip[t], CLAIM_PORT
+            ).startswith("BLOCKED"),
+            timeout=30,
+            what=f"a pod in {client_ns} to be refused by {target_ns}'s idle worker's claim port",
+        )
         for _ in range(3):
             out = _probe(cluster, client_ns, "intruder", worker_ip[target_ns], CLAIM_PORT)
             assert out.startswith("BLOCKED"), (
