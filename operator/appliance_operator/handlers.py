@@ -29,7 +29,7 @@ import random
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -144,6 +144,26 @@ def _serves(namespace: str | None) -> bool:
 # -- settings --------------------------------------------------------------------------------
 
 
+class _EssenceStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotations diff-base storage, with the same essence built from less.
+
+    kopf builds every watched object's essence on every watch event (even with no handler
+    that reads it), starting with a deep copy of the whole body, then dropping its metadata
+    and status: for a pod, most of what was copied (managedFields, status). This hands it the
+    fields it keeps (spec and the rest, labels, annotations, and what its keys look at), so
+    the copy on the event loop is only of those; the essence is the same."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        if extra_fields:  # a handler of more fields (status ones): kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        meta = body.get("metadata") or {}
+        light = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        light["metadata"] = {
+            k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta
+        }
+        return super().build(body=kopf.Body(cast(kopf.RawBody, light)), extra_fields=extra_fields)
+
+
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """kopf settings, each chosen on purpose."""
     # One replica (the Deployment uses strategy Recreate): no peering objects to watch and
@@ -165,7 +185,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     # on.create/update/resume handlers, which this operator does not use; should one be added,
     # its annotations would be under appliance.dev/ rather than kopf's default prefix.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="appliance.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = _EssenceStorage(
         prefix="appliance.dev", key="last-handled-configuration"
     )
     # API errors in kopf's own calls (watches): retry quickly first, then back off.

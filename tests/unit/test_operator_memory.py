@@ -262,3 +262,48 @@ def test_the_indexes_run_on_the_event_loop() -> None:
     indexers = {h.id: h.fn for h in kopf.get_default_registry()._indexing.get_all_handlers()}
     assert set(indexers) >= {"worker_pods", "execute_jobs", "pool_pods", "worker_pools"}
     assert all(inspect.iscoroutinefunction(fn) for fn in indexers.values()), indexers
+
+
+def test_kopfs_essence_of_each_event_is_built_without_copying_the_whole_body(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf builds a diff-base essence of every watched object on every watch event, from a
+    deep copy of the whole body (managedFields and status included, then dropped). The
+    operator's storage gives it only what the essence keeps: the same essence, less copied."""
+    import copy
+
+    settings = kopf.OperatorSettings()
+    handlers.configure_settings(settings)
+    body = kopf.Body(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "tp-1-worker-0",
+                "labels": {desired.JOB_NAME_LABEL: "tp-1"},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                    "appliance.dev/env-hash": "h",
+                },
+                "ownerReferences": [{"kind": "ExecuteJob", "uid": "u", "controller": True}],
+                "managedFields": [{"manager": "kwok", "fieldsV1": {"f:status": {}}}],
+            },
+            "spec": {"containers": [{"name": "worker", "image": "i"}]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        }
+    )
+    kopfs = kopf.AnnotationsDiffBaseStorage(
+        prefix="appliance.dev", key="last-handled-configuration"
+    )
+    expected = kopfs.build(body=body)
+    copied: list[Any] = []
+    real = copy.deepcopy
+
+    def recording(value: Any, *args: Any) -> Any:
+        copied.append(value)
+        return real(value, *args)
+
+    monkeypatch.setattr(copy, "deepcopy", recording)
+    assert settings.persistence.diffbase_storage.build(body=body) == expected
+    whole = [c for c in copied if "status" in str(c) or "managedFields" in str(c)]
+    assert copied and not whole, whole
