@@ -7,7 +7,8 @@ API calls per job, each against a baseline measured in the same run.
     through the same watch; once with the operator's slow-start parallel pod creation, once
     strictly sequential. Samples alternate operator/baseline; medians are compared.
 (b) Throughput: JOBS jobs x REPLICAS workers created at once (8 client threads) until every
-    job reports all workers ready; the operator's peak RSS (VmHWM). Baseline: the same
+    job reports all workers ready; the operator's peak RSS (VmHWM) against its idle RSS
+    measured in the same run, and against ``--rss-target`` (150 MiB). Baseline: the same
     creates done by this script, until all its pods are Ready.
 (c) API calls per job, from the operator's own metrics (every call it makes is counted),
     against the target: 1 Secret + REPLICAS pods + at most 3 status writes.
@@ -17,6 +18,11 @@ Usage::
     python bench/bench_operator.py                 # 200 jobs x 8 workers
     python bench/bench_operator.py --quick         # 20 jobs x 8, fewer samples
     python bench/bench_operator.py --kubeconfig PATH   # an existing cluster (else hack/cluster)
+
+Clean-up (``clean_up``): every pod is marked deleted (grace 0, one deletecollection per
+namespace) and this script removes the finalizers itself (no operator runs any more), then
+deletes the jobs and namespaces; each wait is bounded. With ``APPLIANCE_OPERATOR_CLUSTER_DIR``
+the control plane is its own (state dir, free ports), apart from the integration tests'.
 """
 
 from __future__ import annotations
