@@ -127,6 +127,14 @@ else
       echo "- '{kind: ClusterConfiguration, controllerManager: {extraArgs: {node-monitor-grace-period: \"$KIND_NODE_MONITOR_GRACE_PERIOD\"}}}'"
     fi
   } >"$config"
+  # Every node runs kubelet, kube-proxy and the policy enforcer, each with inotify watchers on
+  # the host's kernel: the default 128 instances per user run out with a second cluster up
+  # (kube-proxy then fails with "too many open files"; kind's known issues). Raised, never
+  # lowered, when we may.
+  for limit in max_user_instances=512 max_user_watches=524288; do
+    file=/proc/sys/fs/inotify/${limit%%=*}
+    if [[ -w $file ]] && (($(<"$file") < ${limit#*=})); then echo "${limit#*=}" >"$file"; fi
+  done
   step "kind create cluster --name $NAME ($((WORKERS + 1)) nodes, image $image)"
   "$KIND" create cluster --name "$NAME" --image "$image" --config "$config" \
     --wait "${KIND_CREATE_WAIT:-300s}" ${KUBECONFIG_OUT:+--kubeconfig "$KUBECONFIG_OUT"}
