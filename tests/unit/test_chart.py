@@ -743,4 +743,3 @@ def test_network_policy_admits_only_the_operator_to_idle_pool_workers(
     assert poolnetwork.POD_LABELS_VAR not in _operator_env(off)
     for r in [*by_kind(off, "ClusterRole"), *by_kind(off, "Role")]:
         assert "networking.k8s.io/networkpolicies" not in rules_by_resource(r["rules"])
-
