@@ -2,8 +2,9 @@
 
 The operator runs as the chart's Deployment here, not on the host: it sends each claim to the
 pod's IP, which only the cluster's network reaches (and the pool's NetworkPolicy
-``<pool>-claim``, made by the operator, admits only the operator's pods to the claim port). The namespace (``it-test-pool-*``) is one the package's
-host operator leaves alone (conftest.py, ``OPERATOR_EXCLUDED_NAMESPACES``).
+``<pool>-claim``, made by the operator, admits only the operator's pods to the claim port).
+The namespace (``it-test-pool-*``) is one the package's host operator leaves alone
+(conftest.py, ``OPERATOR_EXCLUDED_NAMESPACES``).
 
 One pool of 8 idle workers, then, in order (each step asserts what issue 12 asks):
 
