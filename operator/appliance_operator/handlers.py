@@ -470,9 +470,10 @@ def prune_tombstones(rt: _Runtime) -> None:
     """Forget the tombstones of uids no index holds any more (a later watch event or re-list
     dropped them): the set stays as small as the ghosts still cached, not all there were."""
     indexed: set[str] = set()
-    for index in (rt.jobs, rt.pool_bodies):
-        for key in list(index):
-            indexed.update(str(body["metadata"].get("uid")) for body in index.get(key, ()))
+    for key in list(rt.jobs):
+        indexed.update(record.uid for record in rt.jobs.get(key, ()))
+    for key in list(rt.pool_bodies):
+        indexed.update(str(body["metadata"].get("uid")) for body in rt.pool_bodies.get(key, ()))
     for views in (rt.pods, rt.pool_pods):
         for key in list(views):
             indexed.update(view.uid for view in views.get(key, ()))
@@ -487,8 +488,8 @@ async def _check_drift(rt: _Runtime) -> None:
     before: dict[str, tuple[dict[str, JobKey], dict[str, JobKey]]] = {}
     for key in list(rt.jobs):
         pods, jobs = before.setdefault(key[0], ({}, {}))
-        for body in rt.jobs.get(key, ()):
-            jobs[str(body["metadata"].get("uid"))] = key
+        for record in rt.jobs.get(key, ()):
+            jobs[record.uid] = key  # not record["metadata"]: that decodes the whole job
     for key in list(rt.pods):
         pods, jobs = before.setdefault(key[0], ({}, {}))
         for view in rt.pods.get(key, ()):

@@ -108,8 +108,11 @@ def test_tombstones_are_forgotten_once_no_index_holds_them() -> None:
     def body(uid: str) -> dict[str, Any]:
         return {"metadata": {"uid": uid}}
 
+    def job(uid: str) -> handlers.JobRecord:  # the job index holds records, as kopf's does
+        return handlers.JobRecord(body(uid))
+
     rt = SimpleNamespace(
-        jobs={("ml", "a"): [body("job-ghost")], ("ml", "b"): [body("job-live")]},
+        jobs={("ml", "a"): [job("job-ghost")], ("ml", "b"): [job("job-live")]},
         pool_bodies={("ml", "p"): [body("pool-live")]},
         pods={("ml", "a"): [_View("pod-ghost")]},
         pool_pods={("ml", "p"): [_View("pool-pod-ghost")]},
@@ -117,7 +120,7 @@ def test_tombstones_are_forgotten_once_no_index_holds_them() -> None:
     )
     handlers.prune_tombstones(rt)  # type: ignore[arg-type]
     assert rt.tombstones == {"job-ghost", "pod-ghost", "pool-pod-ghost"}
-    rt.jobs = {("ml", "b"): [body("job-live")]}  # the ghost job's DELETED finally came
+    rt.jobs = {("ml", "b"): [job("job-live")]}  # the ghost job's DELETED finally came
     rt.pods = {}
     handlers.prune_tombstones(rt)  # type: ignore[arg-type]
     assert rt.tombstones == {"pool-pod-ghost"}
