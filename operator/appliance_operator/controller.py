@@ -670,11 +670,8 @@ class Controller:
         if pod is None:
             return ""  # gone meanwhile: the next reconcile creates it
         meta = pod.get("metadata") or {}
-        owners = {
-            ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")
-        }
         labels = meta.get("labels") or {}
-        if job.uid not in owners:
+        if desired.controller_uid(pod) != job.uid:
             return (
                 f"pod {name} already exists and does not belong to this job; delete or rename "
                 "it (the operator needs that name for a worker)"

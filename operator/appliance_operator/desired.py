@@ -78,6 +78,14 @@ def owner_reference(job: ExecuteJob, uid: str) -> dict[str, Any]:
     }
 
 
+def controller_uid(obj: Mapping[str, Any]) -> str | None:
+    """The uid of the object's controller (the ownerReference with ``controller: true``; the
+    API server allows at most one), or None."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    uid = next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+    return None if uid is None else str(uid)
+
+
 def user_keys(template_keys: Mapping[str, str]) -> dict[str, str]:
     """A template's labels or annotations without the operator's own keys (api.reserved_key):
     the models and the CRD refuse them already; this keeps any that got past (an older CRD)
@@ -174,13 +182,11 @@ def trusted_env_snapshot(
     only the operator writes, or this process's memory) or holding exactly the values the
     operator has just resolved itself (``env``). Names no value in what it returns as a reason.
     """
+    if env_hash is None and env is None:
+        return "there is nothing to check it against"
     if secret is None:
         return "it does not exist"
-    meta = secret.get("metadata") or {}
-    owners = {
-        str(ref.get("uid")) for ref in meta.get("ownerReferences") or [] if ref.get("controller")
-    }
-    if job_uid not in owners:
+    if controller_uid(secret) != job_uid:
         return "it is not owned by this job"
     if secret.get("immutable") is not True:
         return "it is not immutable"
@@ -197,8 +203,6 @@ def trusted_env_snapshot(
         return "its hash is not the one the operator recorded for this job"
     if env is not None and snapshot.env != tuple(env):
         return "its variables are not the ones the job's spec.env resolves to"
-    if env_hash is None and env is None:
-        return "there is nothing to check it against"
     return snapshot
 
 

@@ -25,6 +25,7 @@ from appliance_operator.desired import (
     POOL_NAME_LABEL,
     TRACKING_FINALIZER,
     WORKER_INDEX_LABEL,
+    controller_uid,
 )
 from cerebras_appliance.api import ExecuteJob, ExecuteJobStatus, parse_job
 from cerebras_appliance.lifecycle import Attempt
@@ -113,10 +114,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
     attempt = _int(labels.get(ATTEMPT_LABEL, "0"))
     if not job_name or index is None or attempt is None:
         return None
-    owner = next(
-        (ref.get("uid") for ref in meta.get("ownerReferences") or [] if ref.get("controller")),
-        None,
-    )
+    owner = controller_uid(pod)
     status = pod.get("status") or {}
     phase = _PHASES.get(status.get("phase") or "Pending", "Pending")  # "Unknown" -> Pending
     ready = any(
@@ -160,7 +158,7 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
         name=str(meta.get("name")),
         uid=str(meta.get("uid") or ""),
         job_name=sys.intern(job_name),
-        owner_uid=sys.intern(owner) if isinstance(owner, str) else None,
+        owner_uid=None if owner is None else sys.intern(owner),
         index=index,
         attempt=attempt,
         phase=phase,

@@ -32,6 +32,7 @@ from appliance_operator.desired import (
     POOL_NAME_LABEL,
     POOL_STATE_LABEL,
     WorkerId,
+    controller_uid,
     pool_selector,
 )
 from cerebras_appliance.api import Condition, ExecuteJobSpec, WorkerPool, WorkerPoolStatus
@@ -107,10 +108,7 @@ def pool_pod_view(pod: Mapping[str, Any]) -> PoolPodView | None:
     )
     reason = str(status.get("reason") or "")
     annotations = meta.get("annotations") or {}
-    owner = next(
-        (str(r.get("uid")) for r in meta.get("ownerReferences") or [] if r.get("controller")),
-        None,
-    )
+    owner = controller_uid(pod)
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") == CONTAINER_NAME:
             term = (cs.get("state") or {}).get("terminated") or {}

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from appliance_operator.desired import controller_uid
 from cerebras_appliance import channel
 
 # ``cryptography`` is imported where a pool's certificates are made, not with the operator:
@@ -137,10 +138,8 @@ def binding_problem(
     ``pool_uid`` ("" when it is): controlled by that pool, annotated with its uid and its
     CA's fingerprint (``fingerprint``: the one its other half carries), immutable, and its
     CA certificate the one the fingerprint names."""
-    meta = secret.get("metadata") or {}
-    owners = {str(r.get("uid")) for r in meta.get("ownerReferences") or [] if r.get("controller")}
-    annotations = meta.get("annotations") or {}
-    if pool_uid not in owners or annotations.get(POOL_UID_ANNOTATION) != pool_uid:
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    if controller_uid(secret) != pool_uid or annotations.get(POOL_UID_ANNOTATION) != pool_uid:
         return "it is not bound to this WorkerPool's uid (the operator did not make it)"
     if secret.get("immutable") is not True:
         return "it is not immutable"
