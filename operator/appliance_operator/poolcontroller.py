@@ -223,7 +223,7 @@ class PoolController:
                 for n in pending
             ]
         previous = WorkerPoolStatus.model_validate(body.get("status") or {})
-        check_in, not_answering = self._check_channels(namespace, pool, uid, pods)
+        check_in, not_answering = self._check_channels(namespace, pool, uid, pods, current)
         with self._lock:
             answered = self._answered.get(uid, set())
             # Not warm before it answered this operator: counted as starting, never claimed.
@@ -234,7 +234,7 @@ class PoolController:
                 for p in pods
             ]
         hold = self._refill_hold(pods, now)
-        delivery, probe_in = self._delivery_condition(namespace, pool, uid, pods, previous)
+        delivery, probe_in = self._delivery_condition(namespace, pool, uid, pods, previous, current)
         if not_answering and (delivery is None or delivery.status == "True"):
             delivery = Condition(
                 type=CLAIMS_DELIVERED,
@@ -321,12 +321,16 @@ class PoolController:
         return min(waits) if waits else None
 
     def _check_channels(
-        self, namespace: str, pool: WorkerPool, uid: str, pods: Sequence[PoolPodView]
+        self,
+        namespace: str,
+        pool: WorkerPool,
+        uid: str,
+        pods: Sequence[PoolPodView],
+        current: str,
     ) -> tuple[float, str]:
-        """Probe the idle pods that are Ready and have not answered this operator yet (in
-        parallel); (seconds until the next check, "" or why the pool's channel does not
-        answer: a pod that has not answered for CHECK_GRACE seconds)."""
-        current = pool_spec_hash(pool)
+        """Probe the idle pods of the ``current`` spec hash that are Ready and have not
+        answered this operator yet (in parallel); (seconds until the next check, "" or why the
+        pool's channel does not answer: a pod that has not answered for CHECK_GRACE seconds)."""
         now = time.monotonic()
         live = {p.uid for p in pods}
         with self._lock:
@@ -425,6 +429,7 @@ class PoolController:
         uid: str,
         pods: Sequence[PoolPodView],
         previous: WorkerPoolStatus,
+        current: str,
     ) -> tuple[Condition | None, float]:
         """The ClaimsDelivered condition (None: no delivery ever failed), probing one idle pod
         when the pool is blocked and its probe is due; and seconds until the next probe."""
@@ -440,7 +445,7 @@ class PoolController:
                 self._trouble[uid] = trouble
         due = not trouble.cleared and now >= trouble.next_probe
         # No idle pod to probe yet: a pod event brings one (no busy requeue meanwhile).
-        unprobed = due and not self._probe(namespace, pool, uid, pods, trouble)
+        unprobed = due and not self._probe(namespace, pool, uid, pods, trouble, current)
         wait = PROBE_BACKOFF if unprobed else 0.0
         if trouble.cleared:
             return (
@@ -471,10 +476,10 @@ class PoolController:
         uid: str,
         pods: Sequence[PoolPodView],
         trouble: DeliveryTrouble,
+        current: str,
     ) -> bool:
-        """Ask the newest claimable idle pod's channel to answer (it claims nothing); False
-        when there is none to ask."""
-        current = pool_spec_hash(pool)
+        """Ask the newest claimable idle pod (of the ``current`` spec hash) to answer (it
+        claims nothing); False when there is none to ask."""
         with self._lock:
             candidates = [
                 p
