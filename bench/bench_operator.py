@@ -158,56 +158,43 @@ def _node_ready(core: client.CoreV1Api, name: str) -> bool:
 # -- observing ---------------------------------------------------------------------------------
 
 
-class JobWatcher:
-    """One watch on a namespace's ExecuteJobs: when each job first had a status written, and
-    when it first reported all workers ready."""
+class _Watcher:
+    """One watch on a namespace's objects of one kind, each object seen by :meth:`_seen`
+    (the list first, then every event) on a thread of its own; :meth:`stop` ends it."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, replicas: int) -> None:
-        self.custom = client.CustomObjectsApi(api)
+    def __init__(self, namespace: str) -> None:
         self.namespace = namespace
-        self.replicas = replicas
-        self.status_at: dict[str, float] = {}
-        self.ready_at: dict[str, float] = {}
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._version = self._relist()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
+    def _list(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        """The list call the watch streams: the function, its arguments, stream options."""
+        raise NotImplementedError
+
+    def _listing(self) -> dict[str, Any]:
+        """The objects as they are now, as a list answer (JSON)."""
+        raise NotImplementedError
+
+    def _seen(self, obj: dict[str, Any]) -> None:
+        raise NotImplementedError
+
     def _relist(self) -> str:
-        """The jobs as they are now (each seen as an event); the list's resourceVersion."""
-        listing = self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        """The objects as they are now (each seen as an event); the list's resourceVersion."""
+        listing = self._listing()
         for obj in listing["items"]:
             self._seen(obj)
         return str(listing["metadata"]["resourceVersion"])
 
-    def _seen(self, obj: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        name = obj["metadata"]["name"]
-        status = obj.get("status") or {}
-        with self._cond:
-            if status.get("replicas") and name not in self.status_at:
-                self.status_at[name] = now
-            if (
-                status.get("phase") == "Running"
-                and status.get("readyReplicas") == self.replicas
-                and name not in self.ready_at
-            ):
-                self.ready_at[name] = now
-            self._cond.notify_all()
-
     def _run(self) -> None:
+        fn, args, options = self._list()
         while not self._stop.is_set():
             stream = watch.Watch()
             try:
                 for event in stream.stream(
-                    self.custom.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    resource_version=self._version,
-                    timeout_seconds=30,
+                    fn, *args, resource_version=self._version, timeout_seconds=30, **options
                 ):
                     obj = event["object"]
                     self._version = obj["metadata"]["resourceVersion"]
@@ -224,6 +211,46 @@ class JobWatcher:
             finally:
                 stream.stop()
 
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class JobWatcher(_Watcher):
+    """One watch on a namespace's ExecuteJobs: when each job first had a status written, and
+    when it first reported all workers ready."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, replicas: int) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.replicas = replicas
+        self.status_at: dict[str, float] = {}
+        self.ready_at: dict[str, float] = {}
+        super().__init__(namespace)
+
+    def _list(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        fn = self.custom.list_namespaced_custom_object
+        return fn, (GROUP, VERSION, self.namespace, PLURAL), {}
+
+    def _listing(self) -> dict[str, Any]:
+        listing: dict[str, Any] = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL
+        )
+        return listing
+
+    def _seen(self, obj: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        name = obj["metadata"]["name"]
+        status = obj.get("status") or {}
+        with self._cond:
+            if status.get("replicas") and name not in self.status_at:
+                self.status_at[name] = now
+            if (
+                status.get("phase") == "Running"
+                and status.get("readyReplicas") == self.replicas
+                and name not in self.ready_at
+            ):
+                self.ready_at[name] = now
+            self._cond.notify_all()
+
     def wait_status(self, name: str, timeout: float = 60) -> float:
         with self._cond:
             if not self._cond.wait_for(lambda: name in self.status_at, timeout):
@@ -236,9 +263,6 @@ class JobWatcher:
                 missing = [n for n in names if n not in self.ready_at]
                 raise TimeoutError(f"{len(missing)} job(s) not ready within {timeout}s")
             return max(self.ready_at[n] for n in names)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 # -- the operator process ----------------------------------------------------------------------
@@ -352,27 +376,22 @@ def _has_sa(core: client.CoreV1Api, namespace: str) -> bool:
     return True
 
 
-class ReadyPods:
+class ReadyPods(_Watcher):
     """One watch on a namespace's pods: the names of those that are Ready. (Listing 8,000
     pods every 0.2 s to count them kept the API server and this script busy for minutes.)"""
 
     def __init__(self, api: client.ApiClient, namespace: str) -> None:
         self.core = client.CoreV1Api(api)
-        self.namespace = namespace
         self.ready: set[str] = set()
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._version = self._relist()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        super().__init__(namespace)
 
-    def _relist(self) -> str:
-        listing = json.loads(
-            self.core.list_namespaced_pod(self.namespace, _preload_content=False).data
-        )
-        for pod in listing["items"]:
-            self._seen(pod)
-        return str(listing["metadata"]["resourceVersion"])
+    def _list(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        return self.core.list_namespaced_pod, (self.namespace,), {"deserialize": False}
+
+    def _listing(self) -> dict[str, Any]:
+        raw = self.core.list_namespaced_pod(self.namespace, _preload_content=False).data
+        listing: dict[str, Any] = json.loads(raw)
+        return listing
 
     def _seen(self, pod: dict[str, Any]) -> None:
         conditions = (pod.get("status") or {}).get("conditions") or []
@@ -381,36 +400,10 @@ class ReadyPods:
                 self.ready.add(pod["metadata"]["name"])
                 self._cond.notify_all()
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            stream = watch.Watch()
-            try:
-                for event in stream.stream(
-                    self.core.list_namespaced_pod,
-                    self.namespace,
-                    resource_version=self._version,
-                    timeout_seconds=30,
-                    deserialize=False,
-                ):
-                    pod = event["object"]
-                    self._version = pod["metadata"]["resourceVersion"]
-                    self._seen(pod)
-                    if self._stop.is_set():
-                        break
-            except client.ApiException as exc:
-                if exc.status != 410:
-                    raise
-                self._version = self._relist()  # as in JobWatcher
-            finally:
-                stream.stop()
-
     def wait(self, count: int, timeout: float) -> None:
         with self._cond:
             if not self._cond.wait_for(lambda: len(self.ready) >= count, timeout):
                 raise TimeoutError(f"{len(self.ready)} of {count} pods Ready after {timeout}s")
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 # -- the measurements ----------------------------------------------------------------------------
