@@ -23,8 +23,10 @@ One pool of 8 idle workers, then, in order (each step asserts what issue 12 asks
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -144,18 +146,27 @@ def _print_diagnostics(cluster: KindCluster, namespace: str) -> None:
         print(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
 
 
+@contextlib.contextmanager
+def _chart_operator(cluster: KindCluster, ns: str, wait_until: WaitUntil) -> Iterator[str]:
+    """The chart's operator installed in ``ns`` (its pod's name); on a failure the namespace's
+    pods, Events and the operator's log are printed (pytest shows them with the failure);
+    uninstalled at the end."""
+    operator_pod = _install_operator(cluster, ns, wait_until)
+    try:
+        yield operator_pod
+    except BaseException:
+        _print_diagnostics(cluster, ns)
+        raise
+    finally:
+        cluster.helm("uninstall", RELEASE, "--namespace", ns, check=False)
+
+
 def test_pool_warm_claims_cold_remainder_restart_and_security(
     cluster: KindCluster, namespace: str, loader: Loader, wait_until: WaitUntil
 ) -> None:
     ns = namespace  # it-test-pool-*: the host operator leaves it to the chart's
-    operator_pod = _install_operator(cluster, ns, wait_until)
-    try:
+    with _chart_operator(cluster, ns, wait_until) as operator_pod:
         _run(cluster, ns, loader, wait_until, operator_pod)
-    except BaseException:
-        _print_diagnostics(cluster, ns)  # shown with the failure (pytest's captured stdout)
-        raise
-    finally:
-        cluster.helm("uninstall", RELEASE, "--namespace", ns, check=False)
 
 
 def _run(
@@ -349,15 +360,8 @@ def test_pool_claims_not_delivered_fall_back_cold_and_are_never_another_jobs(
     start cold and it succeeds, the pool says ClaimsDelivered=False naming the pod, no more
     pool pods are burnt than the job's workers, and once a refilled idle pod answers a probe
     the next job is claimed warm again."""
-    ns = namespace
-    operator_pod = _install_operator(cluster, ns, wait_until)
-    try:
-        _run_undeliverable(cluster, ns, loader, wait_until, operator_pod)
-    except BaseException:
-        _print_diagnostics(cluster, ns)
-        raise
-    finally:
-        cluster.helm("uninstall", RELEASE, "--namespace", ns, check=False)
+    with _chart_operator(cluster, namespace, wait_until) as operator_pod:
+        _run_undeliverable(cluster, namespace, loader, wait_until, operator_pod)
 
 
 def _run_undeliverable(
