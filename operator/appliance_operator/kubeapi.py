@@ -85,13 +85,24 @@ class KubeApi:
         self.networking = client.NetworkingV1Api(api_client)
         self.metrics = metrics
 
-    def _call(self, verb: str, resource: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def _call(
+        self,
+        verb: str,
+        resource: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        absent_ok: bool = False,
+    ) -> Any:
+        """One API call, counted; its answer as JSON. ``absent_ok``: None when the object
+        does not exist (404) rather than an error (still counted as one)."""
         self.metrics.api_requests.labels(verb, resource).inc()
         try:
             response = fn(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
         except client.ApiException as exc:
             error = _api_error(exc)
             self.metrics.api_errors.labels(verb, resource, str(error.code)).inc()
+            if absent_ok and error.code == 404:
+                return None
             raise error from None
         except pydantic.ValidationError as exc:
             error = _refused_by_the_client(exc)
@@ -116,14 +127,9 @@ class KubeApi:
     def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The pod, or None when it does not exist. (Each call names its verb and resource
         literally: tests/unit/test_chart.py reads them to check the chart's RBAC.)"""
-        try:
-            result: dict[str, Any] = self._call(
-                "get", "pods", self.core.read_namespaced_pod, name, namespace
-            )
-        except ApiError as exc:
-            if exc.code == 404:
-                return None
-            raise
+        result: dict[str, Any] | None = self._call(
+            "get", "pods", self.core.read_namespaced_pod, name, namespace, absent_ok=True
+        )
         return result
 
     def remove_finalizer(self, namespace: str, name: str, uid: str, finalizer: str) -> None:
@@ -177,14 +183,9 @@ class KubeApi:
 
     def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Secret, or None when it does not exist."""
-        try:
-            result: dict[str, Any] = self._call(
-                "get", "secrets", self.core.read_namespaced_secret, name, namespace
-            )
-        except ApiError as exc:
-            if exc.code == 404:
-                return None
-            raise
+        result: dict[str, Any] | None = self._call(
+            "get", "secrets", self.core.read_namespaced_secret, name, namespace, absent_ok=True
+        )
         return result
 
     # -- network policies: the claim port's, one per pool (poolnetwork.py) ---------------
@@ -201,18 +202,14 @@ class KubeApi:
 
     def read_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The NetworkPolicy, or None when it does not exist."""
-        try:
-            result: dict[str, Any] = self._call(
-                "get",
-                "networkpolicies",
-                self.networking.read_namespaced_network_policy,
-                name,
-                namespace,
-            )
-        except ApiError as exc:
-            if exc.code == 404:
-                return None
-            raise
+        result: dict[str, Any] | None = self._call(
+            "get",
+            "networkpolicies",
+            self.networking.read_namespaced_network_policy,
+            name,
+            namespace,
+            absent_ok=True,
+        )
         return result
 
     def replace_network_policy(
