@@ -69,8 +69,9 @@ RELEASED = """
 HOLD = """
     import os, sys, time
     from pathlib import Path
-    Path(sys.argv[1] + ".tmp").write_text(str(os.getpid()))
-    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    tmp = f"{sys.argv[1]}.{os.getpid()}.tmp"  # one per worker: several may share the path
+    Path(tmp).write_text(str(os.getpid()))
+    os.replace(tmp, sys.argv[1])
     while True:
         time.sleep(1)
 """
