@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 import cerebras_appliance as app
+from cerebras_appliance.backends.local.state import base_environment
 from cerebras_appliance.environment import appliance_environ
-from cerebras_appliance.local import base_environment
 from cerebras_appliance.pool import LocalPool
 
 USER_CODE = (
@@ -136,7 +136,7 @@ def kubernetes(opts: argparse.Namespace) -> None:
 
     from kubernetes import client
 
-    from cerebras_appliance.kube import new_api_client
+    from cerebras_appliance.backends.kubernetes.job import new_api_client
 
     api = new_api_client()
     core = client.CoreV1Api(api)

@@ -45,7 +45,9 @@ def ensure_script_configmap(namespace: str) -> None:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    from cerebras_appliance.kube import new_api_client  # the client's own kubeconfig lookup
+    from cerebras_appliance.backends.kubernetes.job import (
+        new_api_client,  # the client's own kubeconfig lookup
+    )
 
     core = client.CoreV1Api(new_api_client())
     body = {
@@ -112,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(job.to_manifest(), indent=2))
         return 0
 
-    from cerebras_appliance.kube import default_namespace
+    from cerebras_appliance.backends.kubernetes.job import default_namespace
 
     namespace = options["namespace"] = args.namespace or default_namespace()
     if not args.entrypoint:

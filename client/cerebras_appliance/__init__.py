@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from cerebras_appliance.environment import ApplianceEnviron, appliance_environ
 
 if TYPE_CHECKING:
-    from cerebras_appliance.api import (
+    from cerebras_appliance.contract.api import (
         ExecuteJob,
         ExecuteJobSpec,
         ExecuteJobStatus,
@@ -40,10 +40,10 @@ environ = appliance_environ
 __version__ = "0.1.0"
 
 _LAZY = {
-    "ExecuteJob": "cerebras_appliance.api",
-    "ExecuteJobSpec": "cerebras_appliance.api",
-    "ExecuteJobStatus": "cerebras_appliance.api",
-    "InvalidJobError": "cerebras_appliance.api",
+    "ExecuteJob": "cerebras_appliance.contract.api",
+    "ExecuteJobSpec": "cerebras_appliance.contract.api",
+    "ExecuteJobStatus": "cerebras_appliance.contract.api",
+    "InvalidJobError": "cerebras_appliance.contract.api",
     "Job": "cerebras_appliance.jobs",
     "JobDeletedError": "cerebras_appliance.handle",
     "JobError": "cerebras_appliance.handle",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from cerebras_appliance import settings
-from cerebras_appliance.api import (
-    AWAITING_VALUES_ANNOTATION,
+from cerebras_appliance.backends.local.pool import ProcessPool
+from cerebras_appliance.contract.api import (
     EnvVar,
     ExecuteJob,
     ExecuteJobSpec,
@@ -22,11 +22,9 @@ from cerebras_appliance.api import (
     env_from_snapshot,
     format_validation_error,
 )
+from cerebras_appliance.contract.names import AWAITING_VALUES_ANNOTATION
 from cerebras_appliance.environment import ApplianceEnviron, appliance_environ
 from cerebras_appliance.handle import JobHandle, JobNotFoundError
-
-if TYPE_CHECKING:
-    from cerebras_appliance.pool import LocalPool
 
 Backend = Literal["auto", "local", "kubernetes"]
 
@@ -156,7 +154,7 @@ def submit(
     ttl_seconds_after_finished: int | None = None,
     workdir: str | os.PathLike[str] | None = None,
     environ: ApplianceEnviron | None = None,
-    pool: str | LocalPool | None = None,
+    pool: str | ProcessPool | None = None,
 ) -> Job:
     """Create an execute job running ``entrypoint`` in ``replicas`` input workers.
 
@@ -185,31 +183,29 @@ def submit(
     ``LocalPool`` means the local backend); on Kubernetes the name of a ``WorkerPool`` in the
     namespace (``spec.pool``), whose image must be the job's.
     """
-    from cerebras_appliance.pool import LocalPool
-
     source = appliance_environ if environ is None else environ
     # build_job refuses values that are not UTF-8
     snapshot = [(k, v) for k, v in source.tracked().items() if k not in settings.CONFIG_VARS]
     wanted = settings.backend_setting(backend)
-    if wanted.value == "auto" and isinstance(pool, LocalPool):
+    if wanted.value == "auto" and isinstance(pool, ProcessPool):
         chosen = settings.Setting("local", "pool= (a LocalPool)")
     elif wanted.value == "auto":
         chosen = _decide_auto(namespace)
     else:
         chosen = wanted
     problem = None
-    if chosen.value == "local" and pool is not None and not isinstance(pool, LocalPool):
+    if chosen.value == "local" and pool is not None and not isinstance(pool, ProcessPool):
         problem = (
             f"pool: {pool!r} names a WorkerPool, but the backend is local (from "
             f"{chosen.source}); the local backend claims from a LocalPool"
         )
-    if chosen.value == "kubernetes" and isinstance(pool, LocalPool):
+    if chosen.value == "kubernetes" and isinstance(pool, ProcessPool):
         problem = "pool: a LocalPool serves the local backend; name a WorkerPool on Kubernetes"
     if problem is not None:
         raise InvalidJobError([problem])
     ns: settings.Setting | None = None
     if chosen.value == "kubernetes":
-        from cerebras_appliance import kube
+        from cerebras_appliance.backends.kubernetes import job as kube
 
         ns = kube.namespace_setting(namespace)
     job = build_job(
@@ -228,12 +224,12 @@ def submit(
         pool=pool if isinstance(pool, str) else None,
     )
     if chosen.value == "local":
-        from cerebras_appliance.local import LocalJob
+        from cerebras_appliance.backends.local.job import LocalJob
 
         return LocalJob(
-            job, snapshot, workdir=workdir, pool=pool if isinstance(pool, LocalPool) else None
+            job, snapshot, workdir=workdir, pool=pool if isinstance(pool, ProcessPool) else None
         )
-    from cerebras_appliance.kube import KubernetesError, KubernetesJob
+    from cerebras_appliance.backends.kubernetes.job import KubernetesError, KubernetesJob
 
     try:
         return KubernetesJob.create(job, snapshot)
@@ -248,12 +244,12 @@ def _decide_auto(namespace: str | None) -> settings.Setting:
     API client, which the job then uses too."""
 
     def ns() -> settings.Setting:
-        from cerebras_appliance import kube
+        from cerebras_appliance.backends.kubernetes import job as kube
 
         return kube.namespace_setting(namespace)
 
     def may_create(name: str) -> tuple[bool, str]:
-        from cerebras_appliance import kube
+        from cerebras_appliance.backends.kubernetes import job as kube
 
         try:
             api_client = kube.shared_api_client()
@@ -281,7 +277,7 @@ def get_job(
     """
     wanted = settings.backend_setting(backend).value
     if wanted in ("local", "auto"):
-        from cerebras_appliance.local import find_local_job
+        from cerebras_appliance.backends.local.job import find_local_job
 
         found = find_local_job(name)
         if found is not None:
@@ -291,6 +287,6 @@ def get_job(
                 f"no local job {name!r} in this process (local jobs cannot be reattached from "
                 "another process: their workers stop when the submitting process exits)"
             )
-    from cerebras_appliance.kube import KubernetesJob
+    from cerebras_appliance.backends.kubernetes.job import KubernetesJob
 
     return KubernetesJob.get(name, namespace)

@@ -1,4 +1,5 @@
-"""Generate ``crds/executejobs.yaml`` from the pydantic models of :mod:`cerebras_appliance.api`.
+"""Generate ``crds/executejobs.yaml`` from the pydantic models of
+:mod:`cerebras_appliance.contract.api`.
 
 The models are the single source of truth. Their JSON schema is turned into a *structural*
 OpenAPI v3 schema (``$ref`` inlined, titles dropped, ``X | None`` folded into ``X`` because a
@@ -25,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from cerebras_appliance import api
+from cerebras_appliance.contract import api, names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = REPO_ROOT / "crds" / "executejobs.yaml"
@@ -337,9 +338,9 @@ def pool_crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{api.POOL_PLURAL}.{api.GROUP}"},
+        "metadata": {"name": f"{api.POOL_PLURAL}.{names.GROUP}"},
         "spec": {
-            "group": api.GROUP,
+            "group": names.GROUP,
             "scope": "Namespaced",
             "names": {
                 "kind": api.POOL_KIND,
@@ -350,7 +351,7 @@ def pool_crd() -> dict[str, Any]:
             },
             "versions": [
                 {
-                    "name": api.VERSION,
+                    "name": names.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {
@@ -410,9 +411,9 @@ def crd() -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{api.PLURAL}.{api.GROUP}"},
+        "metadata": {"name": f"{api.PLURAL}.{names.GROUP}"},
         "spec": {
-            "group": api.GROUP,
+            "group": names.GROUP,
             "scope": "Namespaced",
             "names": {
                 "kind": api.KIND,
@@ -423,7 +424,7 @@ def crd() -> dict[str, Any]:
             },
             "versions": [
                 {
-                    "name": api.VERSION,
+                    "name": names.VERSION,
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},

@@ -20,9 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cerebras_appliance import envfile
-from cerebras_appliance.api import (
-    API_VERSION,
+from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.contract.api import (
     KIND,
     POOL_KIND,
     EnvVar,
@@ -32,34 +31,53 @@ from cerebras_appliance.api import (
     reserved_key,
     worker_name,
 )
+from cerebras_appliance.contract.names import (
+    API_VERSION,
+    ATTEMPT_LABEL,
+    CLAIM_CONFIRMED_ANNOTATION,
+    CLAIM_DELIVERED_LABEL,
+    CLAIM_PORT,
+    CLAIM_TLS_DIR,
+    CLAIMED_FOR_ANNOTATION,
+    CONTAINER_NAME,
+    ENV_DIR,
+    ENV_FILE,
+    ENV_HASH_ANNOTATION,
+    JOB_NAME_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    MANAGED_SELECTOR,
+    POOL_NAME_LABEL,
+    POOL_STATE_LABEL,
+    READY_FILE,
+    STATE_DIR,
+    TRACKING_FINALIZER,
+    WORKER_INDEX_LABEL,
+)
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "appliance-operator"
-JOB_NAME_LABEL = "appliance.dev/job-name"
-WORKER_INDEX_LABEL = "appliance.dev/worker-index"
-ATTEMPT_LABEL = "appliance.dev/attempt"
-ENV_HASH_ANNOTATION = "appliance.dev/env-hash"
-#: On every worker pod until the operator has counted its outcome (as the Job controller's
-#: batch.kubernetes.io/job-tracking): a pod that finishes and is deleted at once (pod GC, a
-#: person, node deletion) is still counted exactly once.
-TRACKING_FINALIZER = "appliance.dev/worker-tracking"
 #: The startup probe's budget: how long a worker may take to apply the env (1 s periods).
 STARTUP_PROBE_SECONDS = 24 * 3600
-#: Server-side label selector of everything the operator creates.
-MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
 
-CONTAINER_NAME = "worker"
 ENV_VOLUME = "appliance-env"
 STATE_VOLUME = "appliance-state"
-ENV_DIR = "/var/run/appliance/env"
-STATE_DIR = "/var/run/appliance/state"
-ENV_FILE = f"{ENV_DIR}/{envfile.SECRET_KEY}"
-READY_FILE = f"{STATE_DIR}/ready"
 DEFAULT_IMAGE_PULL_POLICY = "IfNotPresent"
 
 
 def env_secret_name(job_name: str) -> str:
     return f"{job_name}-env"
+
+
+def worker_secret_name(pool: str, uid: str) -> str:
+    """The Secret the pool's pods mount. Named after the pool's uid: a pool deleted and made
+    again under the same name never finds the old pool's Secrets, and nobody can make the
+    Secret before the pool exists."""
+    return f"{pool}-claim-worker-{uid}"
+
+
+def operator_secret_name(pool: str, uid: str) -> str:
+    """The Secret only the operator reads (the operator's certificate, and a copy of the
+    workers' pair, from which a missing worker Secret is made again)."""
+    return f"{pool}-claim-operator-{uid}"
 
 
 def pod_name(job_name: str, index: int, attempt: int = 0) -> str:
@@ -192,11 +210,11 @@ def trusted_env_snapshot(
         return "it is not immutable"
     try:
         text = base64.b64decode(
-            (secret.get("data") or {})[envfile.SECRET_KEY], validate=True
+            (secret.get("data") or {})[names.SNAPSHOT_KEY], validate=True
         ).decode("utf-8")
         snapshot = envfile.parse(text, "in the Secret")
     except (KeyError, TypeError, binascii.Error, UnicodeDecodeError, envfile.EnvFileError):
-        return f"it holds no well-formed env file under key {envfile.SECRET_KEY!r}"
+        return f"it holds no well-formed env file under key {names.SNAPSHOT_KEY!r}"
     if not envfile.verify(snapshot):
         return "its hash is not the HMAC of its values under its key"
     if env_hash is not None and not hmac.compare_digest(snapshot.env_hash, env_hash):
@@ -268,7 +286,7 @@ def env_secret(
         },
         "type": "Opaque",
         "immutable": True,
-        "data": {envfile.SECRET_KEY: base64.b64encode(content.encode("utf-8")).decode("ascii")},
+        "data": {names.SNAPSHOT_KEY: base64.b64encode(content.encode("utf-8")).decode("ascii")},
     }
 
 
@@ -300,11 +318,11 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str) -> di
     }
     annotations = {**user_keys(tpl.annotations), ENV_HASH_ANNOTATION: env_hash}
     plumbing = [
-        {"name": envfile.ENV_FILE_VAR, "value": ENV_FILE},
-        {"name": envfile.READY_FILE_VAR, "value": READY_FILE},
-        {"name": "APPLIANCE_JOB_NAME", "value": name},
-        {"name": "APPLIANCE_WORKER_NAME", "value": pod},
-        {"name": "APPLIANCE_WORKER_INDEX", "value": str(worker.index)},
+        {"name": names.ENV_FILE_VAR, "value": ENV_FILE},
+        {"name": names.READY_FILE_VAR, "value": READY_FILE},
+        {"name": names.JOB_NAME_VAR, "value": name},
+        {"name": names.WORKER_NAME_VAR, "value": pod},
+        {"name": names.WORKER_INDEX_VAR, "value": str(worker.index)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},  # logs appear as they are written
     ]
     container: dict[str, Any] = {
@@ -348,24 +366,8 @@ def _job_name(job: ExecuteJob) -> str:
 
 # -- warm pools -----------------------------------------------------------------------------
 
-#: On every pod of a pool (idle or claimed): the WorkerPool's name.
-POOL_NAME_LABEL = "appliance.dev/pool-name"
-#: ``idle`` until a job claims the pod, then ``claimed`` (never back).
-POOL_STATE_LABEL = "appliance.dev/pool-state"
 IDLE, CLAIMED = "idle", "claimed"
-#: On a claimed pod once its worker confirmed the snapshot over the claim channel: the
-#: snapshot's keyed hash (publishable, like the env-hash annotation; never a value).
-CLAIM_CONFIRMED_ANNOTATION = "appliance.dev/claim-confirmed"
-#: Beside it: the uid of the job whose claim the worker answered (its answer repeated the
-#: claim's job uid and nonce). A claimed pod is Ready only when this is its owner's uid.
-CLAIMED_FOR_ANNOTATION = "appliance.dev/claimed-for"
-#: Label set with the confirmation: the claim port's NetworkPolicy (poolnetwork.py) selects a
-#: pool's pods until they have it, so the operator still reaches a claimed pod it has not
-#: delivered to yet (in a default-deny namespace too), and the job's pod is left alone after.
-CLAIM_DELIVERED_LABEL = "appliance.dev/claim-delivered"
 CLAIM_TLS_VOLUME = "appliance-claim-tls"
-CLAIM_TLS_DIR = "/var/run/appliance/claim-tls"
-CLAIM_PORT = 7443
 CLAIM_PORT_NAME = "claim"
 
 
@@ -394,25 +396,22 @@ def pool_pod(pool: WorkerPool, uid: str, suffix: str) -> dict[str, Any]:
     pool's imports, Ready while idle (its readiness file says ``idle``), listening for one
     claim on :data:`CLAIM_PORT` with the pool's worker certificate. No env value: a claim
     brings the job's snapshot; until then the pod holds none."""
-    from appliance_operator.pooltls import worker_secret_name
-    from cerebras_appliance import channel
-    from cerebras_appliance import worker as worker_mod
 
     name = pool.metadata.name or ""
     tpl = pool.spec.template
     plumbing = [
-        {"name": envfile.READY_FILE_VAR, "value": READY_FILE},
-        {"name": worker_mod.IDLE_FILE_VAR, "value": READY_FILE},
-        {"name": worker_mod.STATE_DIR_VAR, "value": STATE_DIR},
-        {"name": worker_mod.WARM_IMPORTS_VAR, "value": ",".join(pool.spec.imports)},
+        {"name": names.READY_FILE_VAR, "value": READY_FILE},
+        {"name": names.IDLE_FILE_VAR, "value": READY_FILE},
+        {"name": names.STATE_DIR_VAR, "value": STATE_DIR},
+        {"name": names.WARM_IMPORTS_VAR, "value": ",".join(pool.spec.imports)},
         {
-            "name": worker_mod.WARM_STARTUP_VARS_VAR,
+            "name": names.WARM_STARTUP_VARS_VAR,
             "value": ",".join(pool.spec.startup_variables),
         },
-        {"name": channel.TLS_DIR_VAR, "value": CLAIM_TLS_DIR},
-        {"name": channel.PORT_VAR, "value": str(CLAIM_PORT)},
+        {"name": names.CLAIM_TLS_DIR_VAR, "value": CLAIM_TLS_DIR},
+        {"name": names.CLAIM_PORT_VAR, "value": str(CLAIM_PORT)},
         {
-            "name": worker_mod.POOL_WORKER_VAR,
+            "name": names.POOL_WORKER_VAR,
             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
         },
         {"name": "PYTHONUNBUFFERED", "value": "1"},

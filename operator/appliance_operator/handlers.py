@@ -33,26 +33,23 @@ from typing import Any, cast
 
 import kopf
 
-from appliance_operator.controller import Controller, JobKey
-from appliance_operator.desired import (
+from appliance_operator.job.controller import Controller, JobKey
+from appliance_operator.kubeapi import ApiError, KubeApi
+from appliance_operator.metrics import Metrics
+from appliance_operator.observe import PodView, pod_view
+from appliance_operator.pool.controller import PoolController, PoolKey, PoolSnapshot
+from appliance_operator.pool.plan import PoolPodView, pool_pod_view
+from appliance_operator.scope import NamespaceScope
+from appliance_operator.workqueue import QueueShutDownError, WorkQueue
+from cerebras_appliance.contract.api import PLURAL, POOL_PLURAL
+from cerebras_appliance.contract.names import (
+    AWAITING_VALUES_ANNOTATION,
+    GROUP,
     JOB_NAME_LABEL,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     MANAGED_SELECTOR,
     POOL_NAME_LABEL,
-)
-from appliance_operator.kubeapi import ApiError, KubeApi
-from appliance_operator.metrics import Metrics
-from appliance_operator.observe import PodView, pod_view
-from appliance_operator.poolcontroller import PoolController, PoolKey, PoolSnapshot
-from appliance_operator.poolplan import PoolPodView, pool_pod_view
-from appliance_operator.scope import NamespaceScope
-from appliance_operator.workqueue import QueueShutDownError, WorkQueue
-from cerebras_appliance.api import (
-    AWAITING_VALUES_ANNOTATION,
-    GROUP,
-    PLURAL,
-    POOL_PLURAL,
     VERSION,
 )
 

@@ -16,9 +16,9 @@ import pydantic
 import urllib3
 from kubernetes import client
 
-from appliance_operator.desired import MANAGED_SELECTOR
 from appliance_operator.metrics import Metrics
-from cerebras_appliance.api import GROUP, PLURAL, POOL_PLURAL, VERSION
+from cerebras_appliance.contract.api import PLURAL, POOL_PLURAL
+from cerebras_appliance.contract.names import GROUP, MANAGED_SELECTOR, VERSION
 
 
 class ApiError(Exception):

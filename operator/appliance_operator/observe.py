@@ -2,7 +2,7 @@
 
 A pod becomes a :class:`PodView` as soon as its watch event arrives (the operator keeps
 these, not whole pods), and a :class:`PodView` becomes the :class:`WorkerState` that
-:func:`cerebras_appliance.status.compute_status` understands — the same function the local
+:func:`cerebras_appliance.contract.status.compute_status` understands — the same function the local
 backend uses, so phases and conditions mean the same on every backend.
 """
 
@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance_operator.desired import (
+from appliance_operator.desired import controller_uid
+from cerebras_appliance.contract.api import ExecuteJob, ExecuteJobStatus, parse_job
+from cerebras_appliance.contract.lifecycle import Attempt
+from cerebras_appliance.contract.names import (
     ATTEMPT_LABEL,
     CLAIM_CONFIRMED_ANNOTATION,
     CLAIMED_FOR_ANNOTATION,
@@ -25,11 +28,8 @@ from appliance_operator.desired import (
     POOL_NAME_LABEL,
     TRACKING_FINALIZER,
     WORKER_INDEX_LABEL,
-    controller_uid,
 )
-from cerebras_appliance.api import ExecuteJob, ExecuteJobStatus, parse_job
-from cerebras_appliance.lifecycle import Attempt
-from cerebras_appliance.status import WorkerPhase
+from cerebras_appliance.contract.status import WorkerPhase
 
 #: Container waiting reasons that mean "this will not start by itself soon" (the kubelet's
 #: names); ContainerCreating and PodInitializing are ordinary progress and not listed.
@@ -178,8 +178,8 @@ def pod_view(pod: Mapping[str, Any]) -> PodView | None:
 
 
 def attempt_of(pod: PodView, counted: frozenset[str] = frozenset()) -> Attempt:
-    """A pod as :func:`cerebras_appliance.lifecycle.decide` sees it: counted when it no longer
-    carries the tracking finalizer, or when its uid is in ``status.countedPods``."""
+    """A pod as :func:`cerebras_appliance.contract.lifecycle.decide` sees it: counted when it
+    no longer carries the tracking finalizer, or when its uid is in ``status.countedPods``."""
     return Attempt(
         index=pod.index,
         attempt=pod.attempt,

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cerebras_appliance.api import (
+from cerebras_appliance.contract import names
+from cerebras_appliance.contract.api import (
     NUL_MESSAGE,
     EnvVar,
     ExecuteJob,
@@ -201,7 +202,9 @@ def test_template_keys_of_other_prefixes_are_kept() -> None:
 
 def test_every_key_the_operator_writes_on_pods_is_reserved() -> None:
     """So the models' refusal covers whatever the operator writes on pods and selects on."""
-    from appliance_operator import desired, poolplan, pooltls
+    from appliance_operator import desired
+    from appliance_operator.pool import plan as poolplan
+    from appliance_operator.pool import tls as pooltls
 
     keys = [
         value
@@ -227,18 +230,18 @@ def test_pods_never_carry_a_template_key_the_operator_owns() -> None:
     pool.spec.__dict__["template"] = template
     pod = desired.pool_pod(pool, "uid-p", "abcde")
     labels, annotations = pod["metadata"]["labels"], pod["metadata"]["annotations"]
-    assert desired.JOB_NAME_LABEL not in labels and labels["t"] == "1"
-    assert labels[desired.MANAGED_BY_LABEL] == desired.MANAGED_BY
+    assert names.JOB_NAME_LABEL not in labels and labels["t"] == "1"
+    assert labels[names.MANAGED_BY_LABEL] == names.MANAGED_BY
     assert not [k for k in annotations if reserved_key(k)] and annotations["t"] == "1"
     job = parse_job(copy.deepcopy(VALID))
     job.spec.__dict__["template"] = template
     worker = desired.worker_pod(job, "uid-j", desired.WorkerId(0), "h")
-    assert worker["metadata"]["labels"][desired.JOB_NAME_LABEL] == "demo"
+    assert worker["metadata"]["labels"][names.JOB_NAME_LABEL] == "demo"
     assert worker["metadata"]["labels"]["t"] == "1"
     assert not [
         k
         for k in worker["metadata"]["annotations"]
-        if reserved_key(k) and k != desired.ENV_HASH_ANNOTATION
+        if reserved_key(k) and k != names.ENV_HASH_ANNOTATION
     ]
 
 

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance_operator import pooltls
-from cerebras_appliance import channel, envfile
-from cerebras_appliance import claim as claims
-from cerebras_appliance import worker as worker_mod
+from appliance_operator.pool import tls as pooltls
+from cerebras_appliance.contract import channel, envfile, names
+from cerebras_appliance.contract import claim as claims
+from cerebras_appliance.worker import entrypoint as worker_mod
 
 SENTINEL = "sentinel-value-7f3a9"
 
@@ -86,12 +86,12 @@ def start(tmp_path: Path, creds: pooltls.PoolCredentials) -> Iterator[Callable[[
         idle = state / "idle"
         env = {
             "PATH": os.environ["PATH"],
-            channel.TLS_DIR_VAR: str(tls),
-            channel.PORT_VAR: str(port),
-            worker_mod.IDLE_FILE_VAR: str(idle),
-            worker_mod.STATE_DIR_VAR: str(state),
-            worker_mod.POOL_WORKER_VAR: name,
-            envfile.READY_FILE_VAR: str(state / "ready"),
+            names.CLAIM_TLS_DIR_VAR: str(tls),
+            names.CLAIM_PORT_VAR: str(port),
+            names.IDLE_FILE_VAR: str(idle),
+            names.STATE_DIR_VAR: str(state),
+            names.POOL_WORKER_VAR: name,
+            names.READY_FILE_VAR: str(state / "ready"),
         }
         proc = subprocess.Popen(
             [sys.executable, "-m", "cerebras_appliance.worker", "--warm"],

@@ -28,9 +28,9 @@ from typing import Any, TypeVar
 import pytest
 
 import cerebras_appliance as app
-from cerebras_appliance.api import Condition, ExecuteJobStatus
+from cerebras_appliance.contract.api import Condition, ExecuteJobStatus
 from cerebras_appliance.handle import JobFailedError, JobSuspendedError, JobTimeoutError
-from cerebras_appliance.progress import BarDisplay, LineDisplay, make_display, summary
+from cerebras_appliance.handle.progress import BarDisplay, LineDisplay, make_display, summary
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -541,7 +541,7 @@ def test_async_wait_cancelled_stops_waiting_only(
 @pytest.fixture(autouse=True)
 def _no_leftover_jobs() -> Iterator[None]:
     yield
-    from cerebras_appliance import local
+    from cerebras_appliance.backends.local import job as local
 
     assert not [j.name for j in local._live_jobs], "a test left a local job behind"
 

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from appliance_operator.controller import Controller, status_patch
+from appliance_operator.job.controller import Controller, status_patch
+from appliance_operator.job.plan import Event
 from appliance_operator.kubeapi import ApiError
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import PodView, job_view, pod_view
-from appliance_operator.reconcile import Event
-from cerebras_appliance import envfile
-from cerebras_appliance.api import ExecuteJobStatus
+from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.contract.api import ExecuteJobStatus
 
 UID = "uid-job-1"
 KEY = ("ml", "demo")
@@ -186,7 +186,7 @@ def test_first_reconcile_makes_secret_pods_status_once(api: FakeApi) -> None:
         ("create", "events"),
     ]
     assert sorted(api.pods) == ["demo-worker-0", "demo-worker-1"]
-    content = base64.b64decode(api.secrets["demo-env"]["data"][envfile.SECRET_KEY]).decode()
+    content = base64.b64decode(api.secrets["demo-env"]["data"][names.SNAPSHOT_KEY]).decode()
     snapshot = envfile.parse(content, "env.json")
     assert snapshot.env == (("DATA_ROOT", INLINE), ("TOKEN", SECRET_VALUE))
     (status,) = api.statuses
@@ -454,7 +454,7 @@ def forged_env_secret(env: list[tuple[str, str]]) -> dict[str, Any]:
             "ownerReferences": [{"uid": UID, "controller": True}],
         },
         "immutable": True,
-        "data": {envfile.SECRET_KEY: base64.b64encode(content.encode()).decode()},
+        "data": {names.SNAPSHOT_KEY: base64.b64encode(content.encode()).decode()},
     }
 
 
@@ -477,7 +477,7 @@ def test_a_pre_created_env_secret_owned_by_the_job_is_not_trusted(api: FakeApi) 
     api.job_version = 10  # a new process planning on the cached body (version "10")
     controller(api).reconcile(KEY, job_body(), [])
     snapshot = envfile.parse(
-        base64.b64decode(api.secrets["demo-env"]["data"][envfile.SECRET_KEY]).decode(), "env"
+        base64.b64decode(api.secrets["demo-env"]["data"][names.SNAPSHOT_KEY]).decode(), "env"
     )
     assert dict(snapshot.env) == {"DATA_ROOT": INLINE, "TOKEN": SECRET_VALUE}
     assert len(api.pods) == 2

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from appliance_operator import crdgen
-from cerebras_appliance import api
-from cerebras_appliance.api import InvalidJobError, parse_job
+from cerebras_appliance.contract import api
+from cerebras_appliance.contract.api import InvalidJobError, parse_job
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -11,8 +11,8 @@ import pytest
 
 from appliance_operator import desired
 from appliance_operator.desired import EnvResolutionError, WorkerId, resolve_env
-from cerebras_appliance import envfile
-from cerebras_appliance.api import ExecuteJob, parse_job
+from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.contract.api import ExecuteJob, parse_job
 
 UID = "0b9a8c1e-0000-4000-8000-000000000001"
 HASH = "hmac-sha256:0000000000000000000000000000000000000000000000000000000000000000"
@@ -80,10 +80,10 @@ def test_worker_pod_shape() -> None:
     ]
     assert container["imagePullPolicy"] == "IfNotPresent"
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env[envfile.ENV_FILE_VAR] == "/var/run/appliance/env/env.json"
-    assert env[envfile.READY_FILE_VAR] == "/var/run/appliance/state/ready"
+    assert env[names.ENV_FILE_VAR] == "/var/run/appliance/env/env.json"
+    assert env[names.READY_FILE_VAR] == "/var/run/appliance/state/ready"
     assert env["APPLIANCE_WORKER_NAME"] == "demo-worker-1"
-    assert container["startupProbe"]["exec"]["command"] == ["cat", env[envfile.READY_FILE_VAR]]
+    assert container["startupProbe"]["exec"]["command"] == ["cat", env[names.READY_FILE_VAR]]
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/var/run/appliance/env"]["readOnly"] is True
     assert "/var/run/appliance/state" in mounts
@@ -160,7 +160,7 @@ def test_env_secret_holds_the_resolved_snapshot() -> None:
     assert secret["metadata"]["labels"]["appliance.dev/job-name"] == "demo"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == UID
     assert secret["immutable"] is True
-    content = base64.b64decode(secret["data"][envfile.SECRET_KEY]).decode()
+    content = base64.b64decode(secret["data"][names.SNAPSHOT_KEY]).decode()
     snapshot = envfile.parse(content, "env.json")
     assert snapshot.env == tuple(pairs)
     assert (

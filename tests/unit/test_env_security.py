@@ -26,13 +26,15 @@ import pytest
 import urllib3
 from kubernetes import client
 
-from appliance_operator import controller, desired
-from appliance_operator.controller import Controller
+from appliance_operator.job import controller
+from appliance_operator.job.controller import Controller
 from appliance_operator.metrics import Metrics
-from cerebras_appliance import envfile, local
-from cerebras_appliance.api import AWAITING_VALUES_ANNOTATION
+from cerebras_appliance.backends.kubernetes.job import KubernetesError, KubernetesJob
+from cerebras_appliance.backends.local import job as local
+from cerebras_appliance.backends.local import state
+from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.contract.names import AWAITING_VALUES_ANNOTATION
 from cerebras_appliance.jobs import build_job, secret_key_for
-from cerebras_appliance.kube import KubernetesError, KubernetesJob
 
 SNAPSHOT = [("DATA_ROOT", "/mnt/data"), ("SHORT", "7"), ("API_TOKEN", "t0ps3cret")]
 
@@ -149,13 +151,13 @@ def test_operator_reads_nothing_and_starts_nothing_while_awaiting_values(
     released["metadata"]["resourceVersion"] = "11"
     ctl.reconcile(("ml", "demo"), released, [])
     env = api.secrets["demo-env"]
-    published = env["metadata"]["annotations"][desired.ENV_HASH_ANNOTATION]
+    published = env["metadata"]["annotations"][names.ENV_HASH_ANNOTATION]
     content = envfile.parse(base64.b64decode(env["data"]["env.json"]).decode(), "env.json")
     assert content.env == tuple(SNAPSHOT) and envfile.verify(content)
     assert content.env_hash == published
     assert sorted(api.pods) == ["demo-worker-0", "demo-worker-1"]
     for pod in api.pods.values():
-        assert pod["metadata"]["annotations"][desired.ENV_HASH_ANNOTATION] == published
+        assert pod["metadata"]["annotations"][names.ENV_HASH_ANNOTATION] == published
     assert api.statuses[-1]["envHash"] == published
     for status in api.statuses:
         for _, value in SNAPSHOT:
@@ -167,13 +169,13 @@ def test_a_restarted_operator_publishes_the_hash_of_the_secret_it_finds() -> Non
     body, secret = client_job(awaiting=False)
     api.secrets[secret] = values_secret(secret)
     Controller(api, Metrics()).reconcile(("ml", "demo"), body, [])  # type: ignore[arg-type]
-    first = api.secrets["demo-env"]["metadata"]["annotations"][desired.ENV_HASH_ANNOTATION]
+    first = api.secrets["demo-env"]["metadata"]["annotations"][names.ENV_HASH_ANNOTATION]
     api.pods.clear()  # a new operator process, pods to create again; the Secret exists (409)
     api.create_secret = _conflict  # type: ignore[method-assign]
     Controller(api, Metrics()).reconcile(("ml", "demo"), body, [])  # type: ignore[arg-type]
-    assert {
-        p["metadata"]["annotations"][desired.ENV_HASH_ANNOTATION] for p in api.pods.values()
-    } == {first}
+    assert {p["metadata"]["annotations"][names.ENV_HASH_ANNOTATION] for p in api.pods.values()} == {
+        first
+    }
 
 
 def _conflict(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -313,54 +315,54 @@ def test_when_even_the_clean_up_fails_the_error_says_what_to_delete(
 def shm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     base = tmp_path / "shm"
     base.mkdir()
-    monkeypatch.setattr(local, "MEMORY_DIRS", (str(base),))
+    monkeypatch.setattr(state, "MEMORY_DIRS", (str(base),))
     return base
 
 
 def test_job_directories_are_private_and_memory_backed_first(shm: Path) -> None:
-    root = local.state_root()
+    root = state.state_root()
     assert root == shm / f"appliance-{os.getuid()}"
     assert root is not None and root.stat().st_mode & 0o777 == 0o700
 
 
 def test_memory_backed_location_is_the_default() -> None:
-    assert local.MEMORY_DIRS == ("/dev/shm",)
-    root = local.state_root()
+    assert state.MEMORY_DIRS == ("/dev/shm",)
+    root = state.state_root()
     if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
         assert root is not None and root.parent == Path("/dev/shm")
 
 
 def test_a_planted_symlink_or_open_directory_is_not_used(shm: Path, tmp_path: Path) -> None:
     (shm / f"appliance-{os.getuid()}").symlink_to(tmp_path)
-    assert local.state_root() != shm / f"appliance-{os.getuid()}"
+    assert state.state_root() != shm / f"appliance-{os.getuid()}"
     (shm / f"appliance-{os.getuid()}").unlink()
     (shm / f"appliance-{os.getuid()}").mkdir(mode=0o755)
     (shm / f"appliance-{os.getuid()}").chmod(0o755)
-    assert local.state_root() != shm / f"appliance-{os.getuid()}"
+    assert state.state_root() != shm / f"appliance-{os.getuid()}"
 
 
 def test_stale_directories_are_swept_live_ones_kept(shm: Path) -> None:
-    root = local.state_root()
+    root = state.state_root()
     assert root is not None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     cases = {
-        "dead-owner": f"{dead.pid} {local._start_time(os.getpid())}",
+        "dead-owner": f"{dead.pid} {state.process_start_time(os.getpid())}",
         "reused-pid": f"{os.getpid()} 1",  # our pid, but another process's start time
         "garbled": "not a pid",
         "garbled-fresh": "",  # as another process's half-written file would read
-        "live": f"{os.getpid()} {local._start_time(os.getpid())}",
+        "live": f"{os.getpid()} {state.process_start_time(os.getpid())}",
     }
     for name, owner in cases.items():
         (root / name).mkdir()
         (root / name / "env.json").write_text("{}")
-        (root / name / local.OWNER_FILE).write_text(owner)
+        (root / name / state.OWNER_FILE).write_text(owner)
     (root / "being-created").mkdir()  # no owner file yet, fresh
     (root / "abandoned").mkdir()
     old = time.time() - 3600
     for name in ("abandoned", "garbled"):
         os.utime(root / name, (old, old))
-    removed = {p.name for p in local.sweep_stale(root)}
+    removed = {p.name for p in state.sweep_stale(root)}
     assert removed == {"dead-owner", "reused-pid", "garbled", "abandoned"}
     assert sorted(p.name for p in root.iterdir()) == ["being-created", "garbled-fresh", "live"]
 
@@ -373,8 +375,8 @@ def test_env_file_of_a_sigkilled_caller_is_removed_by_the_next_start(
         textwrap.dedent(
             f"""
             import os, signal
-            from cerebras_appliance import local
-            local.MEMORY_DIRS = ({str(shm)!r},)
+            from cerebras_appliance.backends.local import state
+            state.MEMORY_DIRS = ({str(shm)!r},)
             import cerebras_appliance as app
             from cerebras_appliance.environment import appliance_environ
             appliance_environ["API_TOKEN"] = "t0ps3cret"

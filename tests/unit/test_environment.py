@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import cerebras_appliance
-from cerebras_appliance.api import InvalidJobError
+from cerebras_appliance.contract.api import InvalidJobError
 from cerebras_appliance.environment import ApplianceEnviron, appliance_environ
 from cerebras_appliance.jobs import build_job, submit
 

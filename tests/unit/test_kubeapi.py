@@ -9,7 +9,7 @@ from kubernetes import client
 
 from appliance_operator import desired, kubeapi
 from appliance_operator.metrics import Metrics
-from cerebras_appliance.api import parse_job
+from cerebras_appliance.contract.api import parse_job
 
 SECRET_LOOKING = "s3cr3t-value-never-in-a-message"
 

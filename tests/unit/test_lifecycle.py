@@ -13,14 +13,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cerebras_appliance as app
-from cerebras_appliance.api import (
+from cerebras_appliance.backends.local.job import LocalJob
+from cerebras_appliance.contract.api import (
     MAX_DURATION_SECONDS,
     ExecuteJobSpec,
     ExecuteJobStatus,
     InvalidJobError,
     parse_job,
 )
-from cerebras_appliance.lifecycle import (
+from cerebras_appliance.contract.lifecycle import (
     Attempt,
     deadline_due,
     decide,
@@ -29,7 +30,6 @@ from cerebras_appliance.lifecycle import (
     parse_indexes,
     time_until,
 )
-from cerebras_appliance.local import LocalJob
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 SPEC = ExecuteJobSpec(image="i", entrypoint="loader.py", replicas=2)

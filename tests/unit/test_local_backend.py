@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 import cerebras_appliance as app
-from cerebras_appliance import envfile
-from cerebras_appliance.api import InvalidJobError
+from cerebras_appliance.backends.local.job import LocalJob
+from cerebras_appliance.backends.local.state import base_environment
+from cerebras_appliance.contract import envfile
+from cerebras_appliance.contract.api import InvalidJobError
 from cerebras_appliance.environment import appliance_environ
-from cerebras_appliance.local import LocalJob, base_environment
 
 SHOW = textwrap.dedent(
     """

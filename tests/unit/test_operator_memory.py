@@ -20,9 +20,11 @@ import kopf
 import pytest
 from kubernetes import client
 
-from appliance_operator import desired, handlers, kubeapi, pooltls
+from appliance_operator import handlers, kubeapi
 from appliance_operator.metrics import Metrics
-from appliance_operator.poolcontroller import PoolController
+from appliance_operator.pool import tls as pooltls
+from appliance_operator.pool.controller import PoolController
+from cerebras_appliance.contract import names
 
 
 def test_the_operators_claim_key_never_touches_a_disk(
@@ -147,7 +149,7 @@ def test_the_drift_check_lists_in_pages() -> None:
     api.core = SimpleNamespace(list_namespaced_pod=list_namespaced_pod)  # type: ignore[assignment]
     assert api.list_uids("ml", "pods") == set(uids)
     assert [kw.get("limit") for kw in asked] == [kubeapi.LIST_PAGE] * 3
-    assert all(kw["label_selector"] == desired.MANAGED_SELECTOR for kw in asked)
+    assert all(kw["label_selector"] == names.MANAGED_SELECTOR for kw in asked)
 
 
 def _bench_job(n: int) -> dict[str, Any]:
@@ -224,14 +226,14 @@ def test_a_worker_pods_cached_view_is_small() -> None:
                         "name": f"tp-1-worker-{n}",
                         "uid": f"5b0f3c2a-7d7e-4c3e-8f4e-{n:012d}",
                         "labels": {
-                            desired.MANAGED_BY_LABEL: desired.MANAGED_BY,
-                            desired.JOB_NAME_LABEL: "tp-1",
-                            desired.WORKER_INDEX_LABEL: str(n % 8),
+                            names.MANAGED_BY_LABEL: names.MANAGED_BY,
+                            names.JOB_NAME_LABEL: "tp-1",
+                            names.WORKER_INDEX_LABEL: str(n % 8),
                         },
                         "ownerReferences": [
                             {"uid": "0c9e1f4e-54a1-4b8e-9a4e-000000000001", "controller": True}
                         ],
-                        "finalizers": [desired.TRACKING_FINALIZER],
+                        "finalizers": [names.TRACKING_FINALIZER],
                     },
                     "status": {"phase": "Running", "podIP": "10.244.3.17"},
                 }
@@ -249,7 +251,7 @@ def test_the_operator_loads_cryptography_only_to_make_a_pools_certificates() -> 
     code = (
         "import sys, appliance_operator.__main__, appliance_operator.handlers\n"
         "assert 'cryptography' not in sys.modules, 'imported at start'\n"
-        "from appliance_operator import pooltls\n"
+        "from appliance_operator.pool import tls as pooltls\n"
         "pooltls.new_pool_credentials('p')\n"
         "assert 'cryptography' in sys.modules\n"
     )
@@ -283,7 +285,7 @@ def test_kopfs_essence_of_each_event_is_built_without_copying_the_whole_body(
             "kind": "Pod",
             "metadata": {
                 "name": "tp-1-worker-0",
-                "labels": {desired.JOB_NAME_LABEL: "tp-1"},
+                "labels": {names.JOB_NAME_LABEL: "tp-1"},
                 "annotations": {
                     "kubectl.kubernetes.io/last-applied-configuration": "{}",
                     "appliance.dev/env-hash": "h",

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 import cerebras_appliance as app
-from cerebras_appliance import claim as claims
-from cerebras_appliance import envfile
-from cerebras_appliance import worker as worker_mod
-from cerebras_appliance.api import InvalidJobError
+from cerebras_appliance.contract import claim as claims
+from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.contract.api import InvalidJobError
 from cerebras_appliance.environment import appliance_environ
 from cerebras_appliance.pool import LocalPool
+from cerebras_appliance.worker import entrypoint as worker_mod
 
 SHOW = textwrap.dedent(
     """
@@ -161,9 +161,9 @@ def start_warm(tmp_path: Path, name: str = "w-1") -> tuple[subprocess.Popen[str]
     idle = tmp_path / "idle"
     env = {
         "PATH": os.environ["PATH"],
-        worker_mod.CLAIM_FD_VAR: str(read_end),
-        worker_mod.IDLE_FILE_VAR: str(idle),
-        worker_mod.POOL_WORKER_VAR: name,
+        names.CLAIM_FD_VAR: str(read_end),
+        names.IDLE_FILE_VAR: str(idle),
+        names.POOL_WORKER_VAR: name,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "cerebras_appliance.worker", "--warm"],
@@ -193,7 +193,7 @@ def test_a_claim_for_another_worker_is_refused_and_runs_nothing(tmp_path: Path) 
         worker="w-2",
         entrypoint="u.py",
         args=(),
-        plumbing=((envfile.ENV_FILE_VAR, str(env_file)),),
+        plumbing=((names.ENV_FILE_VAR, str(env_file)),),
     )
     send(fd, claims.dumps(claim))
     out, err = proc.communicate(timeout=60)

@@ -22,13 +22,15 @@ from typing import Any
 
 import pytest
 
-from appliance_operator import desired, poolcontroller, poolplan, pooltls
-from appliance_operator.controller import Controller
+from appliance_operator import desired
+from appliance_operator.job.controller import Controller
 from appliance_operator.kubeapi import ApiError
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import pod_view
-from appliance_operator.poolcontroller import PoolController, PoolSnapshot
-from appliance_operator.poolplan import (
+from appliance_operator.pool import controller as poolcontroller
+from appliance_operator.pool import tls as pooltls
+from appliance_operator.pool.controller import PoolController, PoolSnapshot
+from appliance_operator.pool.plan import (
     POOL_CLAIM,
     WARM_START_FAILED,
     PoolPodView,
@@ -37,10 +39,10 @@ from appliance_operator.poolplan import (
     pool_pod_view,
     pool_spec_hash,
 )
-from cerebras_appliance import channel, envfile
-from cerebras_appliance import claim as claims
-from cerebras_appliance import worker as worker_mod
-from cerebras_appliance.api import AWAITING_VALUES_ANNOTATION, ExecuteJobSpec, parse_pool
+from cerebras_appliance.contract import channel, envfile, names
+from cerebras_appliance.contract import claim as claims
+from cerebras_appliance.contract.api import ExecuteJobSpec, parse_pool
+from cerebras_appliance.contract.names import AWAITING_VALUES_ANNOTATION
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 SENTINEL = "pool-sentinel-61d2"
@@ -173,7 +175,7 @@ def test_choose_claims_takes_only_warm_reachable_idle_pods_oldest_first() -> Non
 
 
 def test_claim_patch_is_a_compare_and_swap_that_makes_the_job_the_only_owner() -> None:
-    from cerebras_appliance.api import parse_job
+    from cerebras_appliance.contract.api import parse_job
 
     job = parse_job(
         {
@@ -187,13 +189,13 @@ def test_claim_patch_is_a_compare_and_swap_that_makes_the_job_the_only_owner() -
     # Adopted before the snapshot exists: no hash yet, and any confirmation the pod carried
     # (not this job's) is removed.
     assert meta["annotations"] == {
-        desired.CLAIM_CONFIRMED_ANNOTATION: None,
-        desired.CLAIMED_FOR_ANNOTATION: None,
+        names.CLAIM_CONFIRMED_ANNOTATION: None,
+        names.CLAIMED_FOR_ANNOTATION: None,
     }
     assert [r["uid"] for r in meta["ownerReferences"]] == ["uid-job"]
-    assert meta["labels"][desired.POOL_STATE_LABEL] == desired.CLAIMED
-    assert meta["labels"][desired.WORKER_INDEX_LABEL] == "3"
-    assert meta["finalizers"] == [desired.TRACKING_FINALIZER]
+    assert meta["labels"][names.POOL_STATE_LABEL] == desired.CLAIMED
+    assert meta["labels"][names.WORKER_INDEX_LABEL] == "3"
+    assert meta["finalizers"] == [names.TRACKING_FINALIZER]
 
 
 def test_pool_pod_holds_no_value_and_listens_only_with_the_pool_certificate() -> None:
@@ -205,13 +207,13 @@ def test_pool_pod_holds_no_value_and_listens_only_with_the_pool_certificate() ->
     assert container["startupProbe"]["exec"]["command"][0] == "cat"
     assert "readinessProbe" not in container and "livenessProbe" not in container
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env[worker_mod.WARM_IMPORTS_VAR] == "json"
-    assert env[worker_mod.WARM_STARTUP_VARS_VAR] == "OMP_X"
+    assert env[names.WARM_IMPORTS_VAR] == "json"
+    assert env[names.WARM_STARTUP_VARS_VAR] == "OMP_X"
     assert all(name.startswith(("APPLIANCE_", "PYTHONUNBUFFERED")) for name in env)
     assert pod["spec"]["automountServiceAccountToken"] is False
     secret = next(v for v in pod["spec"]["volumes"] if v["name"] == desired.CLAIM_TLS_VOLUME)
-    assert secret["secret"]["secretName"] == pooltls.worker_secret_name("warm", "uid-pool")
-    assert pod["metadata"]["labels"][desired.POOL_STATE_LABEL] == desired.IDLE
+    assert secret["secret"]["secretName"] == desired.worker_secret_name("warm", "uid-pool")
+    assert pod["metadata"]["labels"][names.POOL_STATE_LABEL] == desired.IDLE
     view_ = pool_pod_view(
         {
             **pod,
@@ -406,28 +408,28 @@ class Cluster:
         tls = self.tmp / ("tls" if tls_of is None else f"tls-{id(tls_of)}")
         tls.mkdir(exist_ok=True)
         data = (
-            self.api.secrets[pooltls.worker_secret_name("warm", "uid-pool")]["data"]
+            self.api.secrets[desired.worker_secret_name("warm", "uid-pool")]["data"]
             if tls_of is None
             else tls_of.worker.secret_data()
         )
         for key, value in data.items():
             (tls / key).write_bytes(base64.b64decode(value))
         for number, (name, pod) in enumerate(sorted(self.api.pods.items()), start=2):
-            if name in self.procs or desired.POOL_NAME_LABEL not in pod["metadata"]["labels"]:
+            if name in self.procs or names.POOL_NAME_LABEL not in pod["metadata"]["labels"]:
                 continue
             ip = f"127.0.0.{number}"
             state = self.tmp / name
             state.mkdir()
             env = {
                 "PATH": os.environ["PATH"],
-                channel.TLS_DIR_VAR: str(tls),
-                channel.PORT_VAR: str(self.port),
-                worker_mod.IDLE_FILE_VAR: str(state / "ready"),
-                envfile.READY_FILE_VAR: str(state / "ready"),
-                worker_mod.STATE_DIR_VAR: str(state),
-                worker_mod.POOL_WORKER_VAR: name,
+                names.CLAIM_TLS_DIR_VAR: str(tls),
+                names.CLAIM_PORT_VAR: str(self.port),
+                names.IDLE_FILE_VAR: str(state / "ready"),
+                names.READY_FILE_VAR: str(state / "ready"),
+                names.STATE_DIR_VAR: str(state),
+                names.POOL_WORKER_VAR: name,
             }
-            env[channel.HOST_VAR] = ip  # its "pod IP"
+            env[names.CLAIM_HOST_VAR] = ip  # its "pod IP"
             proc = subprocess.Popen(
                 [sys.executable, "-m", "cerebras_appliance.worker", "--warm"],
                 env=env,
@@ -499,7 +501,7 @@ def _claimed(c: Cluster) -> dict[str, dict[str, Any]]:
     return {
         n: p
         for n, p in c.api.pods.items()
-        if p["metadata"]["labels"].get(desired.POOL_STATE_LABEL) == desired.CLAIMED
+        if p["metadata"]["labels"].get(names.POOL_STATE_LABEL) == desired.CLAIMED
     }
 
 
@@ -514,7 +516,7 @@ def test_a_job_larger_than_the_pool_gets_warm_and_cold_workers(cluster: Cluster)
     for name, pod in claimed.items():
         meta = pod["metadata"]
         assert [r["uid"] for r in meta["ownerReferences"]] == ["uid-job"]
-        assert meta["annotations"][desired.CLAIM_CONFIRMED_ANNOTATION].startswith("hmac-sha256:")
+        assert meta["annotations"][names.CLAIM_CONFIRMED_ANNOTATION].startswith("hmac-sha256:")
         code, out, err = cluster.output(name)
         assert code == 0, err
         assert f"INLINE {SENTINEL} TOKEN {SECRET_SENTINEL}" in out
@@ -548,8 +550,8 @@ def test_idle_pods_are_adopted_while_the_client_writes_the_values_and_get_them_o
     assert "demo-env" not in cluster.api.secrets  # nothing resolved, nothing sent
     for name, pod in claimed.items():
         annotations = pod["metadata"].get("annotations", {})
-        assert desired.CLAIM_CONFIRMED_ANNOTATION not in annotations, "no confirmation yet"
-        assert desired.ENV_HASH_ANNOTATION not in annotations, "no hash yet"
+        assert names.CLAIM_CONFIRMED_ANNOTATION not in annotations, "no confirmation yet"
+        assert names.ENV_HASH_ANNOTATION not in annotations, "no hash yet"
         assert cluster.procs[name].poll() is None  # still waiting for its one claim
     assert cluster.api.statuses == []  # the first status waits for the release
     assert not [n for n in cluster.api.pods if n.startswith("demo-worker-")]
@@ -563,14 +565,14 @@ def test_idle_pods_are_adopted_while_the_client_writes_the_values_and_get_them_o
     ctl.reconcile(("ml", "demo"), job_body(replicas=2), stale, cluster.snapshot())
     requests = len(cluster.api.bodies)
     ctl.reconcile(("ml", "demo"), job_body(replicas=2), stale, cluster.snapshot())
-    assert all(desired.CLAIM_CONFIRMED_ANNOTATION not in b for b in cluster.api.bodies[requests:])
+    assert all(names.CLAIM_CONFIRMED_ANNOTATION not in b for b in cluster.api.bodies[requests:])
     published = cluster.api.secrets["demo-env"]["metadata"]["annotations"][
-        desired.ENV_HASH_ANNOTATION
+        names.ENV_HASH_ANNOTATION
     ]
     for name in claimed:
         annotations = cluster.api.pods[name]["metadata"]["annotations"]
-        assert annotations[desired.CLAIM_CONFIRMED_ANNOTATION] == published
-        assert annotations[desired.ENV_HASH_ANNOTATION] == published
+        assert annotations[names.CLAIM_CONFIRMED_ANNOTATION] == published
+        assert annotations[names.ENV_HASH_ANNOTATION] == published
         code, out, err = cluster.output(name)
         assert code == 0 and f"INLINE {SENTINEL} TOKEN {SECRET_SENTINEL}" in out, err
     assert not [n for n in cluster.api.pods if n.startswith("demo-worker-")]
@@ -620,7 +622,7 @@ def test_a_delivered_claim_is_not_sent_again_while_the_watch_catches_up(
     ctl.reconcile(("ml", "demo"), job_body(replicas=2), [], cluster.snapshot())  # still unseen
     ctl.reconcile(("ml", "demo"), job_body(replicas=2), unconfirmed, cluster.snapshot())
     later = cluster.api.bodies[requests:]
-    assert all(desired.CLAIM_CONFIRMED_ANNOTATION not in b for b in later), later
+    assert all(names.CLAIM_CONFIRMED_ANNOTATION not in b for b in later), later
     assert cluster.api.deleted == []
     assert not [e for e in cluster.api.events if e["type"] == "Warning"], cluster.api.events
     assert cluster.metrics.pool_claims.labels("ml", "warm", "claimed")._value.get() == 2
@@ -698,7 +700,7 @@ def test_operator_killed_between_adoption_and_delivery_delivers_after_restart(
     with pytest.raises(Killed):
         dying.reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
     (name,) = _claimed(cluster)  # adopted, nothing sent
-    assert desired.CLAIM_CONFIRMED_ANNOTATION not in cluster.api.pods[name]["metadata"].get(
+    assert names.CLAIM_CONFIRMED_ANNOTATION not in cluster.api.pods[name]["metadata"].get(
         "annotations", {}
     )
     assert cluster.procs[name].poll() is None  # still waiting for its one claim
@@ -707,7 +709,7 @@ def test_operator_killed_between_adoption_and_delivery_delivers_after_restart(
         ("ml", "demo"), job_body(replicas=1), cluster.job_pods(), cluster.snapshot()
     )
     meta = cluster.api.pods[name]["metadata"]
-    assert meta["annotations"][desired.CLAIM_CONFIRMED_ANNOTATION].startswith("hmac-sha256:")
+    assert meta["annotations"][names.CLAIM_CONFIRMED_ANNOTATION].startswith("hmac-sha256:")
     code, out, err = cluster.output(name)
     assert code == 0 and f"TOKEN {SECRET_SENTINEL}" in out, err
     # No pod claimed twice, no cold duplicate: the job has exactly its one worker.
@@ -733,7 +735,7 @@ def _warm_pods(c: Cluster, uid: str = "uid-job") -> list[str]:
     return [
         n
         for n, p in c.api.pods.items()
-        if desired.POOL_NAME_LABEL in p["metadata"]["labels"]
+        if names.POOL_NAME_LABEL in p["metadata"]["labels"]
         and [r["uid"] for r in p["metadata"].get("ownerReferences", [])] == [uid]
     ]
 
@@ -764,7 +766,7 @@ def test_a_pool_whose_claims_cannot_be_delivered_falls_back_cold_and_says_so(
     assert len(burnt) == 2 and set(cluster.api.deleted) == burnt  # tried, failed, deleted
     for name in burnt:
         annotations = cluster.api.pods[name]["metadata"].get("annotations", {})
-        assert desired.CLAIM_CONFIRMED_ANNOTATION not in annotations
+        assert names.CLAIM_CONFIRMED_ANNOTATION not in annotations
     warnings = [e for e in cluster.api.events if e["reason"] == "ClaimNotDelivered"]
     assert warnings, cluster.api.events
     # The pool refills (with pods that cannot work either) and says why it is not claimed.
@@ -822,7 +824,7 @@ def test_a_worker_claimed_by_someone_else_is_never_confirmed_for_the_job(
     it is deleted, and B's worker starts cold with B's values."""
     cluster.start_idle(1)
     (victim,) = list(cluster.api.pods)
-    operator_secret = cluster.api.secrets[pooltls.operator_secret_name("warm", "uid-pool")]
+    operator_secret = cluster.api.secrets[desired.operator_secret_name("warm", "uid-pool")]
     stolen = pooltls.client_context(pooltls.KeyPair.from_secret_data(operator_secret["data"]))
     pairs = [("INLINE", "from-job-a")]
     key, digest = envfile.seal(pairs)
@@ -842,7 +844,7 @@ def test_a_worker_claimed_by_someone_else_is_never_confirmed_for_the_job(
     meta = cluster.api.pods[victim]["metadata"]
     assert [r["uid"] for r in meta["ownerReferences"]] == ["uid-job"]  # adopted...
     # ...never confirmed
-    assert desired.CLAIM_CONFIRMED_ANNOTATION not in meta.get("annotations", {})
+    assert names.CLAIM_CONFIRMED_ANNOTATION not in meta.get("annotations", {})
     assert victim in cluster.api.deleted
     ctl.reconcile(("ml", "demo"), job_body(replicas=1), cluster.job_pods(), cluster.snapshot())
     assert [n for n in cluster.api.pods if n.startswith("demo-worker-0")]  # B's, cold
@@ -860,13 +862,13 @@ def test_a_claimed_pod_is_ready_only_when_its_worker_answered_for_its_owner() ->
                 "uid": "p1",
                 "labels": {
                     **desired.job_labels("demo"),
-                    desired.WORKER_INDEX_LABEL: "0",
-                    desired.POOL_NAME_LABEL: "warm",
+                    names.WORKER_INDEX_LABEL: "0",
+                    names.POOL_NAME_LABEL: "warm",
                 },
                 "ownerReferences": [{"uid": "uid-job", "controller": True}],
                 "annotations": {
-                    desired.CLAIM_CONFIRMED_ANNOTATION: "hmac-sha256:x",
-                    desired.CLAIMED_FOR_ANNOTATION: claimed_for,
+                    names.CLAIM_CONFIRMED_ANNOTATION: "hmac-sha256:x",
+                    names.CLAIMED_FOR_ANNOTATION: claimed_for,
                 },
             },
             "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
@@ -877,7 +879,7 @@ def test_a_claimed_pod_is_ready_only_when_its_worker_answered_for_its_owner() ->
     assert theirs is not None and not theirs.ready and not theirs.confirmed
     assert (
         desired.confirm_patch("h", "uid-job")["metadata"]["annotations"][
-            desired.CLAIMED_FOR_ANNOTATION
+            names.CLAIMED_FOR_ANNOTATION
         ]
         == "uid-job"
     )
@@ -893,8 +895,8 @@ def _ca(c: Cluster, name: str) -> bytes:
 def test_an_error_between_the_two_secret_creates_leaves_a_matching_pair(
     cluster: Cluster,
 ) -> None:
-    worker_name = pooltls.worker_secret_name("warm", "uid-pool")
-    operator_name = pooltls.operator_secret_name("warm", "uid-pool")
+    worker_name = desired.worker_secret_name("warm", "uid-pool")
+    operator_name = desired.operator_secret_name("warm", "uid-pool")
     cluster.api.fail_secret_creates = [worker_name]
     cluster.pool = pool_body(replicas=1)
     with pytest.raises(ApiError):
@@ -916,7 +918,7 @@ def test_claim_secrets_the_operator_did_not_make_for_this_pool_are_never_used(
     owned by the pool): the operator uses neither, starts no idle pod, claims nothing, and
     the pool's condition names the Secret and the fix."""
     forged = pooltls.new_pool_credentials("warm")
-    name = pooltls.operator_secret_name("warm", "uid-pool")
+    name = desired.operator_secret_name("warm", "uid-pool")
     cluster.api.secrets[name] = pooltls.claim_secret(
         name,
         "ml",
@@ -947,11 +949,11 @@ def test_a_pool_made_again_under_the_same_name_never_uses_the_old_pools_secrets(
 ) -> None:
     cluster.pool = pool_body(replicas=1)
     cluster.reconcile_pool()
-    old_ca = _ca(cluster, pooltls.operator_secret_name("warm", "uid-pool"))
+    old_ca = _ca(cluster, desired.operator_secret_name("warm", "uid-pool"))
     again = pool_body(replicas=1)
     again["metadata"]["uid"] = "uid-pool-2"  # deleted and made again; the old Secrets linger
     cluster.pools.reconcile(("ml", "warm"), again, [])
-    new_name = pooltls.worker_secret_name("warm", "uid-pool-2")
+    new_name = desired.worker_secret_name("warm", "uid-pool-2")
     assert _ca(cluster, new_name) != old_ca
     (pod,) = [
         p
@@ -999,12 +1001,12 @@ def test_editing_a_pools_imports_replaces_its_idle_pods(cluster: Cluster) -> Non
     want = pool_spec_hash(parse_pool(cluster.pool))
     for name in made:
         annotations = cluster.api.pods[name]["metadata"]["annotations"]
-        assert annotations[poolplan.POOL_SPEC_HASH_ANNOTATION] == want
+        assert annotations[names.POOL_SPEC_HASH_ANNOTATION] == want
         env = {
             e["name"]: e.get("value")
             for e in cluster.api.pods[name]["spec"]["containers"][0]["env"]
         }
-        assert env[worker_mod.WARM_IMPORTS_VAR] == "json"
+        assert env[names.WARM_IMPORTS_VAR] == "json"
 
 
 def test_after_a_restart_a_blocked_pool_stays_blocked_until_a_probe_answers(

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from appliance_operator import poolnetwork
 from appliance_operator.kubeapi import ApiError
-from appliance_operator.poolnetwork import (
+from appliance_operator.pool import network as poolnetwork
+from appliance_operator.pool.network import (
     EXTRA_FROM_VAR,
     NAMESPACE_VAR,
     POD_LABELS_VAR,
@@ -25,6 +25,7 @@ from appliance_operator.poolnetwork import (
     is_current,
     source_from_env,
 )
+from cerebras_appliance.contract import names
 
 OPERATOR_LABELS = "app.kubernetes.io/name=appliance-operator,app.kubernetes.io/instance=ops"
 ENV = {NAMESPACE_VAR: "ops-system", POD_LABELS_VAR: OPERATOR_LABELS}
@@ -86,7 +87,7 @@ def test_the_policy_lets_go_of_a_pod_once_its_claim_is_delivered() -> None:
     """Idle, then claimed (the claim patch's labels), then delivered (the confirm patch's):
     selected, selected, not selected. Built from the patches the operator sends."""
     from appliance_operator import desired
-    from cerebras_appliance.api import parse_job, parse_pool
+    from cerebras_appliance.contract.api import parse_job, parse_pool
 
     pool = parse_pool(
         {
@@ -113,7 +114,7 @@ def test_the_policy_lets_go_of_a_pod_once_its_claim_is_delivered() -> None:
     labels.update(desired.confirm_patch("hmac-sha256:00", "job-uid")["metadata"]["labels"])
     assert not _selects(selector, labels), labels  # the job's pod: left to the job
     other = dict(desired.pool_pod(pool, "uid-1", "y")["metadata"]["labels"])
-    other[desired.POOL_NAME_LABEL] = "other"
+    other[names.POOL_NAME_LABEL] = "other"
     assert not _selects(selector, other)
 
 
@@ -253,7 +254,7 @@ def test_keeper_without_a_source_makes_nothing() -> None:
 def test_the_pool_controller_keeps_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     """The PoolController reads the operator's environment (the chart's) at start."""
     from appliance_operator.metrics import Metrics
-    from appliance_operator.poolcontroller import PoolController
+    from appliance_operator.pool.controller import PoolController
 
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)

@@ -9,15 +9,15 @@ from typing import Any
 import pytest
 
 from appliance_operator.desired import WorkerId
-from appliance_operator.observe import PodView, attempt_of, job_view, pod_view
-from appliance_operator.reconcile import (
+from appliance_operator.job.plan import (
     ENV_RESOLVED,
     PROGRESS_WRITE_INTERVAL,
     EnvKnowledge,
     Inputs,
     plan,
 )
-from cerebras_appliance.api import Condition, ExecuteJobStatus
+from appliance_operator.observe import PodView, attempt_of, job_view, pod_view
+from cerebras_appliance.contract.api import Condition, ExecuteJobStatus
 
 UID = "uid-job-1"
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)

@@ -21,17 +21,19 @@ import pytest
 from kubernetes import client
 
 import cerebras_appliance as app
-from cerebras_appliance import handle, kube, settings
-from cerebras_appliance.api import ExecuteJobStatus, InvalidJobError
-from cerebras_appliance.environment import ApplianceEnviron
-from cerebras_appliance.jobs import build_job
-from cerebras_appliance.kube import (
+from cerebras_appliance import settings
+from cerebras_appliance.backends.kubernetes import job as kube
+from cerebras_appliance.backends.kubernetes.job import (
     ForbiddenError,
     KubernetesError,
     KubernetesJob,
     NoCredentialsError,
     NotInstalledError,
 )
+from cerebras_appliance.contract.api import ExecuteJobStatus, InvalidJobError
+from cerebras_appliance.environment import ApplianceEnviron
+from cerebras_appliance.handle import base as handle
+from cerebras_appliance.jobs import build_job
 from cerebras_appliance.settings import (
     BackendFallbackWarning,
     ConfigurationError,

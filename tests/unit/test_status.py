@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cerebras_appliance.api import ExecuteJobSpec, ExecuteJobStatus
-from cerebras_appliance.status import Observation, WorkerState, compute_status
+from cerebras_appliance.contract.api import ExecuteJobSpec, ExecuteJobStatus
+from cerebras_appliance.contract.status import Observation, WorkerState, compute_status
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = ExecuteJobSpec(image="i", entrypoint="loader.py", replicas=2)

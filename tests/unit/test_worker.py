@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cerebras_appliance import envfile
-from cerebras_appliance.worker import EXIT_CONFIG, EXIT_USAGE, needs_reexec
+from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.worker.entrypoint import EXIT_CONFIG, EXIT_USAGE, needs_reexec
 
 HASH = "sha256:test"
 
@@ -31,8 +31,8 @@ def run_worker(
         env_file = tmp_path / "env.json"
         envfile.write(env_file, env or [], HASH)
     base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    base[envfile.ENV_FILE_VAR] = str(env_file)
-    base[envfile.READY_FILE_VAR] = str(tmp_path / "state" / "ready")
+    base[names.ENV_FILE_VAR] = str(env_file)
+    base[names.READY_FILE_VAR] = str(tmp_path / "state" / "ready")
     base.update(extra or {})
     return subprocess.run(
         [sys.executable, "-m", "cerebras_appliance.worker", entrypoint, *args],
@@ -215,7 +215,7 @@ def start_worker(
     env_file = tmp_path / "env.json"
     envfile.write(env_file, [("DATA", "x")], HASH)
     base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
-    base[envfile.ENV_FILE_VAR] = str(env_file)
+    base[names.ENV_FILE_VAR] = str(env_file)
     return subprocess.Popen(
         [*prefix, sys.executable, "-m", "cerebras_appliance.worker", entrypoint, *args],
         env=base,

@@ -22,31 +22,33 @@ import urllib3
 from kubernetes import client, config, watch
 
 from cerebras_appliance import settings
-from cerebras_appliance.api import (
-    API_VERSION,
-    AWAITING_VALUES_ANNOTATION,
-    GROUP,
+from cerebras_appliance.contract.api import (
     KIND,
     PLURAL,
-    VERSION,
     ExecuteJob,
     ExecuteJobStatus,
     InvalidJobError,
+)
+from cerebras_appliance.contract.names import (
+    API_VERSION,
+    ATTEMPT_LABEL,
+    AWAITING_VALUES_ANNOTATION,
+    CONTAINER_NAME,
+    GROUP,
+    JOB_NAME_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_SELECTOR,
+    VERSION,
+    WORKER_INDEX_LABEL,
 )
 from cerebras_appliance.handle import (
     AttemptRef,
     JobDeletedError,
     JobHandle,
     JobNotFoundError,
-    _split_lines,
+    split_lines,
 )
 
-JOB_NAME_LABEL = "appliance.dev/job-name"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-WORKER_INDEX_LABEL = "appliance.dev/worker-index"
-ATTEMPT_LABEL = "appliance.dev/attempt"
-#: The operator's label on the pods it makes.
-OPERATOR = "appliance-operator"
 #: The client's label on the Secret of sensitive values.
 CLIENT = "cerebras-appliance"
 #: Seconds before a single API request (not a watch or a followed log) is given up.
@@ -598,7 +600,7 @@ class KubernetesJob(JobHandle):
             pods = _raw(
                 self._core.list_namespaced_pod(
                     self.namespace,
-                    label_selector=f"{MANAGED_BY_LABEL}={OPERATOR},{JOB_NAME_LABEL}={self.name}",
+                    label_selector=f"{MANAGED_SELECTOR},{JOB_NAME_LABEL}={self.name}",
                     _preload_content=False,
                     _request_timeout=_REQUEST_TIMEOUT_S,
                 )
@@ -627,7 +629,7 @@ class KubernetesJob(JobHandle):
             response: Any = self._core.read_namespaced_pod_log(
                 name,
                 self.namespace,
-                container="worker",
+                container=CONTAINER_NAME,
                 tail_lines=tail,
                 _preload_content=False,
                 _request_timeout=_REQUEST_TIMEOUT_S,
@@ -665,11 +667,13 @@ class KubernetesJob(JobHandle):
         if status.get("phase") in ("Succeeded", "Failed"):
             return "ended"
         for container in status.get("containerStatuses") or []:
-            if container.get("name") == "worker" and "terminated" in (container.get("state") or {}):
+            if container.get("name") == CONTAINER_NAME and "terminated" in (
+                container.get("state") or {}
+            ):
                 return "ended"
         return "live"
 
-    def _follow_attempt(
+    def _follow_attempt(  # noqa: PLR0912
         self, ref: AttemptRef, stop: threading.Event, finished: threading.Event
     ) -> Iterator[str]:
         """``kubectl logs -f`` of one pod: waits for its container to start; reconnects after
@@ -680,7 +684,7 @@ class KubernetesJob(JobHandle):
                 response: Any = self._core.read_namespaced_pod_log(
                     ref.name,
                     self.namespace,
-                    container="worker",
+                    container=CONTAINER_NAME,
                     follow=True,
                     timestamps=True,
                     _preload_content=False,
@@ -710,7 +714,7 @@ class KubernetesJob(JobHandle):
                 decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
                 try:
                     for chunk in response.stream(amt=None, decode_content=False):
-                        lines, rest = _split_lines(rest, decoder.decode(chunk))
+                        lines, rest = split_lines(rest, decoder.decode(chunk))
                         for line in lines:
                             stamp, _, text = line.partition(" ")
                             key = _stamp_key(stamp)

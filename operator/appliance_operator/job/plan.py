@@ -6,7 +6,7 @@ cluster toward the desired state. It is called again after every event, so every
 idempotent, and a decision made on a stale view is at worst repeated (create answers 409).
 
 The lifecycle rules (what is a failure, replacement, stopping) are
-:func:`cerebras_appliance.lifecycle.decide`, shared with the local backend. What is
+:func:`cerebras_appliance.contract.lifecycle.decide`, shared with the local backend. What is
 Kubernetes-specific is here: counting exactly once with the tracking finalizer.
 
 * Every worker pod is created with the finalizer ``appliance.dev/worker-tracking``. A pod
@@ -28,10 +28,10 @@ from typing import Literal
 
 from appliance_operator.desired import WorkerId, pod_name
 from appliance_operator.observe import JobView, PodView, attempt_of, parse_time
-from appliance_operator.poolplan import POOL_CLAIM
-from cerebras_appliance.api import Condition, ExecuteJobStatus
-from cerebras_appliance.lifecycle import decide, time_until
-from cerebras_appliance.status import FAILED, WORKERS_READY, describe_failure, now_rfc3339
+from appliance_operator.pool.plan import POOL_CLAIM
+from cerebras_appliance.contract.api import Condition, ExecuteJobStatus
+from cerebras_appliance.contract.lifecycle import decide, time_until
+from cerebras_appliance.contract.status import FAILED, WORKERS_READY, describe_failure, now_rfc3339
 
 #: The operator's own condition: was the env snapshot resolved and written to ``<job>-env``?
 ENV_RESOLVED = "EnvResolved"
@@ -151,7 +151,7 @@ def _phase_event(old: ExecuteJobStatus | None, new: ExecuteJobStatus) -> Event |
     )
 
 
-def plan(inputs: Inputs) -> Plan:
+def plan(inputs: Inputs) -> Plan:  # noqa: PLR0912, PLR0915
     """The actions that bring one job's pods, Secret and status to the desired state."""
     job, now = inputs.job, inputs.now
     mine = [p for p in inputs.pods if p.owner_uid == job.uid]

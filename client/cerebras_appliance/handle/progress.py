@@ -18,7 +18,7 @@ import sys
 import time
 from typing import IO, Any, Protocol
 
-from cerebras_appliance.api import ExecuteJobStatus
+from cerebras_appliance.contract.api import ExecuteJobStatus
 
 #: WorkersReady reasons that are not a problem.
 _PLAIN_READY_REASONS = frozenset({"", "EnvApplied", "WaitingForWorkers", "JobFinished"})

@@ -31,16 +31,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from appliance_operator.desired import (
+from appliance_operator.desired import pool_labels
+from appliance_operator.kubeapi import ApiError, KubeApi
+from cerebras_appliance.contract.api import POOL_KIND
+from cerebras_appliance.contract.names import (
+    API_VERSION,
     CLAIM_DELIVERED_LABEL,
     CLAIM_PORT,
     MANAGED_BY,
     MANAGED_BY_LABEL,
     POOL_NAME_LABEL,
-    pool_labels,
 )
-from appliance_operator.kubeapi import ApiError, KubeApi
-from cerebras_appliance.api import API_VERSION, POOL_KIND
 
 logger = logging.getLogger("appliance_operator")
 

@@ -15,16 +15,12 @@ from __future__ import annotations
 import json
 from typing import NamedTuple
 
+from cerebras_appliance.contract import names
+
 CLAIM_KIND = "WorkerClaim"
 #: The plumbing variables a claim may set (nothing else: the snapshot carries the job's own).
 PLUMBING_VARS: frozenset[str] = frozenset(
-    {
-        "APPLIANCE_ENV_FILE",
-        "APPLIANCE_READY_FILE",
-        "APPLIANCE_JOB_NAME",
-        "APPLIANCE_WORKER_NAME",
-        "APPLIANCE_WORKER_INDEX",
-    }
+    {names.ENV_FILE_VAR, names.READY_FILE_VAR, *names.WORKER_VARS}
 )
 #: Upper bound of a claim's size (a snapshot holds at most 1000 variables; values are text).
 MAX_CLAIM_BYTES = 4 * 1024 * 1024
@@ -107,7 +103,7 @@ def parse(data: bytes, *, expected_worker: str = "") -> Claim:
     if unknown:
         raise ClaimError(f"claim sets variables it may not set: {', '.join(unknown)}")
     snapshot = _text(document, "snapshot")
-    if not snapshot and not plumbing.get("APPLIANCE_ENV_FILE"):
+    if not snapshot and not plumbing.get(names.ENV_FILE_VAR):
         raise ClaimError("claim has neither a snapshot nor APPLIANCE_ENV_FILE")
     return Claim(
         worker=worker,

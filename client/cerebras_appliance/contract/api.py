@@ -24,17 +24,15 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from cerebras_appliance.entrypoints import (
+from cerebras_appliance.contract.entrypoints import (
     ENTRYPOINT_MODULE_PATTERN as ENTRYPOINT_MODULE_PATTERN,  # re-exported for the CRD
 )
-from cerebras_appliance.entrypoints import entrypoint_problem
-from cerebras_appliance.entrypoints import (
+from cerebras_appliance.contract.entrypoints import entrypoint_problem
+from cerebras_appliance.contract.entrypoints import (
     is_script_entrypoint as is_script_entrypoint,
 )
+from cerebras_appliance.contract.names import GROUP, MANAGED_BY_LABEL
 
-GROUP = "appliance.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "ExecuteJob"
 PLURAL = "executejobs"
 SINGULAR = "executejob"
@@ -53,9 +51,6 @@ MAX_JOB_NAME_LENGTH = 52
 #: refused in spec.env, so a snapshot cannot break its own delivery.
 RESERVED_ENV_PREFIX = "APPLIANCE_"
 
-#: On a job whose values Secret the Python client has not finished writing: the operator
-#: resolves nothing and starts no worker while it is there (value: that Secret's name).
-AWAITING_VALUES_ANNOTATION = "appliance.dev/awaiting-values"
 
 #: The longest activeDeadlineSeconds / ttlSecondsAfterFinished: 2**31 - 1 s (about 68 years;
 #: Kubernetes' own ttlSecondsAfterFinished is an int32). A start time plus this much is still a
@@ -66,7 +61,7 @@ MAX_DURATION_SECONDS = 2**31 - 1
 #: refused in a template's labels and annotations, so a user cannot make an idle pool pod look
 #: claimed, or a cold worker look like a pool's.
 RESERVED_KEY_PREFIX = f"{GROUP}/"
-RESERVED_KEYS = frozenset({"app.kubernetes.io/managed-by"})
+RESERVED_KEYS = frozenset({MANAGED_BY_LABEL})
 
 #: WorkerPool names: a DNS-1123 label, short enough to be a label value and a pod name part.
 MAX_POOL_NAME_LENGTH = 52

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from appliance_operator.desired import controller_uid
-from cerebras_appliance import channel
+from cerebras_appliance.contract import channel, names
+from cerebras_appliance.contract.names import CA_FINGERPRINT_ANNOTATION, POOL_UID_ANNOTATION
 
 # ``cryptography`` is imported where a pool's certificates are made, not with the operator:
 # it takes ~10 MiB of the operator's memory (measured), which an operator serving no pool
@@ -48,23 +49,6 @@ CERT_DAYS = 3650
 CA_CN_PREFIX = "appliance-pool-ca"
 
 
-def worker_secret_name(pool: str, uid: str) -> str:
-    """The Secret the pool's pods mount. Named after the pool's uid: a pool deleted and made
-    again under the same name never finds the old pool's Secrets, and nobody can make the
-    Secret before the pool exists."""
-    return f"{pool}-claim-worker-{uid}"
-
-
-def operator_secret_name(pool: str, uid: str) -> str:
-    """The Secret only the operator reads (the operator's certificate, and a copy of the
-    workers' pair, from which a missing worker Secret is made again)."""
-    return f"{pool}-claim-operator-{uid}"
-
-
-#: On both claim Secrets: the pool's uid, and the SHA-256 of the pool's CA certificate (the
-#: two halves of one pair carry the same).
-POOL_UID_ANNOTATION = "appliance.dev/pool-uid"
-CA_FINGERPRINT_ANNOTATION = "appliance.dev/claim-ca-sha256"
 #: The keys of the workers' pair inside the operator's Secret.
 WORKER_COPY_PREFIX = "worker-"
 
@@ -341,7 +325,7 @@ def deliver(
     host: str,
     claim_bytes: bytes,
     *,
-    port: int = channel.DEFAULT_PORT,
+    port: int = names.CLAIM_PORT,
     timeout: float = channel.IO_TIMEOUT_SECONDS,
     job: str = "",
     nonce: str = "",
@@ -365,7 +349,7 @@ def probe(
     context: ssl.SSLContext,
     host: str,
     *,
-    port: int = channel.DEFAULT_PORT,
+    port: int = names.CLAIM_PORT,
     timeout: float = 5.0,
 ) -> None:
     """Check that the idle worker at ``host`` answers on its channel (it claims nothing);

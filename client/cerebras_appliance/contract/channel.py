@@ -11,7 +11,7 @@ no one listening. Connections are handshaken concurrently (a thread each, bounde
 peers cannot hold up the operator's claim. A probe frame (:data:`PROBE_KIND`) is answered
 without claiming: the operator checks with it that a pool's channel works. The handshake and
 framing are the standard library's ``ssl`` (OpenSSL); nothing here is hand-written
-cryptography. The operator's side (certificates, connecting) is ``appliance_operator.pooltls``.
+cryptography. The operator's side (certificates, connecting) is ``appliance_operator.pool.tls``.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cerebras_appliance.claim import MAX_CLAIM_BYTES
+from cerebras_appliance.contract.claim import MAX_CLAIM_BYTES
+from cerebras_appliance.contract.names import (
+    CLAIM_HOST_VAR,
+    CLAIM_PORT,
+    CLAIM_PORT_VAR,
+    CLAIM_TLS_DIR_VAR,
+)
 
-TLS_DIR_VAR = "APPLIANCE_CLAIM_TLS_DIR"
-PORT_VAR = "APPLIANCE_CLAIM_PORT"
-#: The address to listen on (default: every address of the pod).
-HOST_VAR = "APPLIANCE_CLAIM_HOST"
-DEFAULT_PORT = 7443
 OPERATOR_CN = "appliance-operator"
 WORKER_CN = "appliance-worker"
 #: A peer must finish the handshake and send its claim within this many seconds.
@@ -98,7 +99,9 @@ def server_context(tls_dir: str | os.PathLike[str]) -> ssl.SSLContext:
         context.load_verify_locations(cafile=str(folder / CA_FILE))
         context.load_cert_chain(str(folder / CERT_FILE), str(folder / KEY_FILE))
     except (OSError, ssl.SSLError) as exc:
-        raise ChannelError(f"{TLS_DIR_VAR}: cannot load the pool's TLS files: {exc}") from None
+        raise ChannelError(
+            f"{CLAIM_TLS_DIR_VAR}: cannot load the pool's TLS files: {exc}"
+        ) from None
     return context
 
 
@@ -111,16 +114,16 @@ class ClaimServer:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> ClaimServer:
-        tls_dir = environ.get(TLS_DIR_VAR)
+        tls_dir = environ.get(CLAIM_TLS_DIR_VAR)
         if not tls_dir:
             raise ChannelError(
-                f"warm mode needs a claim channel: set APPLIANCE_CLAIM_FD or {TLS_DIR_VAR}"
+                f"warm mode needs a claim channel: set APPLIANCE_CLAIM_FD or {CLAIM_TLS_DIR_VAR}"
             )
         try:
-            port = int(environ.get(PORT_VAR) or DEFAULT_PORT)
+            port = int(environ.get(CLAIM_PORT_VAR) or CLAIM_PORT)
         except ValueError:
-            raise ChannelError(f"{PORT_VAR} is not a port number") from None
-        return cls.listen(server_context(tls_dir), port, environ.get(HOST_VAR, ""))
+            raise ChannelError(f"{CLAIM_PORT_VAR} is not a port number") from None
+        return cls.listen(server_context(tls_dir), port, environ.get(CLAIM_HOST_VAR, ""))
 
     @classmethod
     def listen(cls, context: ssl.SSLContext, port: int, host: str = "") -> ClaimServer:
@@ -158,7 +161,7 @@ class ClaimServer:
         with contextlib.suppress(OSError):
             self._sock.close()
 
-    def accept_one(self) -> tuple[bytes, Reply]:
+    def accept_one(self) -> tuple[bytes, Reply]:  # noqa: PLR0915
         """Wait for the first peer that is the operator and sends a claim; close the listener.
 
         Each connection is handshaken on a thread of its own (at most

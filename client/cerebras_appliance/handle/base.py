@@ -33,8 +33,8 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, Self, overload
 
-from cerebras_appliance.api import ExecuteJobStatus
-from cerebras_appliance.progress import counts, failure_message, make_display, problem
+from cerebras_appliance.contract.api import ExecuteJobStatus
+from cerebras_appliance.handle.progress import counts, failure_message, make_display, problem
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -131,7 +131,7 @@ class _End:
 _END = _End()
 
 
-def _split_lines(buffer: str, data: str) -> tuple[list[str], str]:
+def split_lines(buffer: str, data: str) -> tuple[list[str], str]:
     """Complete lines of ``buffer + data`` and the incomplete rest."""
     text = buffer + data
     *lines, rest = text.split("\n")

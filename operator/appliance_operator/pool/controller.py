@@ -1,10 +1,10 @@
 """Warm pools, the acting part: keep a pool's idle pods, claim them for jobs, deliver claims.
 
 :class:`PoolController` reconciles one WorkerPool (its claim Secrets, its idle pods, its
-status) from :func:`appliance_operator.poolplan.plan_pool`. :class:`Claimer` is what the job
+status) from :func:`appliance_operator.pool.plan.plan_pool`. :class:`Claimer` is what the job
 controller uses for a job with ``spec.pool``: adopt idle pods for workers about to be created
 (one merge patch each, with the observed ``resourceVersion`` as precondition), then send each
-adopted worker the job's snapshot over the claim channel (:mod:`appliance_operator.pooltls`)
+adopted worker the job's snapshot over the claim channel (:mod:`appliance_operator.pool.tls`)
 and mark it confirmed. Delivery is level-triggered: a claimed pod that is not confirmed (the
 operator died between adoption and delivery) is delivered to by the next reconcile. A pod is
 confirmed only on its worker's answer to this very claim (the job's uid and a nonce repeated);
@@ -30,13 +30,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from appliance_operator import desired, poolnetwork, pooltls
+from appliance_operator import desired
 from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import JobView, PodView, pod_view
-from appliance_operator.poolplan import (
+from appliance_operator.pool import network as poolnetwork
+from appliance_operator.pool import tls as pooltls
+from appliance_operator.pool.plan import (
     CLAIMS_DELIVERED,
-    POOL_SPEC_HASH_ANNOTATION,
     REPLICA_FAILURE,
     ClaimChoice,
     PoolPodView,
@@ -44,16 +45,17 @@ from appliance_operator.poolplan import (
     plan_pool,
     pool_spec_hash,
 )
-from cerebras_appliance import channel, envfile
-from cerebras_appliance import claim as claims
-from cerebras_appliance.api import (
+from cerebras_appliance.contract import channel, envfile, names
+from cerebras_appliance.contract import claim as claims
+from cerebras_appliance.contract.api import (
     Condition,
     InvalidJobError,
     WorkerPool,
     WorkerPoolStatus,
     parse_pool,
 )
-from cerebras_appliance.status import now_rfc3339
+from cerebras_appliance.contract.names import POOL_SPEC_HASH_ANNOTATION
+from cerebras_appliance.contract.status import now_rfc3339
 
 logger = logging.getLogger("appliance_operator")
 
@@ -126,7 +128,7 @@ class PoolController:
         metrics: Metrics,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        claim_port: int = desired.CLAIM_PORT,
+        claim_port: int = names.CLAIM_PORT,
     ) -> None:
         self.api = api
         self.metrics = metrics
@@ -174,7 +176,7 @@ class PoolController:
                 with contextlib.suppress(KeyError):
                     self.metrics.pool_claims.remove(key[0], key[1], outcome)
 
-    def reconcile(
+    def reconcile(  # noqa: PLR0912, PLR0915
         self, key: PoolKey, body: Mapping[str, Any] | None, pods: Sequence[PoolPodView]
     ) -> float | None:
         namespace, name = key
@@ -538,8 +540,8 @@ class PoolController:
             return "the WorkerPool has no uid yet"
         labels = desired.pool_labels(name)
         owner = desired.pool_owner_reference(pool, uid)
-        op_name = pooltls.operator_secret_name(name, uid)
-        wk_name = pooltls.worker_secret_name(name, uid)
+        op_name = desired.operator_secret_name(name, uid)
+        wk_name = desired.worker_secret_name(name, uid)
 
         def fix(secret_name: str, problem: str) -> str:
             message = (
@@ -580,7 +582,7 @@ class PoolController:
         problem = pooltls.binding_problem(operator, uid)
         if problem:
             return fix(op_name, problem)
-        fingerprint = str(operator["metadata"]["annotations"][pooltls.CA_FINGERPRINT_ANNOTATION])
+        fingerprint = str(operator["metadata"]["annotations"][names.CA_FINGERPRINT_ANNOTATION])
         worker = self.api.read_secret(namespace, wk_name)
         if worker is None:
             try:
@@ -611,7 +613,7 @@ class PoolController:
             return context
         if not uid:
             raise pooltls.ClaimRefusedError(f"WorkerPool {pool} is not known (no uid)")
-        secret_name = pooltls.operator_secret_name(pool, uid)
+        secret_name = desired.operator_secret_name(pool, uid)
         secret = self.api.read_secret(namespace, secret_name)
         if secret is None:
             raise pooltls.ClaimRefusedError(f"Secret {secret_name} of WorkerPool {pool} is missing")
@@ -729,9 +731,9 @@ class PoolController:
                 entrypoint=job.job.spec.entrypoint,
                 args=tuple(job.job.spec.args),
                 plumbing=(
-                    ("APPLIANCE_JOB_NAME", job.name),
-                    ("APPLIANCE_WORKER_NAME", pod.name),
-                    ("APPLIANCE_WORKER_INDEX", str(pod.index)),
+                    (names.JOB_NAME_VAR, job.name),
+                    (names.WORKER_NAME_VAR, pod.name),
+                    (names.WORKER_INDEX_VAR, str(pod.index)),
                 ),
                 snapshot=text,
                 job=job.uid,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from cerebras_appliance.api import Condition, ExecuteJobSpec, ExecuteJobStatus, Phase
+from cerebras_appliance.contract.api import Condition, ExecuteJobSpec, ExecuteJobStatus, Phase
 
 WorkerPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
@@ -42,7 +42,7 @@ class WorkerState:
 class Observation:
     """Everything the status depends on, besides the spec and the previous status.
 
-    ``succeeded`` and ``failed`` are the job's counted totals (:mod:`cerebras_appliance.lifecycle`
+    ``succeeded`` and ``failed`` are the job's counted totals (:mod:`.lifecycle`
     keeps them, so they survive the loss of the workers they count); ``workers`` are the
     current attempts of the workers that have not succeeded; ``failures`` the failures counted
     just now (the latest is named when the job fails).
@@ -93,7 +93,7 @@ def _set_condition(
     )
 
 
-def compute_status(
+def compute_status(  # noqa: PLR0912, PLR0915
     spec: ExecuteJobSpec,
     observed: Observation,
     previous: ExecuteJobStatus | None,

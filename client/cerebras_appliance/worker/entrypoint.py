@@ -2,7 +2,7 @@
 
 1. Read the env snapshot from the file named by ``APPLIANCE_ENV_FILE``.
 2. If the snapshot holds start-up variables (``PYTHONPATH``, ``LD_PRELOAD``, thread counts,
-   ``MALLOC_*``... see :mod:`cerebras_appliance.envfile`) that the running interpreter did
+   ``MALLOC_*``... see :mod:`cerebras_appliance.contract.envfile`) that the running interpreter did
    not start with, re-execute once with them set, so they take effect.
 3. Patch :data:`os.environ` (so ``os.getenv``, C ``getenv`` and child processes see the values).
 4. Write the snapshot's hash to the file named by ``APPLIANCE_READY_FILE`` (if set): the
@@ -22,9 +22,9 @@ SIGINT), whatever the user code returned after it.
 Warm mode: ``python -m cerebras_appliance.worker --warm``. The worker of a pool, started
 before any job exists: it imports the modules named in ``APPLIANCE_WARM_IMPORTS``
 (comma-separated), writes the file named by ``APPLIANCE_IDLE_FILE`` (idle and ready to be
-claimed), and waits for exactly one claim (:mod:`cerebras_appliance.claim`) on its channel:
+claimed), and waits for exactly one claim (:mod:`cerebras_appliance.contract.claim`) on its channel:
 the pipe ``APPLIANCE_CLAIM_FD`` (local backend: only the pool's owner holds its other end) or
-a mutually authenticated TLS listener (Kubernetes, :mod:`cerebras_appliance.channel`). The
+a mutually authenticated TLS listener (Kubernetes, :mod:`cerebras_appliance.contract.channel`). The
 channel is closed once a claim arrives (a second or replayed claim finds nothing to talk to);
 the claim's plumbing variables are set, its snapshot written to a private file, and from there
 the worker runs steps 1-5 above unchanged. ``APPLIANCE_WARM_STARTUP_VARS`` (comma-separated)
@@ -53,22 +53,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import FrameType
 
-from cerebras_appliance import claim as claims
-from cerebras_appliance import envfile
-from cerebras_appliance.entrypoints import entrypoint_problem, is_script_entrypoint
+from cerebras_appliance.contract import claim as claims
+from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.contract.entrypoints import entrypoint_problem, is_script_entrypoint
+from cerebras_appliance.contract.names import (
+    CLAIM_FD_VAR,
+    IDLE_FILE_VAR,
+    POOL_WORKER_VAR,
+    REEXEC_MARKER,
+    STATE_DIR_VAR,
+    WARM_FLAG,
+    WARM_IMPORTS_VAR,
+    WARM_STARTUP_VARS_VAR,
+)
 
 EXIT_USAGE = 2
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
-REEXEC_MARKER = "APPLIANCE_WORKER_REEXECUTED"
-WARM_FLAG = "--warm"
-WARM_IMPORTS_VAR = "APPLIANCE_WARM_IMPORTS"
-WARM_STARTUP_VARS_VAR = "APPLIANCE_WARM_STARTUP_VARS"
-IDLE_FILE_VAR = "APPLIANCE_IDLE_FILE"
-CLAIM_FD_VAR = "APPLIANCE_CLAIM_FD"
-#: Where a warm worker writes a snapshot it received (default: the temp directory).
-STATE_DIR_VAR = "APPLIANCE_STATE_DIR"
-#: The warm worker's own name: a claim naming another worker is refused.
-POOL_WORKER_VAR = "APPLIANCE_POOL_WORKER"
 #: Warm-mode plumbing removed before the user's code runs.
 WARM_VARS = (
     WARM_IMPORTS_VAR,
@@ -77,9 +77,9 @@ WARM_VARS = (
     CLAIM_FD_VAR,
     STATE_DIR_VAR,
     POOL_WORKER_VAR,
-    "APPLIANCE_CLAIM_TLS_DIR",
-    "APPLIANCE_CLAIM_PORT",
-    "APPLIANCE_CLAIM_HOST",
+    names.CLAIM_TLS_DIR_VAR,
+    names.CLAIM_PORT_VAR,
+    names.CLAIM_HOST_VAR,
 )
 PREFIX = "appliance worker:"
 
@@ -263,7 +263,7 @@ def _read_claim_fd(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _warm(argv: list[str]) -> int:
+def _warm(argv: list[str]) -> int:  # noqa: PLR0912
     """Warm mode: preload, become idle, accept one claim, then run the cold path."""
     if argv:
         _log(f"{WARM_FLAG} takes no other arguments (the claim names the entrypoint)")
@@ -287,7 +287,7 @@ def _warm(argv: list[str]) -> int:
         data = _read_claim_fd(int(fd_text))
         reply = None
     else:
-        from cerebras_appliance import channel
+        from cerebras_appliance.contract import channel
 
         try:
             server = channel.ClaimServer.from_environ(os.environ)
@@ -347,9 +347,9 @@ def _take_claim(claim: claims.Claim) -> str:
         fd, path = tempfile.mkstemp(prefix="env-", suffix=".json", dir=directory)  # 0600
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(claim.snapshot)
-        os.environ[envfile.ENV_FILE_VAR] = path
+        os.environ[names.ENV_FILE_VAR] = path
     else:
-        snapshot = envfile.read(os.environ[envfile.ENV_FILE_VAR])
+        snapshot = envfile.read(os.environ[names.ENV_FILE_VAR])
     if not envfile.verify(snapshot):
         raise claims.ClaimError("the snapshot's envHash is not its values' HMAC under its key")
     return snapshot.env_hash
@@ -362,9 +362,9 @@ def _main(argv: list[str], extra_startup: frozenset[str] = frozenset()) -> int:
         _log(f"entrypoint {problem}")
         return EXIT_USAGE
 
-    path = os.environ.get(envfile.ENV_FILE_VAR)
+    path = os.environ.get(names.ENV_FILE_VAR)
     if not path:
-        _log(f"{envfile.ENV_FILE_VAR} is not set: it must name the env snapshot file")
+        _log(f"{names.ENV_FILE_VAR} is not set: it must name the env snapshot file")
         return EXIT_CONFIG
     try:
         snapshot = envfile.read(path)
@@ -383,12 +383,8 @@ def _main(argv: list[str], extra_startup: frozenset[str] = frozenset()) -> int:
     os.environ.pop(REEXEC_MARKER, None)
 
     apply(snapshot.env)
-    ready = os.environ.get(envfile.READY_FILE_VAR)
+    ready = os.environ.get(names.READY_FILE_VAR)
     if ready:
         write_ready_marker(ready, snapshot.env_hash)
     _log(f"applied {len(snapshot.env)} variables ({snapshot.env_hash}); running {entrypoint}")
     return run_user_code(entrypoint, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,11 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from appliance_operator import desired
-from appliance_operator.kubeapi import ApiError, KubeApi
-from appliance_operator.metrics import Metrics
-from appliance_operator.observe import JobView, PodView, job_view, pod_view
-from appliance_operator.poolcontroller import PoolController, PoolSnapshot, pool_uid_of
-from appliance_operator.reconcile import (
+from appliance_operator.job.plan import (
     ENV_RESOLVED,
     REPLICA_FAILURE,
     VALID,
@@ -37,16 +33,14 @@ from appliance_operator.reconcile import (
     Plan,
     plan,
 )
-from cerebras_appliance import envfile
-from cerebras_appliance.api import (
-    API_VERSION,
-    AWAITING_VALUES_ANNOTATION,
-    KIND,
-    Condition,
-    ExecuteJobStatus,
-    InvalidJobError,
-)
-from cerebras_appliance.status import now_rfc3339
+from appliance_operator.kubeapi import ApiError, KubeApi
+from appliance_operator.metrics import Metrics
+from appliance_operator.observe import JobView, PodView, job_view, pod_view
+from appliance_operator.pool.controller import PoolController, PoolSnapshot, pool_uid_of
+from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.contract.api import KIND, Condition, ExecuteJobStatus, InvalidJobError
+from cerebras_appliance.contract.names import API_VERSION, AWAITING_VALUES_ANNOTATION
+from cerebras_appliance.contract.status import now_rfc3339
 
 logger = logging.getLogger("appliance_operator")
 
@@ -276,7 +270,7 @@ class Controller:
         written = memory.written
         return written if written is not None and job.resource_version in written.older else None
 
-    def _reconcile(
+    def _reconcile(  # noqa: PLR0912, PLR0915
         self,
         job: JobView,
         pods: Sequence[PodView],
@@ -486,7 +480,7 @@ class Controller:
             memory.last_warning = f"{reason}:{message}"
             self._post_event(job, Event("Warning", reason, message))
 
-    def _ensure_secret(self, job: JobView, memory: JobMemory) -> bool | None:
+    def _ensure_secret(self, job: JobView, memory: JobMemory) -> bool | None:  # noqa: PLR0912
         """Write ``<job>-env`` (resolving secretKeyRefs); True when it is in place."""
         name = desired.env_secret_name(job.name)
         awaiting = job.job.metadata.annotations.get(AWAITING_VALUES_ANNOTATION)
@@ -558,8 +552,8 @@ class Controller:
                 env_hash = found.env_hash
             else:
                 ours = (
-                    labels.get(desired.MANAGED_BY_LABEL) == desired.MANAGED_BY
-                    and labels.get(desired.JOB_NAME_LABEL) == job.name
+                    labels.get(names.MANAGED_BY_LABEL) == names.MANAGED_BY
+                    and labels.get(names.JOB_NAME_LABEL) == job.name
                 )
                 if ours and _owner_uids(existing):
                     # Left by an earlier job of the same name: the garbage collector deletes
@@ -676,14 +670,14 @@ class Controller:
                 f"pod {name} already exists and does not belong to this job; delete or rename "
                 "it (the operator needs that name for a worker)"
             )
-        if labels.get(desired.MANAGED_BY_LABEL) != desired.MANAGED_BY:
+        if labels.get(names.MANAGED_BY_LABEL) != names.MANAGED_BY:
             # Invisible to the operator's watch, so its outcome cannot be tracked: release its
             # finalizer now, or deleting it (or its namespace) would hang.
             uid = str(meta.get("uid") or "")
-            if desired.TRACKING_FINALIZER in (meta.get("finalizers") or ()):
+            if names.TRACKING_FINALIZER in (meta.get("finalizers") or ()):
                 self._release(job.namespace, _unseen(name, uid, job.name), None)
             return (
-                f"worker pod {name} lost its label {desired.MANAGED_SELECTOR}, so the operator "
+                f"worker pod {name} lost its label {names.MANAGED_SELECTOR}, so the operator "
                 "cannot see it; restore the label or delete the pod"
             )
         return ""
@@ -729,7 +723,7 @@ class Controller:
     def _release(self, namespace: str, pod: PodView, memory: JobMemory | None) -> None:
         """Remove the tracking finalizer: the pod's outcome is counted (or never will be)."""
         try:
-            self.api.remove_finalizer(namespace, pod.name, pod.uid, desired.TRACKING_FINALIZER)
+            self.api.remove_finalizer(namespace, pod.name, pod.uid, names.TRACKING_FINALIZER)
         except ApiError as exc:
             if exc.code == 403:
                 # Retrying cannot help until the grant is back: say what happened and what to
@@ -746,7 +740,7 @@ class Controller:
                     namespace,
                     pod.job_name,
                     pod.name,
-                    desired.TRACKING_FINALIZER,
+                    names.TRACKING_FINALIZER,
                     pod.name,
                     namespace,
                 )
@@ -826,8 +820,8 @@ class Controller:
             "firstTimestamp": stamp,
             "lastTimestamp": stamp,
             "count": 1,
-            "source": {"component": desired.MANAGED_BY},
-            "reportingComponent": desired.MANAGED_BY,
+            "source": {"component": names.MANAGED_BY},
+            "reportingComponent": names.MANAGED_BY,
             "reportingInstance": self._instance,
         }
         if self._events is None:

@@ -1,5 +1,5 @@
 """Warm pools, the pure part: what a pool's pods are, how many to start or remove, which idle
-pods a job claims (like :mod:`appliance_operator.reconcile`, no API call here).
+pods a job claims (like :mod:`appliance_operator.job.plan`, no API call here).
 
 * A pool pod is idle (label ``appliance.dev/pool-state=idle``, owned by the WorkerPool) until
   a job claims it: one merge patch with the observed ``resourceVersion`` as precondition
@@ -21,21 +21,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance_operator.desired import (
-    CLAIM_CONFIRMED_ANNOTATION,
     CLAIMED,
-    CLAIMED_FOR_ANNOTATION,
-    CONTAINER_NAME,
     IDLE,
-    JOB_NAME_LABEL,
-    MANAGED_BY,
-    MANAGED_BY_LABEL,
-    POOL_NAME_LABEL,
-    POOL_STATE_LABEL,
     WorkerId,
     controller_uid,
     pool_selector,
 )
-from cerebras_appliance.api import Condition, ExecuteJobSpec, WorkerPool, WorkerPoolStatus
+from cerebras_appliance.contract.api import Condition, ExecuteJobSpec, WorkerPool, WorkerPoolStatus
+from cerebras_appliance.contract.names import (
+    CLAIM_CONFIRMED_ANNOTATION,
+    CLAIMED_FOR_ANNOTATION,
+    CONTAINER_NAME,
+    JOB_NAME_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    POOL_NAME_LABEL,
+    POOL_SPEC_HASH_ANNOTATION,
+    POOL_STATE_LABEL,
+)
 
 #: The job condition about its pool.
 POOL_CLAIM = "PoolClaim"
@@ -46,9 +49,6 @@ WARM_START_FAILED = "WarmStartFailed"
 CLAIMS_DELIVERED = "ClaimsDelivered"
 #: True while the API server refuses the pool's idle pods (as a ReplicaSet's).
 REPLICA_FAILURE = "ReplicaFailure"
-#: On every idle pod: the hash of the pool's spec it was made from (image, template, imports,
-#: startupVariables). An idle pod of another hash is replaced and never claimed.
-POOL_SPEC_HASH_ANNOTATION = "appliance.dev/pool-spec-hash"
 
 
 def pool_spec_hash(pool: WorkerPool) -> str:

@@ -2,14 +2,11 @@
 
 Each worker runs the very entrypoint a pod runs (``python -m cerebras_appliance.worker``) with
 the same env snapshot file. Workers start from a minimal base environment (see
-:data:`BASE_ENV_KEYS`), never from the caller's, so a variable set only through ``os.environ``
-is invisible to them, exactly as on a cluster.
+:data:`.state.BASE_ENV_KEYS`), never from the caller's, so a variable set only through
+``os.environ`` is invisible to them, exactly as on a cluster.
 
-Job directories (the env file, readiness markers, logs) live in a per-user 0700 directory on
-a memory-backed file system when there is one (``/dev/shm``), else in the temp directory:
-:func:`state_root`. Each records its owner (pid and process start time); a directory whose
-owner is gone (a caller killed with SIGKILL never runs its clean-up) is removed by the next
-local job started by that user, so its values do not stay behind.
+Job directories (the env file, readiness markers, logs) are private directories of
+:mod:`.state`, swept when their owner is gone.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -31,149 +27,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from cerebras_appliance import claim as claims
-from cerebras_appliance import envfile
-from cerebras_appliance.api import ExecuteJob, ExecuteJobStatus, worker_name
-from cerebras_appliance.handle import AttemptRef, JobDeletedError, JobHandle, _split_lines
-from cerebras_appliance.lifecycle import Attempt, decide
+from cerebras_appliance.backends.local.state import base_environment, private_dir_for
+from cerebras_appliance.contract import claim as claims
+from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.contract.api import ExecuteJob, ExecuteJobStatus, worker_name
+from cerebras_appliance.contract.lifecycle import Attempt, decide
+from cerebras_appliance.contract.names import WORKER_VARS
+from cerebras_appliance.handle import AttemptRef, JobDeletedError, JobHandle, split_lines
 
 if TYPE_CHECKING:
-    from cerebras_appliance.pool import LocalPool, PoolWorker
+    from cerebras_appliance.backends.local.pool import ProcessPool, WarmProcess
 
-#: The only variables a local worker inherits from the caller (when the caller has them):
-#: what a process needs to run at all. Everything else reaches it through the snapshot.
-BASE_ENV_KEYS: tuple[str, ...] = (
-    "PATH",
-    "HOME",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TMPDIR",
-    "SYSTEMROOT",
-)
-#: Set for every local worker (as the operator sets them for a pod).
-WORKER_VARS = ("APPLIANCE_JOB_NAME", "APPLIANCE_WORKER_NAME", "APPLIANCE_WORKER_INDEX")
 
 _TERMINATE_GRACE_SECONDS = 5.0
 _POLL_SECONDS = 0.02
 _FOLLOW_POLL_SECONDS = 0.05
-#: Memory-backed file systems tried first for job directories (values never reach a disk).
-MEMORY_DIRS: tuple[str, ...] = ("/dev/shm",)
-OWNER_FILE = "owner"
-#: A job directory without an owner file is being created: left alone this long.
-_UNOWNED_GRACE_SECONDS = 60.0
-
-
-def _start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot ("" when unknown): with the pid,
-    it names one process, even after the pid is reused."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return fields[19] if len(fields) > 19 else ""
-
-
-def _alive(pid: int, start: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process now: not ours, but do not guess
-    return not start or _start_time(pid) in ("", start)
-
-
-def _private_dir(path: Path) -> bool:
-    """``path`` is a real directory of ours that nobody else may enter (creating it)."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    try:
-        st = path.lstat()
-    except OSError:
-        return False
-    return (
-        not path.is_symlink()
-        and path.is_dir()
-        and st.st_uid == os.getuid()
-        and st.st_mode & 0o077 == 0
-    )
-
-
-def state_root() -> Path | None:
-    """The per-user directory of local job directories: ``appliance-<uid>`` in the first of
-    :data:`MEMORY_DIRS` that is usable, else in the temp directory. None when neither is safe
-    (then each job gets a private temp directory, and nothing is swept)."""
-    bases = [Path(d) for d in MEMORY_DIRS if os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK)]
-    bases.append(Path(tempfile.gettempdir()))
-    for base in bases:
-        root = base / f"appliance-{os.getuid()}"
-        try:
-            if _private_dir(root):
-                return root
-        except OSError:
-            continue
-    return None
-
-
-def sweep_stale(root: Path, *, now: float | None = None) -> list[Path]:
-    """Remove the job directories in ``root`` whose owner process is gone; return them."""
-    removed: list[Path] = []
-    now = time.time() if now is None else now
-    try:
-        entries = list(os.scandir(root))
-    except OSError:
-        return removed
-    for entry in entries:
-        if not entry.is_dir(follow_symlinks=False):
-            continue
-        path = Path(entry.path)
-        try:
-            pid_text, _, start = (path / OWNER_FILE).read_text().partition(" ")
-            stale = not _alive(int(pid_text), start.strip())
-        except (OSError, ValueError):
-            # No owner file yet (another process is creating the job), or an unreadable or
-            # garbled one: stale only once it is older than the grace period.
-            try:
-                age = now - entry.stat(follow_symlinks=False).st_mtime
-            except OSError:
-                continue
-            stale = age > _UNOWNED_GRACE_SECONDS
-        if stale:
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def private_dir_for(name: str) -> Path:
-    """A new private directory for one job (or pool), owned by this process (stale ones
-    swept)."""
-    root = state_root()
-    if root is None:
-        return Path(tempfile.mkdtemp(prefix=f"appliance-{name}-"))
-    sweep_stale(root)
-    path = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=root))
-    # Written whole or not at all: a sweep in another process never reads half an owner.
-    partial = path / f".{OWNER_FILE}.partial"
-    partial.write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
-    os.replace(partial, path / OWNER_FILE)
-    return path
-
-
-def base_environment(source: Mapping[str, str]) -> dict[str, str]:
-    """The minimal environment a local worker starts from."""
-    env = {key: source[key] for key in BASE_ENV_KEYS if key in source}
-    env.setdefault("PATH", os.defpath)
-    env["PYTHONUNBUFFERED"] = "1"  # logs appear as they are written
-    return env
 
 
 @dataclass
-class _Worker:
+class _Process:
     """One attempt of one worker: a subprocess, its readiness marker and its log."""
 
     index: int
@@ -230,7 +102,7 @@ class LocalJob(JobHandle):
         workdir: str | os.PathLike[str] | None = None,
         python: str = sys.executable,
         caller_environ: Mapping[str, str] | None = None,
-        pool: LocalPool | None = None,
+        pool: ProcessPool | None = None,
     ) -> None:
         if job.metadata.name is None:
             raise ValueError("metadata.name: a local job needs a name")
@@ -246,7 +118,7 @@ class LocalJob(JobHandle):
         self._dir = private_dir_for(self.name)
         self._env_file = self._dir / "env.json"
         envfile.write(self._env_file, list(env), self.env_hash, self._env_key)
-        self._workers: list[_Worker] = []
+        self._workers: list[_Process] = []
         self._status: ExecuteJobStatus | None = None
         self._deleted = False
         self._poll_interval = 0.05
@@ -310,7 +182,7 @@ class LocalJob(JobHandle):
         with self._lock:
             return [AttemptRef(w.index, w.attempt, w.name) for w in self._workers]
 
-    def _worker(self, name: str) -> _Worker:
+    def _worker(self, name: str) -> _Process:
         with self._lock:
             return next(w for w in self._workers if w.name == name)
 
@@ -341,7 +213,7 @@ class LocalJob(JobHandle):
                 exited = worker.proc is None or worker.proc.poll() is not None
                 data = handle.read(65536)
                 if data:
-                    lines, rest = _split_lines(rest, decoder.decode(data))
+                    lines, rest = split_lines(rest, decoder.decode(data))
                     yield from lines
                     continue
                 if exited:
@@ -398,9 +270,9 @@ class LocalJob(JobHandle):
             self._escalate()
             return decision.status
 
-    def _start(self, index: int, attempt: int, warm: PoolWorker | None = None) -> None:
+    def _start(self, index: int, attempt: int, warm: WarmProcess | None = None) -> None:
         name = worker_name(self.name, index, attempt)
-        worker = _Worker(
+        worker = _Process(
             index=index,
             attempt=attempt,
             name=name,
@@ -409,8 +281,8 @@ class LocalJob(JobHandle):
             warm=warm is not None,
         )
         plumbing = {
-            envfile.ENV_FILE_VAR: str(self._env_file),
-            envfile.READY_FILE_VAR: str(worker.ready_file),
+            names.ENV_FILE_VAR: str(self._env_file),
+            names.READY_FILE_VAR: str(worker.ready_file),
             **dict(zip(WORKER_VARS, (self.name, name, str(index)), strict=True)),
         }
         spec = self.job.spec
@@ -445,7 +317,7 @@ class LocalJob(JobHandle):
         self._workers.append(worker)
 
     @staticmethod
-    def _stop(worker: _Worker) -> None:
+    def _stop(worker: _Process) -> None:
         """SIGTERM to the worker's group, as the kubelet does to a deleted pod."""
         if worker.stop_sent is None and worker.proc is not None and worker.exit_code is None:
             worker.stop_sent = time.monotonic()
@@ -474,7 +346,7 @@ class LocalJob(JobHandle):
         with contextlib.suppress(subprocess.TimeoutExpired):
             procs[0].wait(timeout=seconds)
 
-    def _stop_and_wait(self, workers: Sequence[_Worker]) -> None:
+    def _stop_and_wait(self, workers: Sequence[_Process]) -> None:
         running = [w for w in workers if w.proc is not None and w.exit_code is None]
         for worker in running:
             self._stop(worker)
@@ -488,7 +360,7 @@ class LocalJob(JobHandle):
             worker.observe()
 
     @staticmethod
-    def _close_log(worker: _Worker) -> None:
+    def _close_log(worker: _Process) -> None:
         if worker.log_handle is not None:
             worker.log_handle.close()
             worker.log_handle = None

@@ -21,12 +21,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-ENV_FILE_VAR = "APPLIANCE_ENV_FILE"
-READY_FILE_VAR = "APPLIANCE_READY_FILE"
+from cerebras_appliance.contract.names import (
+    API_VERSION,
+)
+
 SNAPSHOT_KIND = "EnvSnapshot"
-SNAPSHOT_API_VERSION = "appliance.dev/v1alpha1"
-#: Key of the env file inside the operator's per-job Secret.
-SECRET_KEY = "env.json"
 
 #: Variables read only when the interpreter or the dynamic loader starts, or when a native
 #: runtime initialises. Setting them in a running process is too late, so the worker
@@ -114,7 +113,7 @@ def verify(snapshot: Snapshot) -> bool:
 def dumps(env: Sequence[tuple[str, str]], env_hash: str, env_key: str = "") -> str:
     """Serialise a resolved snapshot (values and key included): the env file's content."""
     document: dict[str, object] = {
-        "apiVersion": SNAPSHOT_API_VERSION,
+        "apiVersion": API_VERSION,
         "kind": SNAPSHOT_KIND,
         "envHash": env_hash,
     }

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from cerebras_appliance.api import ExecuteJobSpec, ExecuteJobStatus
-from cerebras_appliance.status import (
+from cerebras_appliance.contract.api import ExecuteJobSpec, ExecuteJobStatus
+from cerebras_appliance.contract.status import (
     Observation,
     WorkerPhase,
     WorkerState,

@@ -1,0 +1,1 @@
+"""ExecuteJobs: :mod:`.plan` decides (pure), :mod:`.controller` executes."""
