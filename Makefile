@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 .PHONY: help venv demo test unit integration e2e lint bench crds clean
 
 include hack/cluster/cluster.mk
-include hack/kind.mk
+include hack/kind/kind.mk
 
 help:
 	@echo "make demo   - run the docs example on the local backend (no cluster needed)"
@@ -62,10 +62,10 @@ integration: $(STAMP) cluster-build
 # `make kind-e2e-up`, is reused and kept); the project's dockerd is stopped afterwards when this
 # target started it and nothing runs in it.
 e2e: $(STAMP) cluster-build
-	@own=$$(bash hack/kind/dockerd.sh status && echo yes); \
+	@own=$$(bash hack/offline/dockerd.sh status && echo yes); \
 	bash hack/kind/up.sh --prepare --images || exit $$?; \
 	rc=0; $(PY) -m pytest tests/e2e --durations=12 $(PYTEST_ARGS) || rc=$$?; \
-	[ -n "$$own" ] || bash hack/kind/dockerd.sh down --if-idle; exit $$rc
+	[ -n "$$own" ] || bash hack/offline/dockerd.sh down --if-idle; exit $$rc
 
 # cluster-build first: the chart's unit tests use the pinned helm it builds, and a cold build
 # (about 13 minutes on 2 cores) must not run inside a test's timeout. The e2e tests' kind

@@ -37,6 +37,7 @@ from appliance_operator.testing import OperatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KIND_SCRIPTS = REPO_ROOT / "hack" / "kind"
+OFFLINE_SCRIPTS = REPO_ROOT / "hack" / "offline"  # the project's own dockerd
 KIND_STATE = Path(os.environ.get("APPLIANCE_KIND_STATE") or REPO_ROOT / ".kind")
 CLUSTER = os.environ.get("APPLIANCE_BENCH_KIND_CLUSTER", "appliance-bench")
 KUBECONFIG = KIND_STATE / f"{CLUSTER}.kubeconfig"
@@ -60,8 +61,8 @@ def now() -> int:
 
 @functools.cache
 def bindir() -> str:
-    """The pinned kubectl's directory (hack/cluster/build.sh builds it once)."""
-    build = REPO_ROOT / "hack" / "cluster" / "build.sh"
+    """The pinned kubectl's directory (hack/offline/cluster-build/build.sh builds it once)."""
+    build = REPO_ROOT / "hack" / "offline" / "cluster-build" / "build.sh"
     return (
         subprocess.run(["bash", str(build)], capture_output=True, text=True, check=True)
         .stdout.strip()
@@ -273,7 +274,7 @@ def main() -> int:
     parser.add_argument("--vars", type=int, default=20, help="tracked variables in the job")
     args = parser.parse_args()
     own_docker = subprocess.run(
-        ["bash", str(KIND_SCRIPTS / "dockerd.sh"), "status"], capture_output=True, check=False
+        ["bash", str(OFFLINE_SCRIPTS / "dockerd.sh"), "status"], capture_output=True, check=False
     )
     t = now()
     up = subprocess.run(

@@ -1,5 +1,7 @@
 # shellcheck shell=bash
-# Shared helpers for hack/cluster/*.sh. Source it from a script that has `set -euo pipefail`.
+# Shared helpers for hack/cluster/*.sh (the local control plane) and for the build of its
+# binaries, hack/offline/cluster-build/build.sh. Source it from a script that has
+# `set -euo pipefail`.
 #
 # Environment (all optional):
 #   APPLIANCE_OPERATOR_CACHE        cache root (default: $XDG_CACHE_HOME or $HOME/.cache, + /appliance-operator)
@@ -8,18 +10,21 @@
 
 CLUSTER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$CLUSTER_DIR/../.." && pwd)
+# Where the binaries are built from (versions.env and the wrapper modules k8s/ and etcd/): from
+# source, through the Go module proxy, as nothing can be downloaded ready-made here.
+CLUSTER_BUILD_DIR=$REPO_ROOT/hack/offline/cluster-build
 CACHE_ROOT=${APPLIANCE_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/appliance-operator}
 STATE_DIR=${APPLIANCE_OPERATOR_CLUSTER_DIR:-$REPO_ROOT/.cluster}
 
-# shellcheck source=hack/cluster/versions.env
-. "$CLUSTER_DIR/versions.env"
+# shellcheck source=hack/offline/cluster-build/versions.env
+. "$CLUSTER_BUILD_DIR/versions.env"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# Cache key: everything that decides what the binaries are.
+# Cache key: everything that decides what the binaries are (the files' contents, not their paths).
 cluster_key() {
-  (cd "$CLUSTER_DIR" && cat versions.env k8s/go.mod k8s/go.sum k8s/*.go etcd/go.mod etcd/go.sum etcd/*.go) |
+  (cd "$CLUSTER_BUILD_DIR" && cat versions.env k8s/go.mod k8s/go.sum k8s/*.go etcd/go.mod etcd/go.sum etcd/*.go) |
     sha256sum | cut -c1-16
 }
 

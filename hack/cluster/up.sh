@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start a single-node Kubernetes control plane on 127.0.0.1 (etcd, kube-apiserver,
-# kube-controller-manager, kube-scheduler), optionally with kwok fake nodes.
+# kube-controller-manager, kube-scheduler), optionally with kwok fake nodes. The binaries come
+# from hack/offline/cluster-build/build.sh (built once when missing, cached outside the repo).
 #
 # Usage: hack/cluster/up.sh
 # Environment:
@@ -166,7 +167,7 @@ EOF
 
 # --- kwok fake nodes ----------------------------------------------------------------------
 start_kwok() {
-  [[ -f $BIN_DIR/kwok-stages.yaml ]] || die "missing $BIN_DIR/kwok-stages.yaml; re-run hack/cluster/build.sh"
+  [[ -f $BIN_DIR/kwok-stages.yaml ]] || die "missing $BIN_DIR/kwok-stages.yaml; re-run hack/offline/cluster-build/build.sh"
   # Nodes annotated kwok.x-k8s.io/node=fake are kwok's; pods bound to them get fake IPs from --cidr
   # (no traffic is ever sent to them).
   start kwok --kubeconfig="$KUBECONFIG_ADMIN" --config="$BIN_DIR/kwok-stages.yaml" \
@@ -242,7 +243,7 @@ if [[ -d $STATE_DIR ]]; then
   rm -rf "$STATE_DIR"
 fi
 
-BIN_DIR=$(bash "$CLUSTER_DIR/build.sh")
+BIN_DIR=$(bash "$CLUSTER_BUILD_DIR/build.sh")
 step "binaries: $BIN_DIR"
 
 mkdir -p "$STATE_DIR"/{pids,logs,kubeconfigs,etcd,cert-dirs}

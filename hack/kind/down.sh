@@ -19,7 +19,7 @@ while (($#)); do
   esac
 done
 
-if ! env_line=$(bash "$KIND_DIR/dockerd.sh" env 2>/dev/null); then
+if ! env_line=$(bash "$OFFLINE_DIR/dockerd.sh" env 2>/dev/null); then
   log "no Docker daemon answers: no kind cluster to delete"
   exit 0
 fi
@@ -32,10 +32,10 @@ else
   log "no kind cluster named $NAME"
 fi
 rm -f "$KIND_STATE/$NAME.kubeconfig" "$KIND_STATE/$NAME.kind.yaml"
-if [[ -z $KEEP_DOCKER ]] && bash "$KIND_DIR/dockerd.sh" status; then
+if [[ -z $KEEP_DOCKER ]] && bash "$OFFLINE_DIR/dockerd.sh" status; then
   left=$("$KIND" get clusters 2>/dev/null || true)
   if [[ -z $left ]]; then
-    bash "$KIND_DIR/dockerd.sh" down
+    bash "$OFFLINE_DIR/dockerd.sh" down
   else
     log "the project's dockerd keeps running for the kind clusters: $(paste -sd' ' <<<"$left")"
   fi

@@ -24,10 +24,10 @@ case ${1:-} in
     mkdir -p "$KIND_STATE"
     rm -f "$BG".out "$BG".log "$BG".rc "$BG".own-docker "$BG".made
     # Ours afterwards only if no dockerd of the project's ran before.
-    bash "$KIND_DIR/dockerd.sh" status || touch "$BG".own-docker
+    bash "$OFFLINE_DIR/dockerd.sh" status || touch "$BG".own-docker
     # The slow, cached steps in the foreground (their output is the user's to see).
     bash "$KIND_DIR/up.sh" --prepare --images >/dev/null
-    eval "export $(bash "$KIND_DIR/dockerd.sh" env)"
+    eval "export $(bash "$OFFLINE_DIR/dockerd.sh" env)"
     [[ -n $DOCKER_HOST ]] || unset DOCKER_HOST
     # Deleted by `stop` only if there was none of that name before (even if its start failed).
     "$KIND" get clusters 2>/dev/null | grep -x "$NAME" >/dev/null || touch "$BG".made
@@ -61,7 +61,7 @@ case ${1:-} in
       [[ -f $BG.own-docker ]] || args+=(--keep-docker)
       bash "$KIND_DIR/down.sh" "${args[@]}"
     elif [[ -f $BG.own-docker ]]; then
-      bash "$KIND_DIR/dockerd.sh" down --if-idle
+      bash "$OFFLINE_DIR/dockerd.sh" down --if-idle
     fi
     rm -f "$BG".out "$BG".rc "$BG".own-docker "$BG".made
     ;;

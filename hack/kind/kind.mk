@@ -34,11 +34,12 @@ HELM_ARGS ?=
 KUBE_CONTEXT ?=
 
 KIND_MK_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
-KIND_MK_REPO := $(patsubst %/,%,$(dir $(KIND_MK_DIR)))
+KIND_MK_REPO := $(patsubst %/,%,$(dir $(patsubst %/,%,$(dir $(KIND_MK_DIR)))))
 CHART_DIR := $(KIND_MK_REPO)/charts/appliance-operator
 CRD_SOURCE := $(KIND_MK_REPO)/crds/executejobs.yaml
-# helm and kubectl: the ones on PATH, else the pinned ones hack/cluster/build.sh builds.
-KIND_MK_BIN = $(shell bash $(KIND_MK_REPO)/hack/cluster/build.sh --print-bindir)
+# helm and kubectl: the ones on PATH, else the pinned ones hack/offline/cluster-build/build.sh
+# builds.
+KIND_MK_BIN = $(shell bash $(KIND_MK_REPO)/hack/offline/cluster-build/build.sh --print-bindir)
 HELM ?= $(or $(shell command -v helm),$(KIND_MK_BIN)/helm)
 KUBECTL ?= $(or $(shell command -v kubectl),$(KIND_MK_BIN)/kubectl)
 export IMAGE_TAG OPERATOR_REPOSITORY WORKER_REPOSITORY USER_REPOSITORY
@@ -53,13 +54,13 @@ kind_mk_dockerfiles = @for f in $(WORKER_DOCKERFILE) $(OPERATOR_DOCKERFILE); do 
 
 # The images, from images/*.Dockerfile (a local Debian base where none can be pulled).
 docker-images:
-	bash $(KIND_MK_REPO)/hack/kind/images.sh $(IMAGE_TAG)
+	bash $(KIND_MK_DIR)/images.sh $(IMAGE_TAG)
 
 # Docker (yours, else the project's own dockerd), kind (built once from the Go module proxy),
 # the cluster (kind's node image, else one assembled locally), the images, kind load, helm.
 # Writes the cluster's context into your kubeconfig, as `kind create cluster` does.
 kind-up:
-	@command -v helm >/dev/null && command -v kubectl >/dev/null || bash $(KIND_MK_REPO)/hack/cluster/build.sh >/dev/null
+	@command -v helm >/dev/null && command -v kubectl >/dev/null || bash $(KIND_MK_REPO)/hack/offline/cluster-build/build.sh >/dev/null
 	bash $(KIND_MK_REPO)/hack/kind/up.sh --name $(KIND_CLUSTER) --workers $(KIND_WORKERS) --images
 	$(call chart_install,kind-$(KIND_CLUSTER))
 

@@ -47,15 +47,15 @@ done
 t0=$SECONDS
 step() { log "kind: $* (t+$((SECONDS - t0))s)"; }
 
-eval "export $(bash "$KIND_DIR/dockerd.sh" up)"
+eval "export $(bash "$OFFLINE_DIR/dockerd.sh" up)"
 [[ -n $DOCKER_HOST ]] || unset DOCKER_HOST
 mkdir -p "$KIND_STATE"
 KUBECONFIG_COPY=$KIND_STATE/$NAME.kubeconfig
-bash "$KIND_DIR/tools.sh" --kind-only >/dev/null
+bash "$OFFLINE_DIR/tools.sh" --kind-only >/dev/null
 # kubectl: the pinned one when it is built (or can be: a local node image needs the build anyway),
 # else the one on PATH.
-if bash "$CLUSTER_DIR/build.sh" --check || ! command -v kubectl >/dev/null; then
-  KUBECTL=$(bash "$CLUSTER_DIR/build.sh" | tail -n 1)/kubectl
+if bash "$CLUSTER_BUILD_DIR/build.sh" --check || ! command -v kubectl >/dev/null; then
+  KUBECTL=$(bash "$CLUSTER_BUILD_DIR/build.sh" | tail -n 1)/kubectl
 else
   KUBECTL=$(command -v kubectl)
 fi
@@ -87,12 +87,12 @@ node_image() {
       echo "$image"
       return 0
     fi
-    log "kind's node image cannot be pulled here: using one assembled locally (hack/kind/node-image.sh)"
+    log "kind's node image cannot be pulled here: using one assembled locally (hack/offline/node-image.sh)"
     image=local
   fi
   if [[ $image == local ]]; then
-    bash "$KIND_DIR/tools.sh" >/dev/null
-    image=$(bash "$KIND_DIR/node-image.sh" | tail -n 1)
+    bash "$OFFLINE_DIR/tools.sh" >/dev/null
+    image=$(bash "$OFFLINE_DIR/node-image.sh" | tail -n 1)
   fi
   echo "$image"
 }

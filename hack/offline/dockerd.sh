@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A Docker daemon for kind: the one the user has, else the project's own.
 #
-# Usage: hack/kind/dockerd.sh up     make sure a daemon answers; print DOCKER_HOST=... (may be empty)
-#        hack/kind/dockerd.sh env    print DOCKER_HOST=... for the daemon to use (starts nothing)
-#        hack/kind/dockerd.sh down [--if-idle]   stop the project's own dockerd (if it runs;
-#                                    --if-idle: only when no container runs in it)
-#        hack/kind/dockerd.sh status exit 0 when the project's own dockerd runs
+# Usage: hack/offline/dockerd.sh up     make sure a daemon answers; print DOCKER_HOST=... (may be empty)
+#        hack/offline/dockerd.sh env    print DOCKER_HOST=... for the daemon to use (starts nothing)
+#        hack/offline/dockerd.sh down [--if-idle]   stop the project's own dockerd (if it runs;
+#                                       --if-idle: only when no container runs in it)
+#        hack/offline/dockerd.sh status exit 0 when the project's own dockerd runs
 #
 # Which daemon: $DOCKER_HOST if set; else the project's own if it runs; else the default socket
 # if a daemon answers there (a laptop with Docker: nothing is started); else the project's own
@@ -16,13 +16,13 @@
 #   exec root             /run/appliance-operator-docker-<hash of the state dir> (short socket paths)
 #   --iptables=false --ip-forward=false --ip-masq=false --bridge=none: the host's firewall and
 #   routes are left as they are (kind's own network is all the nodes need).
-#   an OCI runtime, hack/kind/runc-drop-caps, that drops the capabilities this host's bounding
+#   an OCI runtime, hack/offline/runc-drop-caps, that drops the capabilities this host's bounding
 #   set lacks (kind's --privileged nodes otherwise fail where CAP_SYS_RESOURCE is missing);
 #   registered as the default runtime only when some capability is missing.
 # `down` stops only that dockerd (by its pid file, checked to be our dockerd), never another one.
 set -euo pipefail
 # shellcheck source=hack/kind/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../kind/lib.sh"
 
 PIDFILE=$KIND_STATE/dockerd.pid
 LOGFILE=$KIND_STATE/dockerd.log
@@ -83,7 +83,7 @@ start_own() {
     --iptables=false --ip-forward=false --ip-masq=false --bridge=none
   )
   if missing_caps; then
-    args+=(--add-runtime "runc-drop-caps=$KIND_DIR/runc-drop-caps" --default-runtime runc-drop-caps)
+    args+=(--add-runtime "runc-drop-caps=$OFFLINE_DIR/runc-drop-caps" --default-runtime runc-drop-caps)
   fi
   log "starting the project's own dockerd (log $LOGFILE)"
   setsid dockerd "${args[@]}" >"$LOGFILE" 2>&1 </dev/null &
@@ -117,7 +117,7 @@ case ${1:-} in
     if ! host=$(choose); then start_own; host=$OWN_DOCKER_HOST; fi
     echo "DOCKER_HOST=$host" ;;
   env)
-    host=$(choose) || die "no Docker daemon answers (hack/kind/dockerd.sh up starts one)"
+    host=$(choose) || die "no Docker daemon answers (hack/offline/dockerd.sh up starts one)"
     echo "DOCKER_HOST=$host" ;;
   down)
     if [[ ${2:-} == --if-idle ]] && own_pid >/dev/null &&

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The pod network of a kind cluster on a node image built by hack/kind/node-image.sh (kindnetd's
+# The pod network of a kind cluster on a node image built by hack/offline/node-image.sh (kindnetd's
 # job; kindnetd is not available there). It runs in a DaemonSet pod on every node (hostNetwork,
 # NET_ADMIN; /kind/manifests/default-cni.yaml, applied by `kind create cluster`) and keeps:
 #   - /etc/cni/net.d/10-node-cni.conflist: ptp + host-local for this node's spec.podCIDR

@@ -7,24 +7,24 @@
 #               laid out as kind's base image is (kind's own files, images/base/files of the
 #               sigs.k8s.io/kind module in the Go module cache, used here and never copied
 #               into this repository)                                   (cold ~2-3 min; cached)
-#   binaries    kubeadm, kubelet, kubectl (hack/cluster/build.sh), crictl (hack/kind/tools.sh)
+#   binaries    kubeadm, kubelet, kubectl (hack/offline/cluster-build/build.sh), crictl (hack/offline/tools.sh)
 #   images      kube-apiserver, -controller-manager, -scheduler, kube-proxy, etcd, CoreDNS,
 #               pause: built here from the same binaries (images/oci.py) and preloaded into
 #               the node's containerd under the names kubeadm asks for, so nothing is pulled
-#   CNI         kindnetd is not available: hack/kind/node-cni.sh in a DaemonSet (its image built
+#   CNI         kindnetd is not available: hack/offline/node-cni.sh in a DaemonSet (its image built
 #               here too) writes a ptp CNI config for the node's podCIDR and routes to the other
 #               nodes' podCIDRs
 #   policies    that pod network enforces no NetworkPolicy: kube-router's firewall alone
 #               (--run-router=false --run-service-proxy=false: iptables + ipset) in a DaemonSet
-#               (its binary from hack/kind/tools.sh, its image built here) does
+#               (its binary from hack/offline/tools.sh, its image built here) does
 #
-# Usage: hack/kind/node-image.sh            build/import what is missing; print the image name
-#        hack/kind/node-image.sh --name     print the image name (computed; builds nothing)
-# Needs root (debootstrap, chroot, a temporary containerd), Docker (hack/kind/dockerd.sh up),
+# Usage: hack/offline/node-image.sh            build/import what is missing; print the image name
+#        hack/offline/node-image.sh --name     print the image name (computed; builds nothing)
+# Needs root (debootstrap, chroot, a temporary containerd), Docker (hack/offline/dockerd.sh up),
 # and the Go toolchain once (the binaries).
 set -euo pipefail
 # shellcheck source=hack/kind/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../kind/lib.sh"
 use_docker
 
 ROOTFS_PACKAGES=systemd,dbus,containerd,runc,containernetworking-plugins,iptables,ipset,nftables,jq,kmod,conntrack,iproute2,ethtool,mount,libseccomp2,pigz,ca-certificates,procps,e2fsprogs,socat,curl
@@ -40,9 +40,9 @@ ROOTFS_KEY=$(printf '%s\n' "$NODE_SUITE" "$ROOTFS_PACKAGES" "$KIND_VERSION" "$(u
 NODE_KEY=$(
   {
     echo "$ROOTFS_KEY"
-    grep -hE '^[A-Z_]+=' "$KIND_DIR/versions.env" "$CLUSTER_DIR/versions.env"
+    grep -hE '^[A-Z_]+=' "$KIND_DIR/versions.env" "$OFFLINE_DIR/versions.env" "$CLUSTER_BUILD_DIR/versions.env"
     cluster_key
-    cat "$KIND_DIR/node-cni.sh" "$REPO_ROOT/images/oci.py" "$REPO_ROOT/images/pause/pause.c"
+    cat "$OFFLINE_DIR/node-cni.sh" "$REPO_ROOT/images/oci.py" "$REPO_ROOT/images/pause/pause.c"
     cat "$0"
   } | sha256sum | cut -c1-16
 )
@@ -228,7 +228,7 @@ WRAPPER
   cp "$bin/kube-proxy" "$l/kube-proxy-bin/usr/local/bin/"
   layer_of "$l/kube-proxy-bin" "$l/kube-proxy.tar"
   image "$reg/kube-proxy:$KUBE_VERSION" "{$path}" "$l/base.tar" "$l/iptables.tar" "$l/kube-proxy.tar"
-  # node-cni (the pod network, hack/kind/node-cni.sh): the iptables layer + bash, jq, ip,
+  # node-cni (the pod network, hack/offline/node-cni.sh): the iptables layer + bash, jq, ip,
   # kubectl and the few coreutils the script uses.
   local nc=$l/node-cni
   copy_progs "$root" "$nc" /usr/bin/bash /usr/bin/jq /usr/sbin/ip /usr/bin/mv /usr/bin/cat \
@@ -236,7 +236,7 @@ WRAPPER
   mkdir -p "$nc/usr/local/bin" "$nc/etc/cni/net.d" "$nc/bin"
   ln -s /usr/bin/bash "$nc/bin/bash"
   cp "$bin/kubectl" "$nc/usr/local/bin/"
-  install -m 0755 "$KIND_DIR/node-cni.sh" "$nc/usr/local/bin/node-cni"
+  install -m 0755 "$OFFLINE_DIR/node-cni.sh" "$nc/usr/local/bin/node-cni"
   layer_of "$nc" "$l/node-cni.tar"
   image "$NODE_CNI_IMAGE" '{"Entrypoint":["/usr/local/bin/node-cni"],'"$path"'}' \
     "$l/base.tar" "$l/iptables.tar" "$l/node-cni.tar"
@@ -260,7 +260,7 @@ build_node() {
   mkdir -p "$root/kind/manifests"
   sed -e "s|@NODE_CNI_IMAGE@|$NODE_CNI_IMAGE|" -e "s|@KUBE_ROUTER_IMAGE@|$KUBE_ROUTER_IMAGE|" \
     >"$root/kind/manifests/default-cni.yaml" <<'MANIFEST'
-# The pod network of this node image (hack/kind/node-cni.sh in the repository that built it):
+# The pod network of this node image (hack/offline/node-cni.sh in the repository that built it):
 # per node, a ptp CNI config for its podCIDR and routes to the other nodes' podCIDRs.
 apiVersion: v1
 kind: ServiceAccount
@@ -459,7 +459,7 @@ TOML
   # `docker import` cannot set STOPSIGNAL: a one-line build on top of the import does.
   local imported=$IMAGE_REPO:import-$NODE_KEY
   tar --numeric-owner --xattrs -C "$root" -c . |
-    docker import --message "kind node $KUBE_VERSION, assembled by hack/kind/node-image.sh" - "$imported" >/dev/null
+    docker import --message "kind node $KUBE_VERSION, assembled by hack/offline/node-image.sh" - "$imported" >/dev/null
   printf '%s\n' "FROM $imported" 'ENV container=docker' 'STOPSIGNAL SIGRTMIN+3' \
     'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' |
     docker build -q -t "$NODE_IMAGE" - >/dev/null
@@ -467,10 +467,10 @@ TOML
 }
 
 [[ -f $ROOTFS_TAR ]] || build_rootfs
-step "binaries (hack/cluster/build.sh, hack/kind/tools.sh)"
-BIN=$(bash "$CLUSTER_DIR/build.sh" | tail -n 1)
-bash "$KIND_DIR/tools.sh" >/dev/null
-[[ -x $KUBE_ROUTER ]] || die "hack/kind/tools.sh did not build $KUBE_ROUTER"
+step "binaries (hack/offline/cluster-build/build.sh, hack/offline/tools.sh)"
+BIN=$(bash "$CLUSTER_BUILD_DIR/build.sh" | tail -n 1)
+bash "$OFFLINE_DIR/tools.sh" >/dev/null
+[[ -x $KUBE_ROUTER ]] || die "hack/offline/tools.sh did not build $KUBE_ROUTER"
 # The images kubeadm will ask for must be those preloaded.
 want=$("$BIN/kubeadm" config images list --kubernetes-version "$KUBE_VERSION" 2>/dev/null | sort)
 have=$(printf '%s\n' "registry.k8s.io/kube-apiserver:$KUBE_VERSION" "registry.k8s.io/kube-controller-manager:$KUBE_VERSION" \
@@ -479,7 +479,7 @@ have=$(printf '%s\n' "registry.k8s.io/kube-apiserver:$KUBE_VERSION" "registry.k8
   "registry.k8s.io/etcd:$ETCD_IMAGE_TAG" | sort)
 [[ $want == "$have" ]] || die "kubeadm $KUBE_VERSION wants these images:
 $want
-but hack/kind/versions.env gives:
+but hack/offline/versions.env gives:
 $have"
 mkdir -p "$WORK/node"
 tar --numeric-owner --xattrs -C "$WORK/node" -xf "$ROOTFS_TAR"

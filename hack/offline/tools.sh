@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Build (once, cached) kind and what the locally built node image needs besides the cluster
-# binaries of hack/cluster/build.sh: crictl, CoreDNS and kube-router (its NetworkPolicy
+# binaries of hack/offline/cluster-build/build.sh: crictl, CoreDNS and kube-router (its NetworkPolicy
 # firewall). All from the Go module proxy with `go install pkg@version` (their own
 # go.mod/go.sum decide the dependencies).
 #
-# Usage: hack/kind/tools.sh                 build what is missing; print the bin dir
-#        hack/kind/tools.sh --print-bindir  print the bin dir (built or not)
-#        hack/kind/tools.sh --kind-only     build kind only (enough where the node image is pulled)
+# Usage: hack/offline/tools.sh                 build what is missing; print the bin dir
+#        hack/offline/tools.sh --print-bindir  print the bin dir (built or not)
+#        hack/offline/tools.sh --kind-only     build kind only (enough where the node image is pulled)
 # The bin dir is $APPLIANCE_OPERATOR_CACHE/kind/bin/<hash of the versions>; kube-router's is
-# $APPLIANCE_OPERATOR_CACHE/kind/kube-router/<hash of its version> ($KUBE_ROUTER, lib.sh).
+# $APPLIANCE_OPERATOR_CACHE/kind/kube-router/<hash of its version> ($KUBE_ROUTER, hack/offline/lib.sh).
 set -euo pipefail
 # shellcheck source=hack/kind/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../kind/lib.sh"
 
 want=(kind crictl coredns kube-router)
 case ${1:-} in

@@ -1,6 +1,6 @@
 /* The pod sandbox ("pause") process: holds the pod's namespaces open, reaps zombies (it is
  * PID 1 when the pod shares its PID namespace) and exits 0 on SIGINT/SIGTERM.
- * Built statically into the pause image (hack/kind/node-image.sh); no libc in
+ * Built statically into the pause image (hack/offline/node-image.sh); no libc in
  * the image. */
 #include <signal.h>
 #include <stddef.h>

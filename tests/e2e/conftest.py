@@ -1,10 +1,10 @@
 """Fixtures for the end-to-end tests: a kind cluster, the one users run, with real pods.
 
 The package-scoped ``cluster`` fixture runs ``hack/kind/up.sh --name appliance-e2e --workers 2
---images``: Docker (the user's, or the project's own dockerd, ``hack/kind/dockerd.sh``), kind,
+--images``: Docker (the user's, or the project's own dockerd, ``hack/offline/dockerd.sh``), kind,
 a control plane and two worker nodes (kube-proxy, CoreDNS, a pod network), and the worker and
 operator images built from ``images/*.Dockerfile`` and loaded with ``kind load``. Where no
-registry is reachable the node image is assembled locally (``hack/kind/node-image.sh``, cached).
+registry is reachable the node image is assembled locally (``hack/offline/node-image.sh``, cached).
 A healthy cluster of that name is reused as it is (a fast development loop: ``make kind-e2e-up``
 keeps one running); a cluster the fixture created is deleted when the e2e tests are done, with
 the project's dockerd if the fixture started it.
@@ -40,6 +40,8 @@ from appliance_operator.testing import OperatorProcess as Operator
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 KIND_SCRIPTS = REPO_ROOT / "hack" / "kind"
+# The project's own dockerd, where no Docker answers (hack/README.md).
+OFFLINE_SCRIPTS = REPO_ROOT / "hack" / "offline"
 KIND_STATE = Path(os.environ.get("APPLIANCE_KIND_STATE") or REPO_ROOT / ".kind")
 LOADER_FILE = HERE / "appliance_e2e_loader.py"
 KIND_CLUSTER = os.environ.get("APPLIANCE_E2E_KIND_CLUSTER", "appliance-e2e")
@@ -171,9 +173,9 @@ def _parse_env(text: str) -> dict[str, str]:
 
 
 def _docker_env() -> tuple[bool, str]:
-    """(whether a Docker daemon answers, the DOCKER_HOST of hack/kind/dockerd.sh's choice)."""
+    """(whether a Docker daemon answers, the DOCKER_HOST of hack/offline/dockerd.sh's choice)."""
     proc = subprocess.run(
-        ["bash", str(KIND_SCRIPTS / "dockerd.sh"), "env"],
+        ["bash", str(OFFLINE_SCRIPTS / "dockerd.sh"), "env"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -183,7 +185,7 @@ def _docker_env() -> tuple[bool, str]:
 
 
 def _own_dockerd_runs() -> bool:
-    status = ["bash", str(KIND_SCRIPTS / "dockerd.sh"), "status"]
+    status = ["bash", str(OFFLINE_SCRIPTS / "dockerd.sh"), "status"]
     return subprocess.run(status, timeout=60, check=False).returncode == 0
 
 
@@ -196,12 +198,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KindCluster]:
     if not docker_answers and os.geteuid() != 0:
         _it._unavailable("no Docker daemon answers, and starting the project's own needs root")
     if (
-        _it._script("build.sh", "--check").returncode != 0
-        and _it._script("build.sh", "--find-go").returncode != 0
+        _it._script(_it.CLUSTER_BUILD / "build.sh", "--check").returncode != 0
+        and _it._script(_it.CLUSTER_BUILD / "build.sh", "--find-go").returncode != 0
     ):
         _it._unavailable("the cluster binaries are not built and no Go toolchain was found")
     bindir = subprocess.run(
-        ["bash", str(_it.CLUSTER_SCRIPTS / "build.sh"), "--print-bindir"],
+        ["bash", str(_it.CLUSTER_BUILD / "build.sh"), "--print-bindir"],
         capture_output=True,
         text=True,
         check=True,

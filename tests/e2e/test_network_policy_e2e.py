@@ -1,8 +1,8 @@
 """The claim port's NetworkPolicy, enforced on kind (issue 21: defect 6 and "NetworkPolicy
 enforced on the e2e cluster").
 
-The e2e cluster's pod network (hack/kind/node-cni.sh) enforces no NetworkPolicy; the node image
-runs kube-router's firewall beside it (hack/kind/node-image.sh, DaemonSet
+The e2e cluster's pod network (hack/offline/node-cni.sh) enforces no NetworkPolicy; the node image
+runs kube-router's firewall beside it (hack/offline/node-image.sh, DaemonSet
 ``kube-system/kube-router-firewall``: iptables and ipset). The operator runs as the chart's
 Deployment and makes the policy ``<pool>-claim`` in each pool's namespace
 (operator/appliance_operator/poolnetwork.py). In order:
@@ -178,7 +178,7 @@ def test_pool_claim_port_admits_only_the_operator(
     if found.returncode != 0:
         pytest.fail(
             f"the kind cluster has no NetworkPolicy enforcer (DaemonSet kube-system/{ENFORCER}, "
-            "made by hack/kind/node-image.sh's node image): nothing here would be enforced"
+            "made by hack/offline/node-image.sh's node image): nothing here would be enforced"
         )
 
     def enforcer_ready() -> bool:

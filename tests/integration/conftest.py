@@ -31,6 +31,8 @@ from appliance_operator.testing import OperatorProcess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_SCRIPTS = REPO_ROOT / "hack" / "cluster"
+# The control plane's binaries and their pinned versions, built from source (nothing is pulled).
+CLUSTER_BUILD = REPO_ROOT / "hack" / "offline" / "cluster-build"
 STATE_DIR = Path(os.environ.get("APPLIANCE_OPERATOR_CLUSTER_DIR") or REPO_ROOT / ".cluster")
 KUBECONFIG = STATE_DIR / "kubeconfig"
 UP_TIMEOUT_S = 3600  # a cold build of the binaries takes many minutes
@@ -80,9 +82,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def versions() -> dict[str, str]:
-    """The pinned versions of hack/cluster/versions.env."""
+    """The pinned versions of hack/offline/cluster-build/versions.env."""
     out = {}
-    for line in (CLUSTER_SCRIPTS / "versions.env").read_text().splitlines():
+    for line in (CLUSTER_BUILD / "versions.env").read_text().splitlines():
         m = re.match(r"^([A-Z_]+)=(\S*)", line)
         if m:
             out[m.group(1)] = m.group(2)
@@ -126,7 +128,8 @@ class Cluster:
     started_here: bool
     api_client: Any = field(repr=False)  # kubernetes.client.ApiClient
     helm_home: str = ""
-    versions: dict[str, str] = field(default_factory=versions)  # hack/cluster/versions.env
+    # hack/offline/cluster-build/versions.env
+    versions: dict[str, str] = field(default_factory=versions)
     kwok_pod_spec: dict[str, Any] = field(default_factory=lambda: dict(KWOK_POD_SPEC))
     _api_resources: list[str] = field(default_factory=list, repr=False)
 
@@ -243,9 +246,9 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"integration cluster unavailable: {reason}")
 
 
-def _script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
+def _script(script: Path, *args: str, **env: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        ["bash", str(CLUSTER_SCRIPTS / name), *args],
+        ["bash", str(script), *args],
         env={**os.environ, **env},
         timeout=UP_TIMEOUT_S,
         check=False,
@@ -272,20 +275,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         if shutil.which(tool) is None:
             _unavailable(f"`{tool}` is not on PATH")
     bindir = subprocess.run(
-        ["bash", str(CLUSTER_SCRIPTS / "build.sh"), "--print-bindir"],
+        ["bash", str(CLUSTER_BUILD / "build.sh"), "--print-bindir"],
         capture_output=True,
         text=True,
         check=True,
     ).stdout.strip()
-    built = _script("build.sh", "--check").returncode == 0
-    if not built and _script("build.sh", "--find-go").returncode != 0:
+    built = _script(CLUSTER_BUILD / "build.sh", "--check").returncode == 0
+    if not built and _script(CLUSTER_BUILD / "build.sh", "--find-go").returncode != 0:
         _unavailable(
             "the cluster binaries are not built and no Go toolchain was found to build them"
         )
 
     was_up = _already_up(bindir)
     # up.sh is idempotent: on a healthy cluster it only adds the kwok nodes if missing.
-    up = _script("up.sh", NODES="kwok", KWOK_NODES=str(KWOK_NODES))
+    up = _script(CLUSTER_SCRIPTS / "up.sh", NODES="kwok", KWOK_NODES=str(KWOK_NODES))
     if up.returncode != 0:
         pytest.fail(f"hack/cluster/up.sh failed (exit {up.returncode}); see its output above")
 
@@ -303,7 +306,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     finally:
         api_client.close()
         if not was_up:
-            _script("down.sh")
+            _script(CLUSTER_SCRIPTS / "down.sh")
 
 
 @pytest.fixture(name="wait_until")

@@ -1,8 +1,8 @@
 """The Helm chart (charts/appliance-operator) and the examples, without a cluster.
 
-Needs the pinned helm that ``hack/cluster/build.sh`` builds (once, cached). When it is not
-built, the helm tests are skipped with the command to run, except under ``CI=true``, where
-the build runs (or the tests fail).
+Needs the pinned helm that ``hack/offline/cluster-build/build.sh`` builds (once, cached). When
+it is not built, the helm tests are skipped with the command to run, except under ``CI=true``,
+where the build runs (or the tests fail).
 """
 
 from __future__ import annotations
@@ -21,9 +21,10 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART = REPO_ROOT / "charts" / "appliance-operator"
 EXAMPLES = REPO_ROOT / "examples"
-BUILD_SH = REPO_ROOT / "hack" / "cluster" / "build.sh"
-# Rendering for the Kubernetes version the local cluster runs (hack/cluster/versions.env):
-# without it, a helm built from source assumes v1.20 and refuses the chart's kubeVersion.
+BUILD_SH = REPO_ROOT / "hack" / "offline" / "cluster-build" / "build.sh"
+# Rendering for the Kubernetes version the local cluster runs
+# (hack/offline/cluster-build/versions.env): without it, a helm built from source assumes v1.20
+# and refuses the chart's kubeVersion.
 KUBE_VERSION = "1.33.13"
 RELEASE = "ao"
 RELEASE_NS = "appliance-system"
@@ -58,11 +59,11 @@ def helm_bin() -> Path:
     if not built:
         if os.environ.get("CI", "").lower() != "true":
             pytest.skip(
-                "the pinned helm is not built: run `bash hack/cluster/build.sh` "
+                "the pinned helm is not built: run `bash hack/offline/cluster-build/build.sh` "
                 "(once; cached outside the repository)"
             )
         subprocess.run(["bash", str(BUILD_SH)], check=True, timeout=3600)
-    assert os.access(helm, os.X_OK), f"{helm} is missing after hack/cluster/build.sh"
+    assert os.access(helm, os.X_OK), f"{helm} is missing after hack/offline/cluster-build/build.sh"
     return helm
 
 

@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Build (once, cached) the binaries of the local cluster from the Go module proxy:
+# Build (once, cached) the binaries of the local cluster (hack/cluster) from the Go module proxy:
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl, helm, kwok,
-# and kubeadm + kube-proxy for the kind node image (hack/kind/node-image.sh).
+# and kubeadm + kube-proxy for the kind node image (hack/offline/node-image.sh). From source,
+# because no release binary can be downloaded here.
 #
-# Usage: hack/cluster/build.sh               build what is missing, print the bin dir
-#        hack/cluster/build.sh --print-bindir print the bin dir (built or not) and exit
-#        hack/cluster/build.sh --check        exit 0 if the bin dir is complete, 1 otherwise
-#        hack/cluster/build.sh --find-go      print the go command a build would use (exit 1: none)
-#        hack/cluster/build.sh --prune        remove bin dirs of other (old) versions
+# Usage: hack/offline/cluster-build/build.sh               build what is missing, print the bin dir
+#        hack/offline/cluster-build/build.sh --print-bindir print the bin dir (built or not) and exit
+#        hack/offline/cluster-build/build.sh --check        exit 0 if the bin dir is complete, 1 otherwise
+#        hack/offline/cluster-build/build.sh --find-go      print the go command a build would use (exit 1: none)
+#        hack/offline/cluster-build/build.sh --prune        remove bin dirs of other (old) versions
 #
 # The bin dir is $APPLIANCE_OPERATOR_CACHE/bin/<key>, <key> a hash of versions.env and the
-# wrapper modules, so a version change builds into a new dir and a warm machine skips the build.
+# wrapper modules (hack/cluster/lib.sh: the files' contents, not their paths), so a version
+# change builds into a new dir and a warm machine skips the build.
 set -euo pipefail
 # shellcheck source=hack/cluster/lib.sh
-. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../../cluster/lib.sh"
 
 case ${1:-} in
   --print-bindir) echo "$BIN_DIR"; exit 0 ;;
@@ -53,7 +55,7 @@ STAGE=$(mktemp -d "$BIN_DIR/.stage.XXXXXX")
 trap 'rm -rf "$STAGE"' EXIT
 
 # The wrapper modules must pin what versions.env says.
-mod_version() { (cd "$CLUSTER_DIR/$1" && "$GO_BIN" list -m -f '{{with .Replace}}{{.Version}}{{else}}{{.Version}}{{end}}' "$2"); }
+mod_version() { (cd "$CLUSTER_BUILD_DIR/$1" && "$GO_BIN" list -m -f '{{with .Replace}}{{.Version}}{{else}}{{.Version}}{{end}}' "$2"); }
 [[ $(mod_version k8s k8s.io/kubernetes) == "$KUBE_VERSION" ]] ||
   die "k8s/go.mod pins k8s.io/kubernetes $(mod_version k8s k8s.io/kubernetes), versions.env says $KUBE_VERSION"
 [[ $(mod_version k8s k8s.io/client-go) == "$KUBE_STAGING_VERSION" ]] ||
@@ -73,7 +75,7 @@ done
 if ((${#K8S_CMDS[@]})); then
   step "building ${K8S_CMDS[*]} $KUBE_VERSION (a cold build downloads modules and compiles for 15-30 min on 2 cores)"
   (
-    cd "$CLUSTER_DIR/k8s"
+    cd "$CLUSTER_BUILD_DIR/k8s"
     build_date=$("$GO_BIN" list -m -f '{{.Time.UTC.Format "2006-01-02T15:04:05Z"}}' k8s.io/kubernetes)
     minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
     ldflags="-s -w"
@@ -91,7 +93,7 @@ fi
 # --- etcd -------------------------------------------------------------------------------
 if missing etcd; then
   step "building etcd $ETCD_VERSION"
-  (cd "$CLUSTER_DIR/etcd" && "$GO_BIN" build -trimpath -ldflags "-s -w" -o "$STAGE/etcd" .)
+  (cd "$CLUSTER_BUILD_DIR/etcd" && "$GO_BIN" build -trimpath -ldflags "-s -w" -o "$STAGE/etcd" .)
   mv -f "$STAGE/etcd" "$BIN_DIR/etcd"
 fi
 
@@ -143,7 +145,7 @@ for b in "${CLUSTER_BINARIES[@]}"; do [[ -x $BIN_DIR/$b ]] || die "missing $BIN_
 
 {
   echo "# built $(date -u +%Y-%m-%dT%H:%M:%SZ) with $("$GO_BIN" version)"
-  grep -E '^[A-Z_]+=' "$CLUSTER_DIR/versions.env"
+  grep -E '^[A-Z_]+=' "$CLUSTER_BUILD_DIR/versions.env"
 } >"$BIN_DIR/.complete"
 step "done; binaries in $BIN_DIR"
 echo "$BIN_DIR"
