@@ -5,8 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cerebras_appliance.contract.api import ExecuteJobSpec, ExecuteJobStatus
-from cerebras_appliance.contract.status import Observation, WorkerState, compute_status
+from cerebras_appliance.contract.api import Condition, ExecuteJobSpec, ExecuteJobStatus
+from cerebras_appliance.contract.status import (
+    Observation,
+    WorkerState,
+    compute_status,
+    stamp_transition,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = ExecuteJobSpec(image="i", entrypoint="loader.py", replicas=2)
@@ -111,3 +116,28 @@ def test_start_time_is_cleared_by_a_suspend() -> None:
         now=T0,
     )
     assert suspended.phase == "Suspended" and suspended.start_time is None
+
+
+def test_a_condition_keeps_its_transition_time_until_its_status_changes() -> None:
+    """The one helper every status writer stamps conditions with (the job's, the operator's
+    plan, a pool's): a new reason or message is no transition, a new status is."""
+    old = Condition(
+        type="Ready", status="False", reason="A", message="a", last_transition_time="T1"
+    )
+    moved = stamp_transition(
+        Condition(type="Ready", status="False", reason="B", message="b"), [old], "T2", 7
+    )
+    assert moved.last_transition_time == "T1" and moved.observed_generation == 7
+    assert moved.reason == "B" and moved.message == "b"
+    flipped = stamp_transition(Condition(type="Ready", status="True"), [old], "T2", 7)
+    assert flipped.last_transition_time == "T2"
+    fresh = stamp_transition(Condition(type="Other", status="False"), [old], "T2", None)
+    assert fresh.last_transition_time == "T2" and fresh.observed_generation is None
+
+
+def test_a_stored_condition_without_a_time_gets_one() -> None:
+    """A condition read back without ``lastTransitionTime`` (a hand edit: the CRD does not
+    require it) is stamped now rather than left without one."""
+    old = Condition(type="Ready", status="True")
+    stamped = stamp_transition(Condition(type="Ready", status="True"), [old], "T2", 1)
+    assert stamped.last_transition_time == "T2"

@@ -68,6 +68,25 @@ def describe_failure(worker: WorkerState) -> str:
     return f"worker {worker.name} failed ({detail})"
 
 
+def stamp_transition(
+    condition: Condition, previous: Sequence[Condition], now: str, generation: int | None
+) -> Condition:
+    """``condition`` with its ``lastTransitionTime`` and ``observedGeneration`` set: the time
+    is kept from the condition of the same type in ``previous`` while its status is the same
+    (a message or a reason moving is no transition), else it is ``now``.
+
+    Written once for every status the project writes (the job's here and in the operator's
+    plan, a pool's), so a transition means the same thing on each."""
+    old = next((c for c in previous if c.type == condition.type), None)
+    kept = old is not None and old.status == condition.status and old.last_transition_time
+    return condition.model_copy(
+        update={
+            "last_transition_time": old.last_transition_time if kept and old else now,
+            "observed_generation": generation,
+        }
+    )
+
+
 def _set_condition(
     conditions: list[Condition],
     previous: Sequence[Condition],
@@ -79,18 +98,8 @@ def _set_condition(
     generation: int | None,
 ) -> None:
     value: Literal["True", "False"] = "True" if status else "False"
-    old = next((c for c in previous if c.type == type_), None)
-    changed = old is None or old.status != value
-    conditions.append(
-        Condition(
-            type=type_,
-            status=value,
-            reason=reason,
-            message=message,
-            last_transition_time=now if changed or old is None else old.last_transition_time,
-            observed_generation=generation,
-        )
-    )
+    condition = Condition(type=type_, status=value, reason=reason, message=message)
+    conditions.append(stamp_transition(condition, previous, now, generation))
 
 
 def compute_status(  # noqa: PLR0912, PLR0915

@@ -31,7 +31,13 @@ from appliance_operator.observe import JobView, PodView, attempt_of, parse_time
 from appliance_operator.pool.plan import POOL_CLAIM
 from cerebras_appliance.contract.api import Condition, ExecuteJobStatus
 from cerebras_appliance.contract.lifecycle import decide, time_until
-from cerebras_appliance.contract.status import FAILED, WORKERS_READY, describe_failure, now_rfc3339
+from cerebras_appliance.contract.status import (
+    FAILED,
+    WORKERS_READY,
+    describe_failure,
+    now_rfc3339,
+    stamp_transition,
+)
 
 #: The operator's own condition: was the env snapshot resolved and written to ``<job>-env``?
 ENV_RESOLVED = "EnvResolved"
@@ -95,14 +101,8 @@ class Inputs:
 def _upsert_condition(
     status: ExecuteJobStatus, condition: Condition, previous: ExecuteJobStatus | None, now: str
 ) -> ExecuteJobStatus:
-    old = previous.condition(condition.type) if previous else None
-    changed = old is None or old.status != condition.status
-    stamped = condition.model_copy(
-        update={
-            "last_transition_time": now if changed or old is None else old.last_transition_time,
-            "observed_generation": status.observed_generation,
-        }
-    )
+    before = previous.conditions if previous is not None else ()
+    stamped = stamp_transition(condition, before, now, status.observed_generation)
     others = [c for c in status.conditions if c.type != condition.type]
     return status.model_copy(update={"conditions": [*others, stamped]})
 

@@ -39,6 +39,7 @@ from cerebras_appliance.contract.names import (
     POOL_SPEC_HASH_ANNOTATION,
     POOL_STATE_LABEL,
 )
+from cerebras_appliance.contract.status import stamp_transition
 
 #: The job condition about its pool.
 POOL_CLAIM = "PoolClaim"
@@ -236,19 +237,8 @@ def _same(a: WorkerPoolStatus, b: WorkerPoolStatus) -> bool:
 def _stamp(
     conditions: list[Condition], previous: WorkerPoolStatus | None, now: str, generation: int | None
 ) -> list[Condition]:
-    out = []
-    for c in conditions:
-        old = next((o for o in previous.conditions if o.type == c.type), None) if previous else None
-        kept = old is not None and old.status == c.status and old.last_transition_time
-        out.append(
-            c.model_copy(
-                update={
-                    "last_transition_time": old.last_transition_time if kept and old else now,
-                    "observed_generation": generation,
-                }
-            )
-        )
-    return out
+    before = previous.conditions if previous is not None else ()
+    return [stamp_transition(c, before, now, generation) for c in conditions]
 
 
 @dataclass(frozen=True)
