@@ -48,6 +48,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check client operator tests bench examples
 	$(PY) -m ruff format --check client operator tests bench examples
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports --no-cache  # the layers of .importlinter
 
 # Integration tests need the local control plane's binaries: the first run on a machine
 # builds them (about 10 minutes on 2 cores, cached outside the repo), later runs reuse them.

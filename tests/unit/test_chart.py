@@ -499,7 +499,7 @@ def operator_api_needs() -> set[tuple[str, str]]:
     kubeapi = (OPERATOR_SRC / "kubeapi.py").read_text()
     for verb, resource in re.findall(r'_call\(\s*"(\w+)",\s*"([\w/]+)"', kubeapi):
         needs.add((verb, _resource_key(resource)))
-    for path in OPERATOR_SRC.glob("*.py"):
+    for path in OPERATOR_SRC.rglob("*.py"):
         text = path.read_text()
         for m in KOPF_WATCHING_HANDLERS.finditer(text):
             resource = _kopf_resource(m.group("args"))
@@ -589,7 +589,7 @@ def _example_docs(name: str) -> Iterator[dict[str, Any]]:
 
 @pytest.mark.parametrize("name", ["executejob.yaml", "executejob-secret.yaml"])
 def test_examples_are_valid_jobs(name: str) -> None:
-    from cerebras_appliance.api import parse_job
+    from cerebras_appliance.contract.api import parse_job
 
     docs = list(_example_docs(name))
     jobs = [d for d in docs if d["kind"] == "ExecuteJob"]
@@ -609,7 +609,8 @@ def test_examples_are_valid_jobs(name: str) -> None:
     assert all("namespace" not in d["metadata"] for d in docs)
 
 
-CLIENT_KUBE = REPO_ROOT / "client" / "cerebras_appliance" / "kube.py"
+#: The client's Kubernetes backend (every module of it).
+CLIENT_KUBE = REPO_ROOT / "client" / "cerebras_appliance" / "backends" / "kubernetes"
 # Every call of the Kubernetes backend reports a refusal through _api_error(what, exc, VERB,
 # RESOURCE, namespace), or deletes the job it created (_abandon).
 _CLIENT_CALL = re.compile(
@@ -619,7 +620,7 @@ _CLIENT_CALL = re.compile(
 
 def client_api_needs() -> set[tuple[str, str]]:
     """(verb, group/resource) of every call the Python client's Kubernetes backend makes."""
-    text = CLIENT_KUBE.read_text()
+    text = "\n".join(p.read_text() for p in sorted(CLIENT_KUBE.rglob("*.py")))
     needs = set()
     for m in _CLIENT_CALL.finditer(text):
         resource = m.group("resource")
@@ -651,7 +652,7 @@ def test_user_role_example_grants_exactly_what_the_client_calls() -> None:
     assert granted == needs, (granted - needs, needs - granted)
     assert not {v for v, r in granted if r == "/secrets"} - {"create"}
     # The Role the client's messages name.
-    from cerebras_appliance.kube import USER_ROLE
+    from cerebras_appliance.backends.kubernetes.job import USER_ROLE
 
     assert kinds["Role"]["metadata"]["name"] == USER_ROLE
 
@@ -670,7 +671,7 @@ def test_secret_example_references_its_secret() -> None:
 def test_submit_example_prints_a_valid_job() -> None:
     import sys
 
-    from cerebras_appliance.api import parse_job
+    from cerebras_appliance.contract.api import parse_job
 
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / "submit_example.py"), "--print-manifest", "-n", "ml"],
@@ -700,7 +701,7 @@ def test_network_policy_admits_only_the_operator_to_idle_pool_workers(
     """The operator makes the claim port's NetworkPolicy in each pool's namespace (any
     namespace in cluster scope: defect 6 of issue 21): the chart tells it its namespace and
     the labels of its pods, and grants it networkpolicies wherever it watches."""
-    from appliance_operator import poolnetwork
+    from appliance_operator.pool import network as poolnetwork
 
     docs = helm.template("--set", f"rbac.scope={scope}")
     assert not by_kind(docs, "NetworkPolicy"), "made by the operator where each pool is"
