@@ -136,7 +136,7 @@ def kubernetes(opts: argparse.Namespace) -> None:
 
     from kubernetes import client
 
-    from cerebras_appliance.backends.kubernetes.job import new_api_client
+    from cerebras_appliance.backends.kubernetes import new_api_client
 
     api = new_api_client()
     core = client.CoreV1Api(api)

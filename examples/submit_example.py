@@ -45,7 +45,7 @@ def ensure_script_configmap(namespace: str) -> None:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    from cerebras_appliance.backends.kubernetes.job import (
+    from cerebras_appliance.backends.kubernetes import (
         new_api_client,  # the client's own kubeconfig lookup
     )
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(job.to_manifest(), indent=2))
         return 0
 
-    from cerebras_appliance.backends.kubernetes.job import default_namespace
+    from cerebras_appliance.backends.kubernetes import default_namespace
 
     namespace = options["namespace"] = args.namespace or default_namespace()
     if not args.entrypoint:

@@ -205,7 +205,7 @@ def submit(
         raise InvalidJobError([problem])
     ns: settings.Setting | None = None
     if chosen.value == "kubernetes":
-        from cerebras_appliance.backends.kubernetes import job as kube
+        from cerebras_appliance.backends.kubernetes import config as kube
 
         ns = kube.namespace_setting(namespace)
     job = build_job(
@@ -229,7 +229,7 @@ def submit(
         return LocalJob(
             job, snapshot, workdir=workdir, pool=pool if isinstance(pool, ProcessPool) else None
         )
-    from cerebras_appliance.backends.kubernetes.job import KubernetesError, KubernetesJob
+    from cerebras_appliance.backends.kubernetes import KubernetesError, KubernetesJob
 
     try:
         return KubernetesJob.create(job, snapshot)
@@ -244,16 +244,17 @@ def _decide_auto(namespace: str | None) -> settings.Setting:
     API client, which the job then uses too."""
 
     def ns() -> settings.Setting:
-        from cerebras_appliance.backends.kubernetes import job as kube
+        from cerebras_appliance.backends.kubernetes import config as kube
 
         return kube.namespace_setting(namespace)
 
     def may_create(name: str) -> tuple[bool, str]:
-        from cerebras_appliance.backends.kubernetes import job as kube
+        from cerebras_appliance.backends.kubernetes import KubernetesError
+        from cerebras_appliance.backends.kubernetes import config as kube
 
         try:
             api_client = kube.shared_api_client()
-        except kube.KubernetesError as exc:
+        except KubernetesError as exc:
             return False, str(exc)
         return kube.may_create_executejobs(name, api_client)
 
@@ -287,6 +288,6 @@ def get_job(
                 f"no local job {name!r} in this process (local jobs cannot be reattached from "
                 "another process: their workers stop when the submitting process exits)"
             )
-    from cerebras_appliance.backends.kubernetes.job import KubernetesJob
+    from cerebras_appliance.backends.kubernetes import KubernetesJob
 
     return KubernetesJob.get(name, namespace)

@@ -652,7 +652,7 @@ def test_user_role_example_grants_exactly_what_the_client_calls() -> None:
     assert granted == needs, (granted - needs, needs - granted)
     assert not {v for v, r in granted if r == "/secrets"} - {"create"}
     # The Role the client's messages name.
-    from cerebras_appliance.backends.kubernetes.job import USER_ROLE
+    from cerebras_appliance.backends.kubernetes import USER_ROLE
 
     assert kinds["Role"]["metadata"]["name"] == USER_ROLE
 

@@ -29,7 +29,7 @@ from kubernetes import client
 from appliance_operator.job import controller
 from appliance_operator.job.controller import Controller
 from appliance_operator.metrics import Metrics
-from cerebras_appliance.backends.kubernetes.job import KubernetesError, KubernetesJob
+from cerebras_appliance.backends.kubernetes import KubernetesError, KubernetesJob
 from cerebras_appliance.backends.local import job as local
 from cerebras_appliance.backends.local import state
 from cerebras_appliance.contract import envfile, names

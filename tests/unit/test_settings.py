@@ -22,14 +22,14 @@ from kubernetes import client
 
 import cerebras_appliance as app
 from cerebras_appliance import settings
-from cerebras_appliance.backends.kubernetes import job as kube
-from cerebras_appliance.backends.kubernetes.job import (
+from cerebras_appliance.backends.kubernetes import (
     ForbiddenError,
     KubernetesError,
     KubernetesJob,
     NoCredentialsError,
     NotInstalledError,
 )
+from cerebras_appliance.backends.kubernetes import config as kube
 from cerebras_appliance.contract.api import ExecuteJobStatus, InvalidJobError
 from cerebras_appliance.environment import ApplianceEnviron
 from cerebras_appliance.handle import base as handle
