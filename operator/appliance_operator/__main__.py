@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 
-from appliance_operator.handlers import Config
+from appliance_operator.runtime.config import Config
 from appliance_operator.scope import ScopeError, namespace_scope
 
 
@@ -84,18 +84,19 @@ def main(argv: list[str] | None = None) -> int:
     # `kill -USR1 <pid>`: every thread's Python stack to stderr (the log), for a stuck
     # operator; the tests do it when a test that ran one fails.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # kopf, kubernetes and the runtime load once the arguments are good: --help and a usage
+    # error answer at once (the defaults come from runtime/config.py, which imports neither).
     import kopf
 
-    from appliance_operator import handlers
+    import appliance_operator.handlers  # noqa: F401 - registers the handlers with kopf
+    from appliance_operator.runtime.state import CONFIG, OperatorMemo
 
-    handlers.set_config(
-        Config(
-            workers=args.workers,
-            metrics_port=args.metrics_port,
-            metrics_address=args.metrics_address,
-            resync_seconds=args.resync_seconds,
-            scope=args.scope,
-        )
+    config = Config(
+        workers=args.workers,
+        metrics_port=args.metrics_port,
+        metrics_address=args.metrics_address,
+        resync_seconds=args.resync_seconds,
+        scope=args.scope,
     )
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     if not args.verbose:
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         clusterwide=args.scope.clusterwide,
         namespaces=args.scope.kopf_namespaces,
         liveness_endpoint=args.liveness,
+        memo=OperatorMemo({CONFIG: config}),
     )
     return 0
 

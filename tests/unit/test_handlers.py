@@ -1,4 +1,4 @@
-"""The kopf wiring: settings, configuration, command line (no cluster)."""
+"""The kopf wiring: settings, configuration, command line, the memo (no cluster)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ from typing import Any
 
 import kopf
 import pytest
-from kopf._cogs.structs import references
 
-from appliance_operator import handlers
 from appliance_operator.__main__ import parse_args
-from appliance_operator.handlers import Config, configure_settings, execute_jobs, worker_pods
+from appliance_operator.handlers import configure_settings
+from appliance_operator.runtime.cache import execute_jobs, worker_pods
+from appliance_operator.runtime.config import Config
 from appliance_operator.scope import namespace_scope
 
 
-def resource(group: str, version: str, plural: str) -> references.Resource:
-    return references.Resource(
+def resource(group: str, version: str, plural: str) -> kopf.Resource:
+    return kopf.Resource(
         group=group,
         version=version,
         plural=plural,
@@ -75,16 +75,18 @@ def test_indexers_reduce_objects_to_what_the_loop_needs() -> None:
     assert record["spec"] == job["spec"] and record["spec"] is not job["spec"]
 
 
-def test_objects_of_namespaces_not_served_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_objects_of_namespaces_not_served_are_dropped() -> None:
     """Watched cluster-wide for a glob or exclusion: other namespaces' objects are not indexed
-    (the event handlers ask the same ``_serves`` before enqueueing)."""
-    monkeypatch.setattr(handlers, "_config", Config(scope=namespace_scope(["!kube-*"])))
+    (the event handlers ask the runtime's same ``serves`` before enqueueing)."""
+    scope = namespace_scope(["!kube-*"])
     pod = worker_pod()
     job = {"metadata": {"name": "demo"}, "spec": {"image": "i", "entrypoint": "a.py"}}
-    assert worker_pods(kopf.Body(pod), namespace="kube-system") == {}
-    assert execute_jobs(kopf.Body(job), namespace="kube-system", name="demo") == {}
-    assert list(worker_pods(kopf.Body(pod), namespace="ml")) == [("ml", "demo")]
-    assert list(execute_jobs(kopf.Body(job), namespace="ml", name="demo")) == [("ml", "demo")]
+    assert worker_pods(kopf.Body(pod), namespace="kube-system", scope=scope) == {}
+    assert execute_jobs(kopf.Body(job), namespace="kube-system", name="demo", scope=scope) == {}
+    assert list(worker_pods(kopf.Body(pod), namespace="ml", scope=scope)) == [("ml", "demo")]
+    assert list(execute_jobs(kopf.Body(job), namespace="ml", name="demo", scope=scope)) == [
+        ("ml", "demo")
+    ]
 
 
 def test_config_from_environment() -> None:

@@ -24,6 +24,8 @@ from appliance_operator import handlers, kubeapi
 from appliance_operator.metrics import Metrics
 from appliance_operator.pool import tls as pooltls
 from appliance_operator.pool.controller import PoolController
+from appliance_operator.runtime.cache import Caches, JobRecord, Record
+from appliance_operator.runtime.resync import prune_tombstones
 from cerebras_appliance.contract import names
 
 
@@ -110,21 +112,21 @@ def test_tombstones_are_forgotten_once_no_index_holds_them() -> None:
     def body(uid: str) -> dict[str, Any]:
         return {"metadata": {"uid": uid}}
 
-    def job(uid: str) -> handlers.JobRecord:  # the job index holds records, as kopf's does
-        return handlers.JobRecord(body(uid))
+    def job(uid: str) -> JobRecord:  # the job index holds records, as kopf's does
+        return JobRecord(body(uid))
 
-    rt = SimpleNamespace(
+    rt = Caches(
         jobs={("ml", "a"): [job("job-ghost")], ("ml", "b"): [job("job-live")]},
-        pool_bodies={("ml", "p"): [body("pool-live")]},
+        pools={("ml", "p"): [Record(body("pool-live"))]},
         pods={("ml", "a"): [_View("pod-ghost")]},
         pool_pods={("ml", "p"): [_View("pool-pod-ghost")]},
         tombstones={"job-ghost", "pod-ghost", "pool-pod-ghost", "gone-1", "gone-2"},
     )
-    handlers.prune_tombstones(rt)  # type: ignore[arg-type]
+    prune_tombstones(rt)
     assert rt.tombstones == {"job-ghost", "pod-ghost", "pool-pod-ghost"}
     rt.jobs = {("ml", "b"): [job("job-live")]}  # the ghost job's DELETED finally came
     rt.pods = {}
-    handlers.prune_tombstones(rt)  # type: ignore[arg-type]
+    prune_tombstones(rt)
     assert rt.tombstones == {"pool-pod-ghost"}
 
 
