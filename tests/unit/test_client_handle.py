@@ -384,7 +384,7 @@ elif mode == "stream":
     # after one was printed.
     printed, marker = [], pidfile + ".in-stream"
     def back_in_stream(frame, event, arg):
-        if printed and event == "call" and frame.f_code.co_qualname == "_LogStream.get":
+        if printed and event == "call" and frame.f_code.co_qualname == "LogStream.get":
             open(marker, "w").close()
             sys.setprofile(None)
     sys.setprofile(back_in_stream)

@@ -383,6 +383,8 @@ def test_forbidden_secret_create_deletes_the_job_and_says_so(
          "executejobs.appliance.dev"),
         ("delete", client.CustomObjectsApi, "delete_namespaced_custom_object", "delete",
          "executejobs.appliance.dev"),
+        ("suspend", client.CustomObjectsApi, "patch_namespaced_custom_object", "patch",
+         "executejobs.appliance.dev"),
         ("pods", client.CoreV1Api, "list_namespaced_pod", "list", "pods"),
         ("log", client.CoreV1Api, "read_namespaced_pod_log", "get", "pods/log"),
     ],
@@ -397,6 +399,7 @@ def test_forbidden_reads_name_their_verb_and_resource(
     actions = {
         "get": job.status,
         "delete": job.delete,
+        "suspend": job.suspend,
         "pods": job.logs,
         "log": lambda: job._read_log("demo-worker-0", None),
     }
@@ -404,6 +407,92 @@ def test_forbidden_reads_name_their_verb_and_resource(
         actions[method]()
     assert (caught.value.verb, caught.value.resource) == (verb, resource)
     assert f"The client needs '{verb} {resource}'" in str(caught.value)
+
+
+class Patched:
+    """Stands in for the API server's ExecuteJob: records each patch, answers with the object
+    as the operator last wrote its status."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, status: dict[str, Any]) -> None:
+        self.patches: list[tuple[Any, ...]] = []
+        self.status = status
+        monkeypatch.setattr(
+            client.CustomObjectsApi,
+            "patch_namespaced_custom_object",
+            lambda _api, *args, **kwargs: self.call(*args, **kwargs),
+        )
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        self.patches.append(args)
+        body = {"metadata": {"name": args[4]}, "spec": args[5]["spec"], "status": self.status}
+
+        class Response:
+            data = json.dumps(body).encode()
+
+        return Response()
+
+
+def test_suspend_resume_and_scale_patch_the_executejobs_spec_on_kubernetes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = Patched(monkeypatch, {"phase": "Running", "replicas": 2, "observedGeneration": 3})
+    job = KubernetesJob("demo", "ml", {"spec": {"replicas": 2}}, client.ApiClient())
+    assert job.suspend().phase == "Running"  # the operator acts afterwards
+    job.resume()
+    status = job.scale(4)
+    assert [(a[:5], a[5]) for a in api.patches] == [
+        (("appliance.dev", "v1alpha1", "ml", "executejobs", "demo"), {"spec": {"suspend": True}}),
+        (("appliance.dev", "v1alpha1", "ml", "executejobs", "demo"), {"spec": {"suspend": False}}),
+        (("appliance.dev", "v1alpha1", "ml", "executejobs", "demo"), {"spec": {"replicas": 4}}),
+    ]
+    assert status.replicas == 2 and status.observed_generation == 3
+    assert job.manifest["spec"] == {"replicas": 4, "suspend": False}
+
+
+def test_scaling_beyond_the_crds_bounds_is_an_invalid_job_naming_the_field(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    exc = client.ApiException(status=422, reason="Unprocessable Entity")
+    exc.body = json.dumps(
+        {
+            "kind": "Status",
+            "message": 'ExecuteJob.appliance.dev "demo" is invalid: spec.replicas: Invalid '
+            "value: 0: spec.replicas in body should be greater than or equal to 1",
+            "reason": "Invalid",
+            "code": 422,
+        }
+    )
+    refuse(monkeypatch, client.CustomObjectsApi, "patch_namespaced_custom_object", exc)
+    job = KubernetesJob("demo", "ml", {}, client.ApiClient())
+    with pytest.raises(InvalidJobError, match=r"spec\.replicas in body should be greater than"):
+        job.scale(0)
+
+
+def test_suspending_a_job_that_does_not_exist_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    exc = client.ApiException(status=404, reason="Not Found")
+    exc.body = json.dumps(
+        {
+            "kind": "Status",
+            "message": 'executejobs.appliance.dev "demo" not found',
+            "reason": "NotFound",
+            "details": {"name": "demo", "group": "appliance.dev", "kind": "executejobs"},
+            "code": 404,
+        }
+    )
+    refuse(monkeypatch, client.CustomObjectsApi, "patch_namespaced_custom_object", exc)
+    job = KubernetesJob("demo", "ml", {}, client.ApiClient())
+    with pytest.raises(KubernetesError, match="ExecuteJob ml/demo does not exist"):
+        job.suspend()
+
+
+def test_both_backends_implement_the_whole_backend_interface() -> None:
+    from cerebras_appliance.backends.local.job import LocalJob
+    from cerebras_appliance.handle import JobBackend
+
+    declared = JobBackend.__abstractmethods__
+    assert {"status", "suspend", "resume", "scale", "delete", "_follow_attempt"} <= declared
+    assert not KubernetesJob.__abstractmethods__
+    assert not LocalJob.__abstractmethods__
 
 
 def test_crd_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,9 +1,11 @@
 """The job handle every backend returns: wait with progress, logs (followed too), the outcome
 as an exception, stopping (context manager, Ctrl-C), and async variants of the same code.
 
-A backend implements a few primitives (:class:`JobHandle`'s ``_``-methods: observe the status,
-list the worker attempts, read or follow one attempt's log, delete); everything a user calls
-is written here once, so the local and the Kubernetes backend behave the same.
+A backend implements the interface :class:`~.backend.JobBackend` declares (status, suspend,
+resume, scale, delete; observe the status, list the worker attempts, read or follow one
+attempt's log); everything else a user calls is written here once, so the local and the
+Kubernetes backend behave the same. The errors are in :mod:`.errors`, log streaming in
+:mod:`.logs`, the Ctrl-C prompt in :mod:`.interrupt`, progress displays in :mod:`.progress`.
 
 **The Ctrl-C rule.** A ``KeyboardInterrupt`` (Ctrl-C; a notebook's *Interrupt kernel*) during
 ``wait()`` or log streaming, with the default ``on_interrupt="delete"``, deletes the job (its
@@ -22,25 +24,25 @@ the way out.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import queue
-import re
-import signal
-import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Literal, NamedTuple, Self, overload
+from collections.abc import AsyncIterator, Iterator
+from typing import IO, TYPE_CHECKING, Literal, Self, overload
 
 from cerebras_appliance.contract.api import ExecuteJobStatus
-from cerebras_appliance.handle.progress import counts, failure_message, make_display, problem
+from cerebras_appliance.handle.backend import AttemptRef, JobBackend
+from cerebras_appliance.handle.errors import (
+    JobFailedError,
+    JobSuspendedError,
+    JobTimeoutError,
+    Until,
+)
+from cerebras_appliance.handle.interrupt import OnInterrupt, ask, notice, sigint_deferred
+from cerebras_appliance.handle.logs import End, LogLine, LogStream
+from cerebras_appliance.handle.progress import counts, make_display, problem
 
 if TYPE_CHECKING:
     from types import TracebackType
-
-OnInterrupt = Literal["delete", "keep", "ask"]
-Until = Literal["finished", "ready"]
 
 #: How long one step of a wait blocks at most (the display's elapsed time moves on).
 WAIT_TICK_S = 0.5
@@ -48,279 +50,15 @@ WAIT_TICK_S = 0.5
 #: Kubernetes, the operator is not running or does not watch the namespace.
 NO_STATUS_NOTICE_S = 30.0
 
-_FAILED_WORKER = re.compile(r"worker (\S+) failed \(exit code (-?\d+)")
 
-
-# -- errors ----------------------------------------------------------------------------------
-
-
-class JobError(RuntimeError):
-    """A job did not end as the caller waited for it to; ``status`` is its last status."""
-
-    def __init__(self, message: str, status: ExecuteJobStatus | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class JobFailedError(JobError):
-    """The job failed. ``reason`` (``BackoffLimitExceeded``, ``DeadlineExceeded``) and
-    ``message`` are its ``Failed`` condition's; ``worker`` and ``exit_code`` name the worker
-    attempt whose failure ended it, when the message does."""
-
-    def __init__(self, job: str, status: ExecuteJobStatus) -> None:
-        cond = status.condition("Failed")
-        self.job = job
-        self.reason = cond.reason if cond else ""
-        self.message = cond.message if cond else ""
-        found = _FAILED_WORKER.search(self.message)
-        self.worker: str | None = found.group(1) if found else None
-        self.exit_code: int | None = int(found.group(2)) if found else None
-        super().__init__(f"job {job} failed: {failure_message(status) or 'Failed'}", status)
-
-
-class JobSuspendedError(JobError):
-    """The job is suspended (``spec.suspend``): it will not finish until resumed."""
-
-
-class JobDeletedError(JobError):
-    """The job was deleted while the caller waited for it."""
-
-
-class JobNotFoundError(JobError, LookupError):
-    """``get_job``: no such job."""
-
-
-class JobTimeoutError(TimeoutError):
-    """The wait's ``timeout`` passed. The message names the phase and what the wait still
-    waited for; ``status`` is the last status seen."""
-
-    def __init__(self, message: str, status: ExecuteJobStatus, until: Until) -> None:
-        super().__init__(message)
-        self.status = status
-        self.until = until
-
-
-# -- log lines -------------------------------------------------------------------------------
-
-
-class LogLine(NamedTuple):
-    """One line of one worker attempt's log (without its newline)."""
-
-    worker: int  # the worker index
-    attempt: int  # 0 for ``<job>-worker-<i>``, a for ``<job>-worker-<i>-<a>``
-    pod: str  # the attempt's name (a pod's name on Kubernetes)
-    text: str
-
-    def __str__(self) -> str:
-        return f"[{self.pod}] {self.text}"
-
-
-@dataclass(frozen=True, order=True)
-class AttemptRef:
-    """A worker attempt a backend knows of."""
-
-    index: int
-    attempt: int
-    name: str
-
-
-class _End:
-    pass
-
-
-_END = _End()
-
-
-def split_lines(buffer: str, data: str) -> tuple[list[str], str]:
-    """Complete lines of ``buffer + data`` and the incomplete rest."""
-    text = buffer + data
-    *lines, rest = text.split("\n")
-    return [line.removesuffix("\r") for line in lines], rest
-
-
-class _LogStream:
-    """Follows every attempt of a job (or of one worker) until the job has finished and each
-    attempt's log has ended; lines of all attempts go to one queue, in arrival order.
-
-    A driver thread refreshes the job (on the local backend this also runs its reconcile, so
-    failed workers are replaced while nobody calls ``wait()``), finds new attempts and starts
-    a follower thread for each; consumers take from the queue with a timeout, so neither a
-    Ctrl-C nor an asyncio cancellation waits on a blocked read.
-    """
-
-    def __init__(self, job: JobHandle, worker: int | None) -> None:
-        self._job, self._worker = job, worker
-        self._queue: queue.Queue[LogLine | BaseException | _End] = queue.Queue()
-        self.stop = threading.Event()
-        self.finished = threading.Event()  # the job has finished: attempts that never
-        # started will not (followers of those give up)
-        self._driver = threading.Thread(target=self._drive, name=f"logs-{job.name}", daemon=True)
-        self._driver.start()
-
-    def _drive(self) -> None:
-        followers: dict[str, threading.Thread] = {}
-        try:
-            while not self.stop.is_set():
-                status = self._job._refresh()
-                for ref in sorted(self._job._attempts()):
-                    if ref.name in followers or (self._worker not in (None, ref.index)):
-                        continue
-                    thread = threading.Thread(
-                        target=self._follow, args=(ref,), name=f"log-{ref.name}", daemon=True
-                    )
-                    followers[ref.name] = thread
-                    thread.start()
-                if status.finished:
-                    self.finished.set()
-                    if not any(t.is_alive() for t in followers.values()):
-                        # Attempts seen only now were started before the end: one more look.
-                        if all(r.name in followers for r in self._mine()):
-                            break
-                        continue
-                self.stop.wait(self._job._poll_interval)
-            for thread in followers.values():
-                thread.join()
-        except BaseException as exc:
-            self._queue.put(exc)
-        finally:
-            self._queue.put(_END)
-
-    def _mine(self) -> list[AttemptRef]:
-        return [r for r in self._job._attempts() if self._worker in (None, r.index)]
-
-    def _follow(self, ref: AttemptRef) -> None:
-        try:
-            for text in self._job._follow_attempt(ref, self.stop, self.finished):
-                self._queue.put(LogLine(ref.index, ref.attempt, ref.name, text))
-        except Exception as exc:
-            if not self.stop.is_set():
-                self._queue.put(exc)
-
-    def get(self, timeout: float) -> LogLine | _End | None:
-        """The next line, ``_END`` when done, None when nothing came within ``timeout``."""
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        if isinstance(item, BaseException):
-            self.close()
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop following (the backend ends blocked reads) and let the threads end."""
-        if self.stop.is_set():
-            return
-        self.stop.set()
-        self._job._stop_following()
-        if self._driver is not threading.current_thread():
-            self._driver.join(timeout=10)
-
-
-# -- Ctrl-C ----------------------------------------------------------------------------------
-
-
-def _notice(stream: IO[str] | None, text: str) -> None:
-    with contextlib.suppress(Exception):
-        print(text, file=stream or sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def _sigint_deferred(stream: IO[str] | None, text: str) -> Iterator[None]:
-    """Ignore further Ctrl-C (saying so) while the clean-up runs; main thread only."""
-    if threading.current_thread() is not threading.main_thread() or (
-        signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-
-    def again(signum: int, frame: object) -> None:
-        _notice(stream, text)
-
-    previous = signal.signal(signal.SIGINT, again)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _ask(stream: IO[str] | None, question: str) -> OnInterrupt:
-    if not (sys.stdin is not None and sys.stdin.isatty()):
-        return "delete"
-    _notice(stream, question)
-    try:
-        answer = input()
-    except (EOFError, KeyboardInterrupt):
-        return "delete"
-    return "keep" if answer.strip().lower() in ("n", "no") else "delete"
-
-
-# -- the handle ------------------------------------------------------------------------------
-
-
-class JobHandle:
+class JobHandle(JobBackend):
     """A handle on an execute job; what ``submit()`` and ``get_job()`` return.
 
-    Backends set ``name`` and ``manifest`` and implement the ``_``-primitives below.
+    Backends set ``name`` and ``manifest`` and implement :class:`~.backend.JobBackend`.
     """
 
-    name: str
-    manifest: dict[str, Any]
-    #: seconds between two looks at the job while streaming logs
-    _poll_interval: float = 1.0
     _keep: bool = False
     _last_status: ExecuteJobStatus | None = None
-
-    # -- backend primitives --------------------------------------------------------------
-
-    def status(self) -> ExecuteJobStatus:
-        raise NotImplementedError
-
-    def delete(self) -> None:
-        raise NotImplementedError
-
-    @property
-    def label(self) -> str:
-        """How messages name the job (``namespace/name`` on Kubernetes)."""
-        return self.name
-
-    def _observer(self) -> contextlib.AbstractContextManager[Callable[[float], ExecuteJobStatus]]:
-        """For the duration of a wait: a function that blocks up to the given seconds for
-        news and returns the newest status; raises JobDeletedError once the job is gone."""
-        raise NotImplementedError
-
-    def _refresh(self) -> ExecuteJobStatus:
-        """The status now (JobDeletedError when the job is gone)."""
-        raise NotImplementedError
-
-    def _attempts(self) -> list[AttemptRef]:
-        """Every worker attempt that exists (finished ones too)."""
-        raise NotImplementedError
-
-    def _read_log(self, name: str, tail: int | None) -> str:
-        raise NotImplementedError
-
-    def _follow_attempt(
-        self, ref: AttemptRef, stop: threading.Event, finished: threading.Event
-    ) -> Iterator[str]:
-        """The attempt's lines as they are written, until its log ends (it exited, or it was
-        removed before it started), or ``stop`` is set."""
-        raise NotImplementedError
-
-    def _stop_following(self) -> None:
-        """End the reads of followed logs that block (called when a stream is closed)."""
-
-    def _after_interrupt_delete(self) -> str:
-        """What the Ctrl-C notice adds after "job deleted"."""
-        return ""
-
-    def _reattach_hint(self) -> str:
-        return ""
-
-    def _no_status_hint(self, status: ExecuteJobStatus) -> str:
-        """Why ``status`` may be one nobody wrote (``""``: it was written). The local backend
-        computes its status itself, so only the Kubernetes one says anything."""
-        return ""
 
     # -- waiting ---------------------------------------------------------------------------
 
@@ -369,18 +107,18 @@ class JobHandle:
             )
         except asyncio.CancelledError:
             cancel.set()
-            self._cancelled_notice()
+            self._cancellednotice()
             raise
         except KeyboardInterrupt:
             cancel.set()
             self._interrupted(on_interrupt, None)
             raise
 
-    def _cancelled_notice(self) -> None:
+    def _cancellednotice(self) -> None:
         status = self._last_status
         if status is None or not status.finished:
             hint = self._reattach_hint()
-            _notice(None, f"{self.label}: stopped waiting (cancelled); the job keeps running"
+            notice(None, f"{self.label}: stopped waiting (cancelled); the job keeps running"
                     + (f" ({hint})" if hint else ""))  # fmt: skip
 
     def _wait(
@@ -511,13 +249,13 @@ class JobHandle:
         including the lines of attempts that replace failed ones, until the job has finished
         and every attempt's log has ended. Ctrl-C: as for :meth:`wait`. Raises
         :class:`JobDeletedError` when the job is deleted meanwhile."""
-        stream = _LogStream(self, worker)
+        stream = LogStream(self, worker)
         try:
             while True:
                 item = stream.get(WAIT_TICK_S)
                 if item is None:
                     continue
-                if isinstance(item, _End):
+                if isinstance(item, End):
                     return
                 yield item
         except KeyboardInterrupt:
@@ -529,18 +267,18 @@ class JobHandle:
 
     async def stream_logs_async(self, worker: int | None = None) -> AsyncIterator[LogLine]:
         """:meth:`stream_logs` for ``async for`` (the same stream; reads in a thread)."""
-        stream = _LogStream(self, worker)
+        stream = LogStream(self, worker)
         try:
             while True:
                 item = await asyncio.to_thread(stream.get, WAIT_TICK_S)
                 if item is None:
                     continue
-                if isinstance(item, _End):
+                if isinstance(item, End):
                     return
                 yield item
         except asyncio.CancelledError:
             stream.close()
-            self._cancelled_notice()
+            self._cancellednotice()
             raise
         finally:
             stream.close()
@@ -586,20 +324,20 @@ class JobHandle:
         except Exception:
             status = self._last_status
         if status is not None and status.finished:
-            _notice(stream, f"{self.label}: interrupted; the job had already finished "
+            notice(stream, f"{self.label}: interrupted; the job had already finished "
                     f"({status.phase}): nothing was running")  # fmt: skip
             return
         if rule == "ask":
-            rule = _ask(stream, f"{self.label}: interrupted. Stop the job and its workers? [Y/n]")
+            rule = ask(stream, f"{self.label}: interrupted. Stop the job and its workers? [Y/n]")
         if rule == "keep":
             self._keep = True
             hint = self._reattach_hint()
-            _notice(stream, f"{self.label}: interrupted; the job keeps running"
+            notice(stream, f"{self.label}: interrupted; the job keeps running"
                     + (f" ({hint})" if hint else ""))  # fmt: skip
             return
-        with _sigint_deferred(stream, f"{self.label}: still stopping the workers, one moment"):
+        with sigint_deferred(stream, f"{self.label}: still stopping the workers, one moment"):
             self.delete()
-        _notice(stream, f"{self.label}: interrupted: job deleted, its workers stopped"
+        notice(stream, f"{self.label}: interrupted: job deleted, its workers stopped"
                 + self._after_interrupt_delete()
                 + " (on_interrupt='keep' leaves a job running)")  # fmt: skip
 

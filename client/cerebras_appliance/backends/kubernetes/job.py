@@ -14,7 +14,15 @@ from kubernetes import client
 
 from cerebras_appliance.backends.kubernetes import config
 from cerebras_appliance.backends.kubernetes.create import create_executejob
-from cerebras_appliance.backends.kubernetes.errors import _EJ, KubernetesError, _api_error
+from cerebras_appliance.backends.kubernetes.errors import (
+    _EJ,
+    CONNECTION_ERRORS,
+    KubernetesError,
+    _api_error,
+    is_missing_object,
+    message_of,
+    unreachable,
+)
 from cerebras_appliance.backends.kubernetes.logs import PodLogs
 from cerebras_appliance.backends.kubernetes.objects import JobRef, status_of
 from cerebras_appliance.backends.kubernetes.watch import StatusFeed
@@ -167,6 +175,45 @@ class KubernetesJob(JobHandle):
             f"follow it again with cerebras_appliance.get_job({self.name!r}, "
             f"namespace={self.namespace!r}); stop it with job.delete()"
         )
+
+    # -- changing the spec ----------------------------------------------------------------
+
+    def suspend(self) -> ExecuteJobStatus:
+        """``spec.suspend = true``: the operator removes the workers (not a failure) and keeps
+        the job. Returns the status the operator last wrote: the change shows in it once the
+        operator has acted (phase ``Suspended``; a ``wait()`` then raises JobSuspendedError)."""
+        return self._patch_spec({"suspend": True}, "suspending")
+
+    def resume(self) -> ExecuteJobStatus:
+        """``spec.suspend = false``: the operator starts the workers that have not succeeded.
+        Returns the status the operator last wrote (it changes once the operator acted)."""
+        return self._patch_spec({"suspend": False}, "resuming")
+
+    def scale(self, replicas: int) -> ExecuteJobStatus:
+        """Change ``spec.replicas`` (mutable, unlike the image, entrypoint, env and pool: the
+        snapshot does not depend on it): workers beyond it stop, missing ones start. The API
+        server checks the bounds (InvalidJobError names them). Returns the status the
+        operator last wrote (it changes once the operator acted)."""
+        return self._patch_spec({"replicas": replicas}, f"scaling to {replicas} workers")
+
+    def _patch_spec(self, changes: dict[str, Any], doing: str) -> ExecuteJobStatus:
+        what = f"{doing} ExecuteJob {self.namespace}/{self.name}"
+        try:
+            obj = self._ref.patch({"spec": changes})
+        except client.ApiException as exc:
+            if exc.status == 422:
+                raise InvalidJobError([message_of(exc)]) from None
+            if is_missing_object(exc):
+                raise KubernetesError(
+                    f"ExecuteJob {self.namespace}/{self.name} does not exist"
+                ) from None
+            raise _api_error(what, exc, "patch", _EJ, self.namespace) from None
+        except CONNECTION_ERRORS as exc:
+            raise KubernetesError(f"{what}: {unreachable(exc)}") from None
+        if isinstance(self.manifest.get("spec"), dict):
+            self.manifest["spec"].update(changes)
+        self._last_status = status_of(obj)
+        return self._last_status
 
     # -- stopping ------------------------------------------------------------------------
 
