@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 __all__ = [
     "BACKEND_VAR",
@@ -174,10 +174,3 @@ def decide_auto(
         stacklevel=3,
     )
     return Setting("local", f"backend 'auto': {why}")
-
-
-def chosen_backend(setting: Setting) -> Literal["local", "kubernetes"]:
-    """The setting's value once ``"auto"`` was decided."""
-    if setting.value not in ("local", "kubernetes"):
-        raise ConfigurationError(f"backend {setting} was not decided")
-    return cast(Literal["local", "kubernetes"], setting.value)
