@@ -161,7 +161,7 @@ class ClaimServer:
         with contextlib.suppress(OSError):
             self._sock.close()
 
-    def accept_one(self) -> tuple[bytes, Reply]:  # noqa: PLR0915
+    def accept_one(self) -> tuple[bytes, Reply]:
         """Wait for the first peer that is the operator and sends a claim; close the listener.
 
         Each connection is handshaken on a thread of its own (at most
@@ -172,73 +172,59 @@ class ClaimServer:
         (:data:`PROBE_KIND`, the operator checking that the channel answers) is answered and
         the wait goes on. A claim arriving after the first is refused.
         """
-        taken: list[tuple[bytes, Reply]] = []
-        done = threading.Event()
-        lock = threading.Lock()
-        slots = threading.BoundedSemaphore(MAX_PENDING_CONNECTIONS)
-
-        def serve(raw: socket.socket, address: str) -> None:
-            try:
-                conn = self._handshake(raw, address)
-                if conn is None:
-                    return
-                while True:
-                    try:
-                        data = recv_frame(conn)
-                    except (OSError, ChannelError) as exc:
-                        _log(f"dropped a claim connection from {address}: {exc}")
-                        with contextlib.suppress(OSError):
-                            conn.close()
-                        return
-                    if not is_probe(data):
-                        break
-                    try:  # the channel answers; the worker stays idle
-                        send_frame(conn, json.dumps({"kind": PROBE_ANSWER_KIND}).encode())
-                    except OSError:
-                        with contextlib.suppress(OSError):
-                            conn.close()
-                        return
-                with lock:
-                    first = not taken and not done.is_set()
-                    if first:
-                        taken.append((data, _replier(conn)))
-                if first:
-                    done.set()
-                    self.close()  # one claim: nobody can connect again
-                    return
-                _replier(conn)({"accepted": False, "reason": "this worker is claimed already"})
-            finally:
-                slots.release()
-
-        def accept_loop() -> None:
-            while not done.is_set():
-                try:
-                    raw, address = self._sock.accept()
-                except OSError as exc:
-                    if exc.errno in (errno.ECONNABORTED, errno.EINTR, errno.EPROTO):
-                        continue  # that one connection went away before it was accepted
-                    break  # the listener was closed: a claim was taken
-                if done.is_set():
-                    with contextlib.suppress(OSError):
-                        raw.close()
-                    break
-                if not slots.acquire(blocking=False):
-                    _log(f"refused a claim connection from {address[0]}: too many pending")
-                    with contextlib.suppress(OSError):
-                        raw.close()
-                    continue
-                threading.Thread(
-                    target=serve, args=(raw, str(address[0])), name="claim-conn", daemon=True
-                ).start()
-            done.set()
-
-        acceptor = threading.Thread(target=accept_loop, name="claim-accept", daemon=True)
+        wait = _Wait()
+        acceptor = threading.Thread(
+            target=self._accept_loop, args=(wait,), name="claim-accept", daemon=True
+        )
         acceptor.start()
-        done.wait()
+        wait.done.wait()
         acceptor.join()
-        if not taken:
+        if not wait.taken:
             raise OSError("the claim listener closed without a claim")
-        return taken[0]
+        return wait.taken[0]
+
+    def _accept_loop(self, wait: _Wait) -> None:
+        """Accept connections, each served on its own thread, until a claim is taken."""
+        while not wait.done.is_set():
+            try:
+                raw, address = self._sock.accept()
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EINTR, errno.EPROTO):
+                    continue  # that one connection went away before it was accepted
+                break  # the listener was closed: a claim was taken
+            if wait.done.is_set():
+                with contextlib.suppress(OSError):
+                    raw.close()
+                break
+            if not wait.slots.acquire(blocking=False):
+                _log(f"refused a claim connection from {address[0]}: too many pending")
+                with contextlib.suppress(OSError):
+                    raw.close()
+                continue
+            threading.Thread(
+                target=self._serve,
+                args=(wait, raw, str(address[0])),
+                name="claim-conn",
+                daemon=True,
+            ).start()
+        wait.done.set()
+
+    def _serve(self, wait: _Wait, raw: socket.socket, address: str) -> None:
+        """One connection: the handshake, probes answered, then its claim taken or refused."""
+        try:
+            conn = self._handshake(raw, address)
+            if conn is None:
+                return
+            data = _claim_of(conn, address)
+            if data is None:
+                return
+            if wait.take(data, conn):
+                wait.done.set()
+                self.close()  # one claim: nobody can connect again
+                return
+            _replier(conn)({"accepted": False, "reason": "this worker is claimed already"})
+        finally:
+            wait.slots.release()
 
     def _handshake(self, raw: socket.socket, address: str) -> ssl.SSLSocket | None:
         """The TLS handshake of one connection; the connection if its peer is the operator."""
@@ -256,6 +242,46 @@ class ClaimServer:
                 conn.close()
             return None
         return conn
+
+
+class _Wait:
+    """One :meth:`ClaimServer.accept_one`: the claim taken (the first only), whether the wait
+    is over, and the slots of connections being served."""
+
+    def __init__(self) -> None:
+        self.taken: list[tuple[bytes, Reply]] = []
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(MAX_PENDING_CONNECTIONS)
+
+    def take(self, data: bytes, conn: ssl.SSLSocket) -> bool:
+        """Take ``data`` as the claim if it is the first; whether it was."""
+        with self._lock:
+            first = not self.taken and not self.done.is_set()
+            if first:
+                self.taken.append((data, _replier(conn)))
+        return first
+
+
+def _claim_of(conn: ssl.SSLSocket, address: str) -> bytes | None:
+    """The connection's first frame that is not a probe (each probe is answered: the channel
+    answers, the worker stays idle); None when the connection broke (it is closed)."""
+    while True:
+        try:
+            data = recv_frame(conn)
+        except (OSError, ChannelError) as exc:
+            _log(f"dropped a claim connection from {address}: {exc}")
+            with contextlib.suppress(OSError):
+                conn.close()
+            return None
+        if not is_probe(data):
+            return data
+        try:
+            send_frame(conn, json.dumps({"kind": PROBE_ANSWER_KIND}).encode())
+        except OSError:
+            with contextlib.suppress(OSError):
+                conn.close()
+            return None
 
 
 def is_probe(data: bytes) -> bool:
