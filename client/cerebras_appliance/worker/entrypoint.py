@@ -42,111 +42,30 @@ them too, reaps every orphaned zombie, and exits with the worker's exit code.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import runpy
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from types import FrameType
 
-from cerebras_appliance.contract import claim as claims
 from cerebras_appliance.contract import envfile, names
 from cerebras_appliance.contract.entrypoints import entrypoint_problem, is_script_entrypoint
-from cerebras_appliance.contract.names import (
-    CLAIM_FD_VAR,
-    IDLE_FILE_VAR,
-    POOL_WORKER_VAR,
-    REEXEC_MARKER,
-    STATE_DIR_VAR,
-    WARM_FLAG,
-    WARM_IMPORTS_VAR,
-    WARM_STARTUP_VARS_VAR,
-)
+from cerebras_appliance.contract.names import REEXEC_MARKER, WARM_FLAG
+from cerebras_appliance.worker.init import install_stop_handlers, run_as_init, stop_signal
+from cerebras_appliance.worker.report import EXIT_CONFIG, EXIT_USAGE, log, write_ready_marker
 
-EXIT_USAGE = 2
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h
-#: Warm-mode plumbing removed before the user's code runs.
-WARM_VARS = (
-    WARM_IMPORTS_VAR,
-    WARM_STARTUP_VARS_VAR,
-    IDLE_FILE_VAR,
-    CLAIM_FD_VAR,
-    STATE_DIR_VAR,
-    POOL_WORKER_VAR,
-    names.CLAIM_TLS_DIR_VAR,
-    names.CLAIM_PORT_VAR,
-    names.CLAIM_HOST_VAR,
-)
-PREFIX = "appliance worker:"
-
-
-def _log(message: str) -> None:
-    print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
-
-
-#: What the init forwards to the worker's process group (the rest keep their default action).
-FORWARDED_SIGNALS = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
-    signal.SIGWINCH,
-)
-#: Set by our handlers: the signal that asked the worker to stop (0: none).
-_stop_signal = 0
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    global _stop_signal  # noqa: PLW0603 - one worker per process
-    _stop_signal = signum
-    raise SystemExit(128 + signum)
-
-
-def _on_sigint(signum: int, frame: FrameType | None) -> None:
-    global _stop_signal  # noqa: PLW0603
-    _stop_signal = signum
-    signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as in any program
-
-
-def install_stop_handlers() -> None:
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    signal.signal(signal.SIGINT, _on_sigint)
-
-
-def run_as_init() -> int | None:
-    """Fork; in the child return None (it goes on as the worker), in the parent act as PID 1
-    until the child exits and return the exit code to exit with."""
-    waited = {*FORWARDED_SIGNALS, signal.SIGCHLD}
-    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
-    child = os.fork()
-    if child == 0:
-        os.setpgid(0, 0)  # its own group: the init signals the group, never itself
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, waited)
-        return None
-    with contextlib.suppress(OSError):
-        os.setpgid(child, child)  # also here: no signal may reach the group before it exists
-    while True:
-        info = signal.sigwaitinfo(waited)
-        if info.si_signo != signal.SIGCHLD:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child, info.si_signo)
-            continue
-        while True:  # reap every child that exited: the worker, and orphans reparented to us
-            try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return 1  # no child at all: cannot happen while the worker runs
-            if pid == 0:
-                break
-            if pid == child:
-                code = os.waitstatus_to_exitcode(wait_status)
-                return code if code >= 0 else 128 - code
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_USAGE",
+    "apply",
+    "main",
+    "needs_reexec",
+    "run_user_code",
+    "write_ready_marker",
+]
 
 
 def needs_reexec(
@@ -166,14 +85,6 @@ def needs_reexec(
 def apply(env: tuple[tuple[str, str], ...]) -> None:
     for name, value in env:
         os.environ[name] = value
-
-
-def write_ready_marker(path: str, env_hash: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_text(f"{env_hash}\n", encoding="utf-8")
-    partial.replace(target)  # atomic: a probe never reads half a marker
 
 
 def _exit_code(result: object) -> int:
@@ -203,13 +114,13 @@ def run_user_code(entrypoint: str, args: list[str]) -> int:
         for attr in attr_path.split("."):
             target = getattr(target, attr)
         if not callable(target):
-            _log(f"{entrypoint!r} is not callable")
+            log(f"{entrypoint!r} is not callable")
             return EXIT_USAGE
         return _exit_code(target(*args))
     except SystemExit as exc:
         return _exit_code(exc.code)
     except BaseException:
-        if not _stop_signal:
+        if not stop_signal():
             traceback.print_exc()
             sys.stderr.flush()
         return 1
@@ -217,9 +128,10 @@ def run_user_code(entrypoint: str, args: list[str]) -> int:
 
 def _stopped_code(code: int) -> int:
     """A worker asked to stop exits 128 + signal: it did not finish its work."""
-    if _stop_signal:
-        _log(f"stopped by {signal.Signals(_stop_signal).name}")
-        return 128 + _stop_signal
+    signum = stop_signal()
+    if signum:
+        log(f"stopped by {signal.Signals(signum).name}")
+        return 128 + signum
     return code
 
 
@@ -243,138 +155,36 @@ def main(argv: list[str] | None = None) -> int:
         return _stopped_code(1)
 
 
-def _names(variable: str) -> list[str]:
-    return [n.strip() for n in os.environ.get(variable, "").split(",") if n.strip()]
+def _warm(argv: list[str]) -> int:
+    """Warm mode (:mod:`.warm`): wait for one claim, then run it by the cold path."""
+    from cerebras_appliance.worker import warm  # a pool's worker only
 
-
-def _read_claim_fd(fd: int) -> bytes:
-    """The claim written to the pipe: everything up to its end (the claimer closes it)."""
-    chunks: list[bytes] = []
-    size = 0
-    with contextlib.suppress(OSError):
-        while size <= claims.MAX_CLAIM_BYTES:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    with contextlib.suppress(OSError):
-        os.close(fd)
-    return b"".join(chunks)
-
-
-def _warm(argv: list[str]) -> int:  # noqa: PLR0912
-    """Warm mode: preload, become idle, accept one claim, then run the cold path."""
-    if argv:
-        _log(f"{WARM_FLAG} takes no other arguments (the claim names the entrypoint)")
-        return EXIT_USAGE
-    # What the claim path imports later (snapshot file, HMAC check): loaded while idle.
-    for module in ("base64", "hashlib", "hmac", "tempfile", "json"):
-        importlib.import_module(module)
-    for module in _names(WARM_IMPORTS_VAR):
-        try:
-            importlib.import_module(module)
-        except Exception as exc:  # any import failure makes the pool unusable
-            _log(f"{WARM_IMPORTS_VAR}: cannot import {module!r}: {type(exc).__name__}: {exc}")
-            return EXIT_CONFIG
-    idle = os.environ.get(IDLE_FILE_VAR, "")
-    me = os.environ.get(POOL_WORKER_VAR, "")
-    fd_text = os.environ.get(CLAIM_FD_VAR, "")
-    reply: Callable[[Mapping[str, object]], None] | None
-    if fd_text:
-        if idle:
-            write_ready_marker(idle, "idle")
-        data = _read_claim_fd(int(fd_text))
-        reply = None
-    else:
-        from cerebras_appliance.contract import channel
-
-        try:
-            server = channel.ClaimServer.from_environ(os.environ)
-        except channel.ChannelError as exc:
-            _log(f"{exc}")
-            return EXIT_CONFIG
-        if idle:
-            write_ready_marker(idle, "idle")
-        try:
-            data, reply = server.accept_one()
-        except OSError as exc:
-            _log(f"{exc}")
-            return EXIT_CONFIG
-    if idle:
-        with contextlib.suppress(OSError):
-            os.unlink(idle)
-    if not data:
-        _log("the claim channel closed without a claim; exiting")
-        return 0
-    try:
-        claim = claims.parse(data, expected_worker=me)
-        env_hash = _take_claim(claim)
-    except (claims.ClaimError, envfile.EnvFileError, OSError) as exc:
-        _log(f"claim refused: {exc}")
-        if reply is not None:
-            reply({"accepted": False, "reason": str(exc)})
-        return EXIT_CONFIG
-    if reply is not None:
-        # The answer names the job and repeats the claim's nonce: it confirms this claim only.
-        reply({"accepted": True, "envHash": env_hash, "job": claim.job, "nonce": claim.nonce})
-    extra = frozenset(_names(WARM_STARTUP_VARS_VAR))
-    for name in WARM_VARS:
-        os.environ.pop(name, None)
-    return _main([claim.entrypoint, *claim.args], extra_startup=extra)
-
-
-def _take_claim(claim: claims.Claim) -> str:
-    """Set the claim's plumbing, write its snapshot; return the snapshot's (checked) hash."""
-    if claim.log_file:
-        fd = os.open(claim.log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        os.close(fd)
-    if claim.cwd:
-        os.chdir(claim.cwd)
-        if sys.path and sys.path[0] != claim.cwd:
-            sys.path[0] = claim.cwd  # as `python -m` started there would have it
-    for name, value in claim.plumbing:
-        os.environ[name] = value
-    if claim.snapshot:
-        snapshot = envfile.parse(claim.snapshot, "in the claim")
-        import tempfile
-
-        directory = os.environ.get(STATE_DIR_VAR) or None
-        fd, path = tempfile.mkstemp(prefix="env-", suffix=".json", dir=directory)  # 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(claim.snapshot)
-        os.environ[names.ENV_FILE_VAR] = path
-    else:
-        snapshot = envfile.read(os.environ[names.ENV_FILE_VAR])
-    if not envfile.verify(snapshot):
-        raise claims.ClaimError("the snapshot's envHash is not its values' HMAC under its key")
-    return snapshot.env_hash
+    claimed = warm.wait_for_claim(argv)
+    if isinstance(claimed, int):
+        return claimed
+    return _main(claimed.argv, extra_startup=claimed.extra_startup)
 
 
 def _main(argv: list[str], extra_startup: frozenset[str] = frozenset()) -> int:
     entrypoint, args = argv[0], argv[1:]
     problem = entrypoint_problem(entrypoint)
     if problem:
-        _log(f"entrypoint {problem}")
+        log(f"entrypoint {problem}")
         return EXIT_USAGE
 
     path = os.environ.get(names.ENV_FILE_VAR)
     if not path:
-        _log(f"{names.ENV_FILE_VAR} is not set: it must name the env snapshot file")
+        log(f"{names.ENV_FILE_VAR} is not set: it must name the env snapshot file")
         return EXIT_CONFIG
     try:
         snapshot = envfile.read(path)
     except envfile.EnvFileError as exc:
-        _log(f"{exc}; not running {entrypoint!r}")
+        log(f"{exc}; not running {entrypoint!r}")
         return EXIT_CONFIG
 
     pending = needs_reexec(snapshot.env, os.environ, extra_startup)
     if pending and os.environ.get(REEXEC_MARKER) != snapshot.env_hash:
-        _log(f"re-executing once so start-up variables take effect: {', '.join(pending)}")
+        log(f"re-executing once so start-up variables take effect: {', '.join(pending)}")
         apply(snapshot.env)
         os.environ[REEXEC_MARKER] = snapshot.env_hash
         sys.stdout.flush()
@@ -386,5 +196,5 @@ def _main(argv: list[str], extra_startup: frozenset[str] = frozenset()) -> int:
     ready = os.environ.get(names.READY_FILE_VAR)
     if ready:
         write_ready_marker(ready, snapshot.env_hash)
-    _log(f"applied {len(snapshot.env)} variables ({snapshot.env_hash}); running {entrypoint}")
+    log(f"applied {len(snapshot.env)} variables ({snapshot.env_hash}); running {entrypoint}")
     return run_user_code(entrypoint, args)
