@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from conftest import Loader, NodeCluster, Operator
+    from support.kind import Loader, NodeCluster, Operator
 
 PROGRAM = r"""
 import json, os, sys

@@ -25,7 +25,8 @@ from kubernetes import client
 from user_client import UserClient
 
 if TYPE_CHECKING:
-    from conftest import NodeCluster, Operator, WaitUntil
+    from support.cluster import WaitUntil
+    from support.kind import NodeCluster, Operator
 
 FLAKY = """
 import os, sys, time

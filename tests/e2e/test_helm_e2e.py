@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
-    from conftest import NodeCluster, WaitUntil
+    from support.cluster import WaitUntil
+    from support.kind import NodeCluster
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from kubernetes import client
 
 if TYPE_CHECKING:
-    from conftest import NodeCluster, WaitUntil
+    from support.cluster import WaitUntil
+    from support.kind import NodeCluster
 
 SCRIPT = """
 import os, shutil, sys

@@ -17,7 +17,8 @@ import pytest
 from kubernetes import watch
 
 if TYPE_CHECKING:
-    from conftest import Jobs, Loader, NodeCluster, WaitUntil
+    from support.cluster import WaitUntil
+    from support.kind import Jobs, Loader, NodeCluster
 
 TIMEOUT_S = 120
 #: The pods' grace period is Kubernetes' default, 30 s; a worker that handles SIGTERM is gone

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING
 from kubernetes import client
 
 if TYPE_CHECKING:
-    from conftest import Jobs, Loader, NodeCluster, WaitUntil
+    from support.cluster import WaitUntil
+    from support.kind import Jobs, Loader, NodeCluster
 
 SECRET_VALUE = "s3cr3t-token-e2e"
 JOB_TIMEOUT_S = 180

@@ -34,7 +34,8 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
-    from conftest import KindCluster, Loader, WaitUntil
+    from support.cluster import WaitUntil
+    from support.kind import KindCluster, Loader
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conftest import KindCluster, Loader, Operator, WaitUntil
+    from support.cluster import WaitUntil
+    from support.kind import KindCluster, Loader, Operator
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]

@@ -26,7 +26,7 @@ from user_client import UserClient
 from appliance_operator.testing import OperatorProcess
 
 if TYPE_CHECKING:
-    from conftest import Cluster, WaitUntil
+    from support.cluster import Cluster, WaitUntil
 
 pytestmark = pytest.mark.integration
 

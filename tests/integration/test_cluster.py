@@ -12,7 +12,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 if TYPE_CHECKING:
-    from conftest import Cluster, WaitUntil
+    from support.cluster import Cluster, WaitUntil
 
 
 pytestmark = pytest.mark.integration

@@ -40,7 +40,7 @@ from appliance_operator.testing import OperatorProcess
 from cerebras_appliance.api import InvalidJobError, parse_job, parse_pool
 
 if TYPE_CHECKING:
-    from conftest import Cluster, WaitUntil
+    from support.cluster import Cluster, WaitUntil
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 if TYPE_CHECKING:
-    from conftest import Cluster, WaitUntil
+    from support.cluster import Cluster, WaitUntil
 
 pytestmark = pytest.mark.integration
 

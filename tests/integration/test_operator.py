@@ -29,7 +29,7 @@ from appliance_operator.testing import OperatorProcess, free_port, http_get
 from cerebras_appliance import envfile
 
 if TYPE_CHECKING:
-    from conftest import Cluster, WaitUntil
+    from support.cluster import Cluster, WaitUntil
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from appliance_operator.testing import OperatorProcess
 from cerebras_appliance.api import AWAITING_VALUES_ANNOTATION
 
 if TYPE_CHECKING:
-    from conftest import Cluster, WaitUntil
+    from support.cluster import Cluster, WaitUntil
 
 pytestmark = pytest.mark.integration
 
