@@ -31,6 +31,11 @@ class ApiError(Exception):
         super().__init__(f"{code} {reason}: {message}")
 
 
+def namespace_terminating(error: ApiError) -> bool:
+    """Creating anything in a namespace being deleted is refused; so is the job, soon."""
+    return error.code == 403 and "being terminated" in error.message
+
+
 def _api_error(exc: client.ApiException) -> ApiError:
     reason, message = str(exc.reason or ""), ""
     try:
