@@ -78,8 +78,9 @@ class PodView:
     finished_at: str = ""  # RFC 3339, when it terminated ("" while it has not)
     tracked: bool = False  # carries the tracking finalizer: its outcome is not counted yet
     #: This process removed the finalizer and the watch does not show that yet (its memory:
-    #: ``controller.merge_observed``). Counted, but ``tracked`` stays what the watch shows,
-    #: so its uid stays in ``status.countedPods`` until the watch shows the finalizer gone.
+    #: :meth:`appliance_operator.job.memory.Writes.merge`). Counted, but ``tracked`` stays
+    #: what the watch shows, so its uid stays in ``status.countedPods`` until the watch
+    #: shows the finalizer gone.
     released: bool = False
     disrupted: bool = False  # DisruptionTarget condition, or evicted by the kubelet
     waiting: str = ""  # why it cannot start (ImagePullBackOff, Unschedulable, ...)

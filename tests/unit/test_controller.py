@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from appliance_operator.expectations import EXPECTATION_TTL
 from appliance_operator.job.controller import Controller, status_patch
 from appliance_operator.job.plan import Event
 from appliance_operator.kubeapi import ApiError
@@ -221,7 +222,7 @@ def test_background_events_do_not_hold_up_the_reconcile() -> None:
         ctl.reconcile(KEY, job_body(), [])  # returns although no Event can be posted yet
         assert ("patch", "executejobs/status") in api.calls
         assert api.events == []
-        ctl._post_event(job_view(job_body()), Event("Warning", "Second", "after the first"))
+        ctl.post_event(job_view(job_body()), Event("Warning", "Second", "after the first"))
         api.let_through.set()
         with api.posted:
             assert api.posted.wait_for(lambda: len(api.events) == 2, timeout=30), api.events
@@ -277,7 +278,8 @@ def test_a_watch_lagging_past_the_operators_memory_does_not_count_a_failure_twic
     """A counted pod's uid leaves ``countedPods`` only once the watch shows it without the
     finalizer: the operator's record of having removed it expires (EXPECTATION_TTL), and a
     watch lagging longer still shows the pod ended and tracked."""
-    ctl = controller(api)
+    clock = [0.0]  # the operator's monotonic clock (its expectations expire on it)
+    ctl = Controller(api, Metrics(), clock=lambda: NOW, monotonic=lambda: clock[0])  # type: ignore[arg-type]
     ctl.reconcile(KEY, job_body(backoffLimit=5), [])
     failed, running = "demo-worker-0", "demo-worker-1"
     lagging = pods_in(api, {failed: "Failed", running: "Running"})  # the finalizer still on
@@ -294,7 +296,7 @@ def test_a_watch_lagging_past_the_operators_memory_does_not_count_a_failure_twic
         ctl.reconcile(KEY, seen(), [p for p in lagging if p.name == failed])
         assert failed in {p.name for p in lagging}
     counted_during_lag = api.statuses[-1]["countedPods"]
-    ctl._memory[KEY].released.clear()  # the memory has expired; the watch still lags
+    clock[0] += EXPECTATION_TTL + 1  # the memory has expired; the watch still lags
     ctl.reconcile(KEY, seen(), lagging)
     assert api.statuses[-1]["failed"] == 1, "the same failed pod was counted twice"
     assert [e["reason"] for e in api.events].count("WorkerFailed") == 1

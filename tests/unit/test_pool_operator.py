@@ -596,7 +596,7 @@ def test_a_claim_made_while_awaiting_the_values_is_decided_once_and_its_rest_sta
     assert [n for n in cluster.api.pods if n.startswith("demo-worker-")] == ["demo-worker-2"]
     claims = cluster.metrics.pool_claims
     assert claims.labels("ml", "warm", "cold")._value.get() == 1  # counted once
-    kept = ctl._memory[("ml", "demo")].pool_condition
+    kept = ctl.pool_claim(("ml", "demo"))
     assert kept is not None and kept.reason == "PartlyCold", kept
     assert "2 worker(s) claimed warm" in kept.message and "1 started cold" in kept.message
 
@@ -650,7 +650,7 @@ def test_a_replacement_claimed_warm_does_not_hide_a_partly_cold_start(cluster: C
     pods = [p for p in cluster.job_pods() if p.index == 1]
     ctl.reconcile(("ml", "demo"), job_body(replicas=2), pods, cluster.snapshot())
     assert len(_claimed(cluster)) == 2  # the replacement was claimed warm
-    kept = ctl._memory[("ml", "demo")].pool_condition  # what every status write carries
+    kept = ctl.pool_claim(("ml", "demo"))  # what every status write carries
     assert kept is not None and kept.reason == "PartlyCold", kept
 
 

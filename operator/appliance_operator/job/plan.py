@@ -27,10 +27,11 @@ from datetime import datetime
 from typing import Literal
 
 from appliance_operator.desired import WorkerId, pod_name
+from appliance_operator.job.env import ENV_RESOLVED
 from appliance_operator.observe import JobView, PodView, attempt_of, parse_time
 from appliance_operator.pool.plan import POOL_CLAIM
 from cerebras_appliance.contract.api import Condition, ExecuteJobStatus
-from cerebras_appliance.contract.lifecycle import decide, time_until
+from cerebras_appliance.contract.lifecycle import Decision, decide, time_until
 from cerebras_appliance.contract.status import (
     FAILED,
     WORKERS_READY,
@@ -39,8 +40,6 @@ from cerebras_appliance.contract.status import (
     stamp_transition,
 )
 
-#: The operator's own condition: was the env snapshot resolved and written to ``<job>-env``?
-ENV_RESOLVED = "EnvResolved"
 #: As a ReplicaSet's: True while worker pods cannot be created (refused, name taken).
 REPLICA_FAILURE = "ReplicaFailure"
 #: False when the stored job cannot be read by the operator's models.
@@ -62,7 +61,9 @@ class Event:
 class Plan:
     """What to do now. Empty tuples/None mean nothing to do."""
 
-    ensure_secret: bool = False  # resolve the env and create <job>-env before any pod
+    #: <job>-env is needed and not known to be there: no pod is created (the controller
+    #: asks :func:`needs_env` first and makes sure of the Secret before planning)
+    ensure_secret: bool = False
     create: tuple[WorkerId, ...] = ()
     #: the workers the job needs now, also while ``create`` waits for the Secret: a warm
     #: pool's idle pods may be adopted for them meanwhile (they get nothing until it exists)
@@ -151,9 +152,21 @@ def _phase_event(old: ExecuteJobStatus | None, new: ExecuteJobStatus) -> Event |
     )
 
 
-def plan(inputs: Inputs) -> Plan:  # noqa: PLR0912, PLR0915
-    """The actions that bring one job's pods, Secret and status to the desired state."""
-    job, now = inputs.job, inputs.now
+@dataclass(frozen=True)
+class _Workers:
+    """The lifecycle's decision for one job's pods, before the env and the status."""
+
+    mine: list[PodView]  # the pods this job owns
+    orphaned: tuple[PodView, ...]  # tracked pods named for it, owned by an earlier job
+    previous: ExecuteJobStatus | None
+    decision: Decision
+    create: tuple[WorkerId, ...]  # the workers to create, with free attempt numbers
+    undelivered: bool  # an adopted pool pod still waits for the snapshot
+
+
+def _owned(inputs: Inputs) -> tuple[list[PodView], tuple[PodView, ...]]:
+    """(The pods this job owns, the tracked pods named for it that an earlier job owns.)"""
+    job = inputs.job
     mine = [p for p in inputs.pods if p.owner_uid == job.uid]
     # Pods named for this job but owned by an earlier job of the same name (deleted and
     # recreated at once, e.g. `kubectl replace --force`): the deleted job's reconcile never
@@ -161,49 +174,23 @@ def plan(inputs: Inputs) -> Plan:  # noqa: PLR0912, PLR0915
     orphaned = tuple(
         p for p in inputs.pods if p.owner_uid != job.uid and p.tracked and not p.released
     )
-    if job.deleting:
-        # The garbage collector removes what the job owns, once the finalizers are gone.
-        return Plan(release=(*(p for p in mine if p.tracked and not p.released), *orphaned))
-    spec = job.job.spec
+    return mine, orphaned
+
+
+def _workers(inputs: Inputs) -> _Workers:
+    """The lifecycle's decision (:func:`decide`) for a job that is not being deleted."""
+    job = inputs.job
+    mine, orphaned = _owned(inputs)
     previous = inputs.previous if inputs.previous is not None else job.status
     counted_before = frozenset(previous.counted_pods) if previous is not None else frozenset()
     decision = decide(
-        spec,
+        job.job.spec,
         [attempt_of(p, counted_before) for p in mine],
         previous,
         env_hash=inputs.env.env_hash or (previous.env_hash if previous is not None else None),
-        now=now,
+        now=inputs.now,
         generation=job.generation,
     )
-    by_name = {p.name: p for p in mine}
-    newly = [by_name[a.name] for a in decision.counted]
-    # A uid leaves countedPods only once the watch shows its pod without the finalizer (or
-    # gone): never on this process's memory of having removed it, which expires, while a
-    # lagging watch could still show the pod tracked and ended (counted twice).
-    still_tracked = {p.uid for p in mine if p.tracked}
-    counted_pods = [u for u in previous.counted_pods if u in still_tracked] if previous else []
-    counted_pods += [p.uid for p in newly if p.uid not in counted_pods]
-    status = decision.status.model_copy(update={"counted_pods": counted_pods})
-    stamp = now_rfc3339(now)
-    env_condition = inputs.env.condition
-    if env_condition is None and previous is not None:
-        env_condition = previous.condition(ENV_RESOLVED)
-    if env_condition is not None:
-        status = _upsert_condition(status, env_condition, previous, stamp)
-    replica = inputs.replica_failure
-    if replica is None and previous is not None:
-        replica = previous.condition(REPLICA_FAILURE)
-    if replica is not None and not (previous is not None and previous.finished):
-        status = _upsert_condition(status, replica, previous, stamp)
-    pool_condition = inputs.pool_condition
-    if pool_condition is None and previous is not None:
-        pool_condition = previous.condition(POOL_CLAIM)
-    if pool_condition is not None:
-        status = _upsert_condition(status, pool_condition, previous, stamp)
-
-    requeue: list[float] = []
-    if decision.requeue_after is not None:
-        requeue.append(decision.requeue_after)
     # A name held by another pod (an earlier job of the same name, still terminating) is
     # skipped: the next attempt number is free.
     taken = {p.name for p in inputs.pods}
@@ -213,14 +200,108 @@ def plan(inputs: Inputs) -> Plan:  # noqa: PLR0912, PLR0915
         while pod_name(job.name, index, number) in taken:
             number += 1
         create.append(WorkerId(index, number))
-    delete = [by_name[a.name] for a in decision.stop]
+    # Adopted pool pods wait for the snapshot too (it is delivered from the Secret).
+    undelivered = any(p.warm and not p.confirmed and p.active for p in mine)
+    return _Workers(mine, orphaned, previous, decision, tuple(create), undelivered)
+
+
+def needs_env(inputs: Inputs) -> bool:
+    """Whether the job needs ``<job>-env`` now and it is not known to be there: workers are
+    to be created, or adopted pool pods wait for their snapshot (the controller makes sure
+    of the Secret first, so that :func:`plan` runs once, on the outcome)."""
+    if inputs.env.secret_ready or inputs.job.deleting:
+        return False
+    workers = _workers(inputs)
+    return bool(workers.create) or workers.undelivered
+
+
+def _with_conditions(
+    status: ExecuteJobStatus, inputs: Inputs, previous: ExecuteJobStatus | None
+) -> ExecuteJobStatus:
+    """The operator's own conditions (env, replica failure, pool claim), from what this
+    process knows, else carried over from the previous status."""
+    stamp = now_rfc3339(inputs.now)
+
+    def known(condition: Condition | None, type_: str) -> Condition | None:
+        if condition is None and previous is not None:
+            return previous.condition(type_)
+        return condition
+
+    env_condition = known(inputs.env.condition, ENV_RESOLVED)
+    if env_condition is not None:
+        status = _upsert_condition(status, env_condition, previous, stamp)
+    replica = known(inputs.replica_failure, REPLICA_FAILURE)
+    if replica is not None and not (previous is not None and previous.finished):
+        status = _upsert_condition(status, replica, previous, stamp)
+    pool_condition = known(inputs.pool_condition, POOL_CLAIM)
+    if pool_condition is not None:
+        status = _upsert_condition(status, pool_condition, previous, stamp)
+    return status
+
+
+def _status_write(
+    previous: ExecuteJobStatus | None, status: ExecuteJobStatus, inputs: Inputs
+) -> tuple[ExecuteJobStatus | None, Event | None, float | None]:
+    """(The status to write now or None, its phase's Event, seconds until a deferred
+    progress write is due): a phase or condition change is written at once, counters at
+    most every :data:`PROGRESS_WRITE_INTERVAL`."""
+    if status == previous:
+        return None, None, None
+    if significant_change(previous, status):
+        return status, _phase_event(previous, status), None
+    last = inputs.last_status_write
+    elapsed = (inputs.now - last).total_seconds() if last is not None else None
+    if elapsed is None or elapsed >= PROGRESS_WRITE_INTERVAL:
+        return status, None, None
+    return None, None, PROGRESS_WRITE_INTERVAL - elapsed
+
+
+def _failure_events(
+    newly: Sequence[PodView], status: ExecuteJobStatus, backoff_limit: int
+) -> list[Event]:
+    return [
+        Event(
+            "Warning",
+            "WorkerFailed",
+            f"{describe_failure(attempt_of(pod).state())}; "
+            f"{status.failed} failure(s), backoffLimit is {backoff_limit}",
+        )
+        for pod in newly
+        if pod.phase == "Failed"
+    ]
+
+
+def plan(inputs: Inputs) -> Plan:
+    """The actions that bring one job's pods, Secret and status to the desired state."""
+    job, now = inputs.job, inputs.now
+    if job.deleting:
+        # The garbage collector removes what the job owns, once the finalizers are gone.
+        mine, orphaned = _owned(inputs)
+        return Plan(release=(*(p for p in mine if p.tracked and not p.released), *orphaned))
+    workers = _workers(inputs)
+    mine, previous, decision = workers.mine, workers.previous, workers.decision
+    spec = job.job.spec
+    by_name = {p.name: p for p in mine}
+    newly = [by_name[a.name] for a in decision.counted]
+    # A uid leaves countedPods only once the watch shows its pod without the finalizer (or
+    # gone): never on this process's memory of having removed it, which expires, while a
+    # lagging watch could still show the pod tracked and ended (counted twice).
+    still_tracked = {p.uid for p in mine if p.tracked}
+    counted_pods = [u for u in previous.counted_pods if u in still_tracked] if previous else []
+    counted_pods += [p.uid for p in newly if p.uid not in counted_pods]
+    status = decision.status.model_copy(update={"counted_pods": counted_pods})
+    status = _with_conditions(status, inputs, previous)
+
+    requeue: list[float] = []
+    if decision.requeue_after is not None:
+        requeue.append(decision.requeue_after)
     disrupted = {a.name for a in decision.disrupted}
     release = [
         p
         for p in mine
         if p.tracked and not p.released and (p.uid in counted_pods or p.name in disrupted)
     ]
-    release.extend(orphaned)
+    release.extend(workers.orphaned)
 
     delete_job = False
     if status.finished and spec.ttl_seconds_after_finished is not None:
@@ -229,43 +310,18 @@ def plan(inputs: Inputs) -> Plan:  # noqa: PLR0912, PLR0915
         if ttl_left is not None:
             requeue.append(ttl_left)
 
-    # Adopted pool pods wait for the snapshot too (it is delivered from the Secret).
-    undelivered = any(p.warm and not p.confirmed and p.active for p in mine)
-    ensure_secret = (bool(create) or undelivered) and not inputs.env.secret_ready
-    needed = tuple(create)
-    if ensure_secret:
-        create = []  # pods only once their Secret exists
-
-    events: list[Event] = []
-    for pod in newly:
-        if pod.phase == "Failed":
-            events.append(
-                Event(
-                    "Warning",
-                    "WorkerFailed",
-                    f"{describe_failure(attempt_of(pod).state())}; "
-                    f"{status.failed} failure(s), backoffLimit is {spec.backoff_limit}",
-                )
-            )
-    write: ExecuteJobStatus | None = None
-    if status != previous:
-        if significant_change(previous, status):
-            write = status
-            event = _phase_event(previous, status)
-            if event is not None:
-                events.append(event)
-        else:
-            last = inputs.last_status_write
-            elapsed = (now - last).total_seconds() if last is not None else None
-            if elapsed is None or elapsed >= PROGRESS_WRITE_INTERVAL:
-                write = status
-            else:
-                requeue.append(PROGRESS_WRITE_INTERVAL - elapsed)
+    ensure_secret = (bool(workers.create) or workers.undelivered) and not inputs.env.secret_ready
+    events = _failure_events(newly, status, spec.backoff_limit)
+    write, phase_event, progress_due = _status_write(previous, status, inputs)
+    if phase_event is not None:
+        events.append(phase_event)
+    if progress_due is not None:
+        requeue.append(progress_due)
     return Plan(
         ensure_secret=ensure_secret,
-        create=tuple(create),
-        needed=needed,
-        delete=tuple(delete),
+        create=() if ensure_secret else workers.create,  # pods only once their Secret exists
+        needed=workers.create,
+        delete=tuple(by_name[a.name] for a in decision.stop),
         status=write,
         release=tuple(release),
         events=tuple(events),
