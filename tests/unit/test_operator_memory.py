@@ -87,19 +87,19 @@ def test_a_deleted_pool_leaves_nothing_in_the_operators_memory() -> None:
     pools = PoolController(api=None, metrics=metrics)  # type: ignore[arg-type]
     for n in range(50):
         key, uid = ("ml", f"pool-{n}"), f"uid-{n}"
-        pools._forget(key, uid)  # what each reconcile of a live pool records
-        pools._contexts[uid] = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        pools._creds_ready.add(uid)
-        pools._created[uid] = {f"pool-{n}-abcde": 0.0}
-        pools._secret_problem[uid] = "problem"
+        pools.track(key, uid)  # what each reconcile of a live pool records
+        # State kept under the pool's uid (its TLS context, credentials, expectations and
+        # delivery trouble are one record, PoolMemory): here, a failed delivery.
+        pools.delivery_failed(uid, f"pool-{n}-abcde", "problem")
         metrics.pool_claims.labels("ml", f"pool-{n}", "claimed").inc()
         metrics.pool_claims.labels("ml", f"pool-{n}", "cold").inc(2)
-    pools._forget(("ml", "pool-0"), "uid-0-recreated")  # deleted and recreated at once
-    assert "uid-0" not in pools._contexts and "uid-0" not in pools._creds_ready
+    assert pools.remembered() == {f"uid-{n}" for n in range(50)}
+    pools.track(("ml", "pool-0"), "uid-0-recreated")  # deleted and recreated at once
+    assert "uid-0" not in pools.remembered()
+    assert pools.undeliverable("uid-0", None) == ""  # its trouble went with it
     for n in range(50):
         assert pools.reconcile(("ml", f"pool-{n}"), None, []) is None  # deleted
-    assert not pools._contexts and not pools._creds_ready and not pools._created
-    assert not pools._secret_problem and not pools._uids
+    assert not pools.remembered()
     assert _samples(metrics, "appliance_operator_pool_claims_total") == []
 
 

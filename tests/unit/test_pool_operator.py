@@ -381,11 +381,14 @@ class Cluster:
         self.port = free_port()  # every "pod" has its own loopback address, same port
         self.procs: dict[str, subprocess.Popen[str]] = {}
         self.metrics = Metrics()
+        #: How far the pool controller's monotonic clock is ahead of the real one.
+        self.skew = 0.0
         self.pools = PoolController(
             self.api,
             self.metrics,
             clock=lambda: NOW,
             claim_port=self.port,  # type: ignore[arg-type]
+            monotonic=lambda: time.monotonic() + self.skew,
         )
         (tmp / "user.py").write_text(
             "import os, subprocess, sys\n"
@@ -800,7 +803,7 @@ def test_a_pool_whose_claims_cannot_be_delivered_falls_back_cold_and_says_so(
             cluster.api.pods[name]["status"]["phase"] = "Failed"  # the broken idle pods end
     cluster.reconcile_pool()
     monkeypatch.setattr(poolcontroller, "PROBE_BACKOFF", 0.0)
-    cluster.pools._trouble["uid-pool"].next_probe = 0.0
+    cluster.skew += poolcontroller.PROBE_BACKOFF_MAX  # the next probe is due
     cluster.start_idle(1)
     cluster.reconcile_pool()
     delivered = _condition(cluster.api.pool_statuses[-1], "ClaimsDelivered")
@@ -1028,7 +1031,7 @@ def test_after_a_restart_a_blocked_pool_stays_blocked_until_a_probe_answers(
     # A new process whose first event is the job's (its pool reconcile has not run yet).
     pools = PoolController(cluster.api, Metrics(), claim_port=cluster.port)  # type: ignore[arg-type]
     restarted = Controller(cluster.api, Metrics(), clock=lambda: NOW, pools=pools)  # type: ignore[arg-type]
-    pools._answered["uid-pool"] = {p.uid for p in cluster.pool_views()}  # its channel answers
+    pools.probe_new_pods(("ml", "warm"), cluster.pool, cluster.pool_views())  # they answer
     restarted.reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
     assert _warm_pods(cluster) == [] and "demo-worker-0" in cluster.api.pods  # cold
     assert restarted.pools is not None

@@ -1,18 +1,24 @@
 """Warm pools, the acting part: keep a pool's idle pods, claim them for jobs, deliver claims.
 
 :class:`PoolController` reconciles one WorkerPool (its claim Secrets, its idle pods, its
-status) from :func:`appliance_operator.pool.plan.plan_pool`. :class:`Claimer` is what the job
-controller uses for a job with ``spec.pool``: adopt idle pods for workers about to be created
-(one merge patch each, with the observed ``resourceVersion`` as precondition), then send each
-adopted worker the job's snapshot over the claim channel (:mod:`appliance_operator.pool.tls`)
-and mark it confirmed. Delivery is level-triggered: a claimed pod that is not confirmed (the
-operator died between adoption and delivery) is delivered to by the next reconcile. A pod is
-confirmed only on its worker's answer to this very claim (the job's uid and a nonce repeated);
-a worker that no longer listens, or answers otherwise, is deleted (the job replaces it), and
-the pool is then claimed from no more (``ClaimsDelivered=False``) until one of its idle pods
-answers a probe (backoff 5 s doubling to 5 min): a job never loops on a pool that cannot take
-its claims, it starts cold. The claim Secrets are named after and bound to the pool's uid, and
-idle pods carry the hash of the spec they were made from (others are replaced, never claimed).
+status) from :func:`appliance_operator.pool.plan.plan_pool`. Its claim methods
+(:meth:`PoolController.claim`, :meth:`PoolController.prepare_delivery`,
+:meth:`PoolController.deliver_one`) are what the job controller uses for a job with
+``spec.pool``: adopt idle pods for workers about to be created (one merge patch each, with the
+observed ``resourceVersion`` as precondition), then send each adopted worker the job's
+snapshot over the claim channel (:mod:`appliance_operator.pool.tls`) and mark it confirmed.
+Delivery is level-triggered: a claimed pod that is not confirmed (the operator died between
+adoption and delivery) is delivered to by the next reconcile. A pod is confirmed only on its
+worker's answer to this very claim (the job's uid and a nonce repeated); a worker that no
+longer listens, or answers otherwise, is deleted (the job replaces it), and the pool is then
+claimed from no more (``ClaimsDelivered=False``) until one of its idle pods answers a probe
+(backoff 5 s doubling to 5 min): a job never loops on a pool that cannot take its claims, it
+starts cold. The claim Secrets are named after and bound to the pool's uid, and idle pods
+carry the hash of the spec they were made from (others are replaced, never claimed).
+
+What this process keeps per pool is one :class:`PoolMemory`, dropped with the pool; what it
+wrote that the watch does not show yet (idle pods created, pods claimed) are
+:class:`~appliance_operator.expectations.Expectations`, as the job controller's.
 """
 
 from __future__ import annotations
@@ -26,11 +32,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from appliance_operator import desired
+from appliance_operator.expectations import Expectations
 from appliance_operator.kubeapi import ApiError, KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import JobView, PodView, pod_view
@@ -40,6 +47,7 @@ from appliance_operator.pool.plan import (
     CLAIMS_DELIVERED,
     REPLICA_FAILURE,
     ClaimChoice,
+    PoolPlan,
     PoolPodView,
     choose_claims,
     plan_pool,
@@ -62,8 +70,6 @@ logger = logging.getLogger("appliance_operator")
 PoolKey = tuple[str, str]
 #: How the claim patches are run: ``map``, or a thread pool's ``map`` (in parallel).
 Runner = Callable[..., Iterable[Any]]
-#: How long a pod this process created or claimed is remembered before the watch shows it.
-EXPECTATION_TTL = 30.0
 #: At most this long after a claim, the pool's refill waits for the claim's delivery.
 REFILL_HOLD = 3.0
 #: After a failed delivery the pool is not claimed from; it is probed (an idle pod's channel
@@ -100,6 +106,22 @@ def probe_backoff(failures: int) -> float:
     return float(min(PROBE_BACKOFF * 2 ** max(failures - 1, 0), PROBE_BACKOFF_MAX))
 
 
+@dataclass
+class PoolMemory:
+    """What this process keeps for one pool (under its uid); it goes with the pool."""
+
+    context: ssl.SSLContext | None = None  # the operator's TLS context for its channel
+    creds_ready: bool = False  # its claim Secrets exist and are bound to it
+    secret_problem: str = ""  # why its claim Secrets cannot be used
+    #: idle pods this process created (by name), until the watch shows them
+    created: Expectations[str, None] = field(default_factory=Expectations)
+    trouble: DeliveryTrouble | None = None  # deliveries failing
+    answered: set[str] = field(default_factory=set)  # idle pods that answered a probe: claimable
+    #: idle pod uid -> (name, first probed, the last error) while they do not answer
+    unanswered: dict[str, tuple[str, float, str]] = field(default_factory=dict)
+    create_failed: Condition | None = None  # ReplicaFailure, while its idle pods are refused
+
+
 @dataclass(frozen=True)
 class PoolSnapshot:
     """A pool and its pods, copied out of the operator's cache for one reconcile."""
@@ -129,63 +151,64 @@ class PoolController:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         claim_port: int = names.CLAIM_PORT,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
         self.metrics = metrics
         self.clock = clock
         self.claim_port = claim_port
+        #: The clock of this process's expectations, probes and holds (injected by tests).
+        self.monotonic = monotonic
         self._lock = threading.Lock()
-        self._contexts: dict[str, ssl.SSLContext] = {}  # pool uid -> operator TLS context
-        self._creds_ready: set[str] = set()  # pool uids whose claim Secrets exist
-        self._created: dict[str, dict[str, float]] = {}  # pool uid -> pod name -> when
-        self._claimed: dict[str, float] = {}  # pod uid -> when this process claimed it
-        self._trouble: dict[str, DeliveryTrouble] = {}  # pool uid -> deliveries failing
-        self._secret_problem: dict[str, str] = {}  # pool uid -> its claim Secrets' problem
-        #: pool uid -> idle pods (uids) that answered a probe of this operator: claimable
-        self._answered: dict[str, set[str]] = {}
-        #: pool uid -> idle pod uid -> (name, first probed, the last error) while they do not
-        self._unanswered: dict[str, dict[str, tuple[str, float, str]]] = {}
-        #: pool uid -> ReplicaFailure, while the API server refuses its idle pods
-        self._create_failed: dict[str, Condition] = {}
-        self._uids: dict[PoolKey, str] = {}  # the uid each pool's state above is kept under
+        self._pools: dict[str, PoolMemory] = {}  # pool uid -> what this process keeps
+        self._uids: dict[PoolKey, str] = {}  # the uid each pool's memory is kept under
+        self._claimed: Expectations[str, None] = Expectations()  # pod uids claimed here
         # The claim port's NetworkPolicy in each pool's namespace (poolnetwork.py).
         self.network = poolnetwork.PolicyKeeper(api, poolnetwork.source_from_os(), claim_port)
 
     # -- one pool ------------------------------------------------------------------------
 
-    def _forget(self, key: PoolKey, uid: str | None) -> None:
-        """Drop what this process keeps for pool ``key`` unless it is still pool ``uid``:
-        its TLS context, credentials, expectations and claim counters go with the pool (the
-        operator's memory is bounded by the pools that exist, not by all there ever were)."""
+    def _memory(self, uid: str) -> PoolMemory:
+        """The memory of pool ``uid``, made on first use (call under the lock)."""
+        memory = self._pools.get(uid)
+        if memory is None:
+            memory = self._pools[uid] = PoolMemory()
+        return memory
+
+    def track(self, key: PoolKey, uid: str | None) -> None:
+        """Pool ``key`` is now pool ``uid`` (None: deleted): what this process keeps for the
+        pool that had this key before goes (its TLS context, credentials, expectations and
+        claim counters), so the operator's memory is bounded by the pools that exist, not
+        by all there ever were. Each reconcile records this."""
         with self._lock:
             old = self._uids.pop(key, None)
             if uid is not None:
                 self._uids[key] = uid
             if old is None or old == uid:
                 return
-            self._contexts.pop(old, None)
-            self._creds_ready.discard(old)
-            self._created.pop(old, None)
-            self._trouble.pop(old, None)
-            self._secret_problem.pop(old, None)
-            self._create_failed.pop(old, None)
-            self._answered.pop(old, None)
-            self._unanswered.pop(old, None)
+            self._pools.pop(old, None)
         if uid is None:
             for outcome in CLAIM_OUTCOMES:
                 with contextlib.suppress(KeyError):
                     self.metrics.pool_claims.remove(key[0], key[1], outcome)
 
-    def reconcile(  # noqa: PLR0912, PLR0915
+    def remembered(self) -> set[str]:
+        """The pool uids this process keeps anything for (read-only: tests, debugging)."""
+        with self._lock:
+            return set(self._pools) | set(self._uids.values())
+
+    def reconcile(
         self, key: PoolKey, body: Mapping[str, Any] | None, pods: Sequence[PoolPodView]
     ) -> float | None:
+        """Reconcile one pool from its cached body and pods; returns when to look again
+        (seconds), or None. Raises ApiError when the API failed (the caller retries)."""
         namespace, name = key
         if body is None:
             for state in ("idle", "refilling", "claimed"):
                 with contextlib.suppress(KeyError):
                     self.metrics.pool_workers.remove(namespace, name, state)
             self.network.forget(namespace, name)
-            self._forget(key, None)
+            self.track(key, None)
             return None
         pool = _pool_of(body)
         if pool is None:
@@ -193,25 +216,57 @@ class PoolController:
             return None
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid") or "")
-        self._forget(key, uid)  # a pool recreated under the same name: the old one's state
+        self.track(key, uid)  # a pool recreated under the same name: the old one's state
         secret_problem = self._ensure_credentials(namespace, pool, uid)
         current = pool_spec_hash(pool)
         self.network.ensure(namespace, name, uid)
+        now = self.monotonic()
+        pods, expected = self._observed(name, uid, pods, current, now)
+        previous = WorkerPoolStatus.model_validate(body.get("status") or {})
+        check_in, not_answering = self._check_channels(namespace, pool, uid, pods, current)
+        pods = self._warm_once_answered(uid, pods)
+        hold = self._refill_hold(pods, now)
+        delivery, probe_in = self._delivery_condition(namespace, pool, uid, pods, previous, current)
+        with self._lock:
+            create_failure = self._memory(uid).create_failed
+        steps = plan_pool(
+            pool,
+            [*pods, *expected],
+            previous if body.get("status") else None,
+            generation=meta.get("generation"),
+            now=now_rfc3339(self.clock()),
+            hold_refill=hold > 0 or bool(secret_problem),
+            delivery=_claims_delivered(delivery, not_answering, secret_problem),
+            create_failure=create_failure,
+        )
+        first_refusal = self._create_idle(namespace, pool, uid, current, steps.create)
+        self._execute(namespace, name, steps, previous, current)
+        # No Secret watch: a claim Secret someone must delete is looked at again periodically.
+        with self._lock:
+            refused = self._memory(uid).create_failed is not None
+        recheck = SECRET_RECHECK if secret_problem or refused else 0.0
+        if first_refusal:
+            recheck = STATUS_SOON  # the status planned above does not show the refusal yet
+        waits = [t for t in (hold, probe_in, check_in, recheck) if t]
+        return min(waits) if waits else None
+
+    def _observed(
+        self, name: str, uid: str, pods: Sequence[PoolPodView], current: str, now: float
+    ) -> tuple[list[PoolPodView], list[PoolPodView]]:
+        """(The watched pods, those this process just claimed shown claimed; the idle pods
+        it created that the watch does not show yet.)"""
         seen = {p.name for p in pods}
-        now = time.monotonic()
         with self._lock:
             # A pod this process just claimed is the job's, even while the watch still shows
             # it idle: never counted as idle, never removed as surplus.
-            pods = [
+            claimed = [
                 dataclasses.replace(p, state=desired.CLAIMED)
                 if p.state == desired.IDLE and p.uid in self._claimed
                 else p
                 for p in pods
             ]
-            pending = self._created.setdefault(uid, {})
-            for pod_name, since in list(pending.items()):
-                if pod_name in seen or now - since > EXPECTATION_TTL:
-                    del pending[pod_name]
+            created = self._memory(uid).created
+            created.prune(now, met=seen.__contains__)
             expected = [
                 PoolPodView(
                     name=n,
@@ -222,47 +277,28 @@ class PoolController:
                     phase="Pending",
                     spec_hash=current,
                 )
-                for n in pending
+                for n in created
             ]
-        previous = WorkerPoolStatus.model_validate(body.get("status") or {})
-        check_in, not_answering = self._check_channels(namespace, pool, uid, pods, current)
+        return claimed, expected
+
+    def _warm_once_answered(self, uid: str, pods: Sequence[PoolPodView]) -> list[PoolPodView]:
+        """Not warm before it answered this operator: counted as starting, never claimed."""
         with self._lock:
-            answered = self._answered.get(uid, set())
-            # Not warm before it answered this operator: counted as starting, never claimed.
-            pods = [
-                dataclasses.replace(p, ready=False)
-                if p.state == desired.IDLE and p.ready and p.uid not in answered
-                else p
-                for p in pods
-            ]
-        hold = self._refill_hold(pods, now)
-        delivery, probe_in = self._delivery_condition(namespace, pool, uid, pods, previous, current)
-        if not_answering and (delivery is None or delivery.status == "True"):
-            delivery = Condition(
-                type=CLAIMS_DELIVERED,
-                status="False",
-                reason="ChannelNotAnswering",
-                message=not_answering,
-            )
-        if secret_problem:
-            delivery = Condition(
-                type=CLAIMS_DELIVERED,
-                status="False",
-                reason="ClaimSecretsNotBound",
-                message=secret_problem,
-            )
-        steps = plan_pool(
-            pool,
-            [*pods, *expected],
-            previous if body.get("status") else None,
-            generation=meta.get("generation"),
-            now=now_rfc3339(self.clock()),
-            hold_refill=hold > 0 or bool(secret_problem),
-            delivery=delivery,
-            create_failure=self._create_failed.get(uid),
-        )
-        first_refusal = False
-        for _ in range(steps.create):
+            answered = set(self._memory(uid).answered)
+        return [
+            dataclasses.replace(p, ready=False)
+            if p.state == desired.IDLE and p.ready and p.uid not in answered
+            else p
+            for p in pods
+        ]
+
+    def _create_idle(
+        self, namespace: str, pool: WorkerPool, uid: str, current: str, count: int
+    ) -> bool:
+        """Start ``count`` idle pods (stopping at the first failure); True when the API
+        server refused one for the first time (its condition is in the next status)."""
+        name = pool.metadata.name or ""
+        for _ in range(count):
             pod = desired.pool_pod(pool, uid, "")
             pod["metadata"].setdefault("annotations", {})[POOL_SPEC_HASH_ANNOTATION] = current
             pod["metadata"].pop("name")
@@ -271,20 +307,33 @@ class PoolController:
                 created = self.api.create_pod(namespace, pod)
             except ApiError as exc:
                 logger.warning("[%s/%s] creating an idle worker failed: %s", namespace, name, exc)
-                if exc.code in (400, 403, 404, 422):  # refused as it is: say so in the status
-                    first_refusal = uid not in self._create_failed
-                    message = f"creating idle workers: {exc}"[:CONDITION_MESSAGE_LIMIT]
-                    with self._lock:
-                        self._create_failed[uid] = Condition(
-                            type=REPLICA_FAILURE,
-                            status="True",
-                            reason="FailedCreate",
-                            message=message,
-                        )
-                break
+                if exc.code not in (400, 403, 404, 422):
+                    return False
+                # Refused as it is: say so in the status.
+                message = f"creating idle workers: {exc}"[:CONDITION_MESSAGE_LIMIT]
+                with self._lock:
+                    memory = self._memory(uid)
+                    first = memory.create_failed is None
+                    memory.create_failed = Condition(
+                        type=REPLICA_FAILURE, status="True", reason="FailedCreate", message=message
+                    )
+                return first
+            pod_name = str((created.get("metadata") or {}).get("name"))
             with self._lock:
-                pending[str((created.get("metadata") or {}).get("name"))] = time.monotonic()
-                self._create_failed.pop(uid, None)
+                memory = self._memory(uid)
+                memory.created.expect(pod_name, None, self.monotonic())
+                memory.create_failed = None
+        return False
+
+    def _execute(
+        self,
+        namespace: str,
+        name: str,
+        steps: PoolPlan,
+        previous: WorkerPoolStatus,
+        current: str,
+    ) -> None:
+        """The plan's deletes and status write; the pool's gauges and log."""
         for view in steps.delete:
             if not view.uid:
                 continue
@@ -315,12 +364,17 @@ class PoolController:
                 name,
                 len(stale),
             )
-        # No Secret watch: a claim Secret someone must delete is looked at again periodically.
-        recheck = SECRET_RECHECK if secret_problem or uid in self._create_failed else 0.0
-        if first_refusal:
-            recheck = STATUS_SOON  # the status planned above does not show the refusal yet
-        waits = [t for t in (hold, probe_in, check_in, recheck) if t]
-        return min(waits) if waits else None
+
+    def probe_new_pods(
+        self, key: PoolKey, body: Mapping[str, Any], pods: Sequence[PoolPodView]
+    ) -> None:
+        """Probe the pool's Ready idle pods that have not answered this process yet: the step
+        of a reconcile that makes them claimable, alone (what a restarted operator's first
+        pool reconcile would do, without its delivery probe)."""
+        pool = _pool_of(body)
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        if pool is not None:
+            self._check_channels(key[0], pool, uid, pods, pool_spec_hash(pool))
 
     def _check_channels(
         self,
@@ -333,11 +387,11 @@ class PoolController:
         """Probe the idle pods of the ``current`` spec hash that are Ready and have not
         answered this operator yet (in parallel); (seconds until the next check, "" or why the
         pool's channel does not answer: a pod that has not answered for CHECK_GRACE seconds)."""
-        now = time.monotonic()
+        now = self.monotonic()
         live = {p.uid for p in pods}
         with self._lock:
-            answered = self._answered.setdefault(uid, set())
-            unanswered = self._unanswered.setdefault(uid, {})
+            memory = self._memory(uid)
+            answered, unanswered = memory.answered, memory.unanswered
             answered.intersection_update(live)
             for gone in set(unanswered) - live:
                 del unanswered[gone]
@@ -394,8 +448,9 @@ class PoolController:
         """Why this pool's claims cannot be delivered now ("": they can). Known from this
         process's deliveries and probes, else (after a restart) from the pool's status."""
         with self._lock:
-            problem = self._secret_problem.get(uid, "")
-            trouble = self._trouble.get(uid)
+            memory = self._pools.get(uid)
+            problem = memory.secret_problem if memory is not None else ""
+            trouble = memory.trouble if memory is not None else None
         if problem:
             return problem
         if trouble is not None:
@@ -408,11 +463,12 @@ class PoolController:
     def delivery_failed(self, uid: str, pod: str, issue: str) -> None:
         """A claim of the pool with ``uid`` could not be delivered to ``pod``: the pool is not
         claimed from until a probe of one of its idle pods is answered."""
-        now = time.monotonic()
+        now = self.monotonic()
         with self._lock:
-            old = self._trouble.get(uid)
+            memory = self._memory(uid)
+            old = memory.trouble
             failures = (old.failures if old is not None else 0) + 1
-            self._trouble[uid] = DeliveryTrouble(
+            memory.trouble = DeliveryTrouble(
                 failures=failures,
                 message=f"the claim to pod {pod} was not delivered: {issue}",
                 next_probe=now + probe_backoff(failures),
@@ -420,7 +476,8 @@ class PoolController:
 
     def delivery_succeeded(self, uid: str) -> None:
         with self._lock:
-            trouble = self._trouble.get(uid)
+            memory = self._pools.get(uid)
+            trouble = memory.trouble if memory is not None else None
             if trouble is not None:
                 trouble.failures, trouble.cleared = 0, True
 
@@ -435,16 +492,17 @@ class PoolController:
     ) -> tuple[Condition | None, float]:
         """The ClaimsDelivered condition (None: no delivery ever failed), probing one idle pod
         when the pool is blocked and its probe is due; and seconds until the next probe."""
-        now = time.monotonic()
+        now = self.monotonic()
         with self._lock:
-            trouble = self._trouble.get(uid)
+            memory = self._memory(uid)
+            trouble = memory.trouble
             if trouble is None:
                 old = next((c for c in previous.conditions if c.type == CLAIMS_DELIVERED), None)
                 if old is None or old.status == "True" or old.reason == "ClaimSecretsNotBound":
                     return None, 0.0
                 # Blocked before this process started: probe now.
                 trouble = DeliveryTrouble(failures=1, message=old.message, next_probe=now)
-                self._trouble[uid] = trouble
+                memory.trouble = trouble
         due = not trouble.cleared and now >= trouble.next_probe
         # No idle pod to probe yet: a pod event brings one (no busy requeue meanwhile).
         unprobed = due and not self._probe(namespace, pool, uid, pods, trouble, current)
@@ -468,7 +526,7 @@ class PoolController:
                 "probe (check NetworkPolicies admitting the operator to port "
                 f"{self.claim_port}, sidecars on the pool's pods, the pool's claim Secrets)",
             ),
-            max(trouble.next_probe - time.monotonic(), wait, 0.1),
+            max(trouble.next_probe - self.monotonic(), wait, 0.1),
         )
 
     def _probe(
@@ -498,7 +556,7 @@ class PoolController:
         except (pooltls.ClaimRefusedError, channel.ChannelError) as exc:
             with self._lock:
                 trouble.failures += 1
-                trouble.next_probe = time.monotonic() + probe_backoff(trouble.failures)
+                trouble.next_probe = self.monotonic() + probe_backoff(trouble.failures)
                 trouble.message = f"pod {target.name} did not answer a probe: {exc}"
             logger.warning("[%s/%s] %s", namespace, name, trouble.message)
             if "ConnectionRefused" in str(exc):
@@ -517,9 +575,11 @@ class PoolController:
         :data:`REFILL_HOLD` seconds has not confirmed its snapshot (0: refill now)."""
         with self._lock:
             since = [
-                self._claimed[p.uid]
+                since
                 for p in pods
-                if p.uid in self._claimed and p.active and not p.confirmed
+                if (since := self._claimed.since(p.uid)) is not None
+                and p.active
+                and not p.confirmed
             ]
         return max([0.0, *(REFILL_HOLD - (now - t) for t in since)])
 
@@ -533,8 +593,10 @@ class PoolController:
         (controller), annotated with its uid and the CA's fingerprint, and checked: a Secret
         at either name the operator did not make for this pool is never used (the operator
         may not delete Secrets: the message says which one to delete)."""
-        if uid in self._creds_ready:
-            return ""
+        with self._lock:
+            known = self._pools.get(uid)
+            if known is not None and known.creds_ready:
+                return ""
         name = pool.metadata.name or ""
         if not uid:
             return "the WorkerPool has no uid yet"
@@ -549,7 +611,7 @@ class PoolController:
                 f"secret {secret_name}) and the operator makes the pool's claim Secrets"
             )
             with self._lock:
-                self._secret_problem[uid] = message
+                self._memory(uid).secret_problem = message
             logger.warning("[%s/%s] %s", namespace, name, message)
             return message
 
@@ -602,13 +664,15 @@ class PoolController:
         if problem:
             return fix(wk_name, problem)
         with self._lock:
-            self._secret_problem.pop(uid, None)
-            self._creds_ready.add(uid)
+            memory = self._memory(uid)
+            memory.secret_problem = ""
+            memory.creds_ready = True
         return ""
 
     def context_for(self, namespace: str, pool: str, uid: str) -> ssl.SSLContext:
         with self._lock:
-            context = self._contexts.get(uid)
+            memory = self._pools.get(uid)
+            context = memory.context if memory is not None else None
         if context is not None:
             return context
         if not uid:
@@ -623,17 +687,15 @@ class PoolController:
         pair = pooltls.KeyPair.from_secret_data(dict(secret.get("data") or {}))
         context = pooltls.client_context(pair)
         with self._lock:
-            self._contexts[uid] = context
+            self._memory(uid).context = context
         return context
 
     # -- claims (used by the job controller) ----------------------------------------------
 
     def recently_claimed(self, uid: str) -> bool:
-        now = time.monotonic()
+        now = self.monotonic()
         with self._lock:
-            for pod_uid, since in list(self._claimed.items()):
-                if now - since > EXPECTATION_TTL:
-                    del self._claimed[pod_uid]
+            self._claimed.prune(now)
             return uid in self._claimed
 
     def claim(
@@ -649,7 +711,8 @@ class PoolController:
         ``run`` (the controller's thread pool's ``map``) sends them in parallel."""
         pool = _pool_of(snapshot.body if snapshot else None)
         with self._lock:
-            answered = set(self._answered.get(pool_uid_of(snapshot), ()))
+            memory = self._pools.get(pool_uid_of(snapshot))
+            answered = set(memory.answered) if memory is not None else set()
         pods = [
             p
             for p in (snapshot.pods if snapshot else ())
@@ -670,7 +733,7 @@ class PoolController:
                 self.metrics.pool_claims.labels(job.namespace, pool_name, "conflict").inc()
                 return None
             with self._lock:
-                self._claimed[pod.uid] = time.monotonic()
+                self._claimed.expect(pod.uid, None, self.monotonic())
             return pod_view(answer)
 
         results = list(run(adopt, choice.claims))
@@ -760,10 +823,28 @@ class PoolController:
         return ""
 
 
+def _claims_delivered(
+    delivery: Condition | None, not_answering: str, secret_problem: str
+) -> Condition | None:
+    """The pool's ClaimsDelivered condition: its claim Secrets' problem first, then its
+    deliveries (``delivery``), then idle pods whose channel does not answer."""
+    if secret_problem:
+        return Condition(
+            type=CLAIMS_DELIVERED,
+            status="False",
+            reason="ClaimSecretsNotBound",
+            message=secret_problem,
+        )
+    if not_answering and (delivery is None or delivery.status == "True"):
+        return Condition(
+            type=CLAIMS_DELIVERED,
+            status="False",
+            reason="ChannelNotAnswering",
+            message=not_answering,
+        )
+    return delivery
+
+
 def pool_uid_of(snapshot: PoolSnapshot | None) -> str:
     body = snapshot.body if snapshot else None
     return str(((body or {}).get("metadata") or {}).get("uid") or "")
-
-
-def confirmed_view(pod: PodView) -> PodView:
-    return dataclasses.replace(pod, confirmed=True)
