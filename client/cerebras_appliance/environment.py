@@ -42,7 +42,10 @@ import contextlib
 import os
 import threading
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["ApplianceEnviron", "appliance_environ"]
 
@@ -148,6 +151,14 @@ class ApplianceEnviron(os._Environ[str]):
         """Every tracked name, set or not (a name deleted through os.environ stays tracked)."""
         with self._lock:
             return list(self._tracked)
+
+    def set_tracked_names(self, names: Iterable[str]) -> None:
+        """Track exactly ``names``, in that order, set or not; no value changes. What
+        :meth:`tracked_names` returned restores the tracked set (a test's fixture saves and
+        restores it around each test)."""
+        with self._lock:
+            self._tracked.clear()
+            self._tracked.update(dict.fromkeys(names))
 
     def snapshot(self) -> list[tuple[str, str]]:
         """``list(tracked().items())``: the ``(name, value)`` pairs ``build_job`` takes."""

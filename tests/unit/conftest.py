@@ -13,11 +13,10 @@ def clean_environ() -> Iterator[None]:
     """Each test starts with nothing tracked and gets the process environment back after."""
     saved = dict(os.environ)
     tracked = appliance_environ.tracked_names()
-    appliance_environ._tracked.clear()
+    appliance_environ.set_tracked_names([])
     try:
         yield
     finally:
-        appliance_environ._tracked.clear()
-        appliance_environ._tracked.update(dict.fromkeys(tracked))
+        appliance_environ.set_tracked_names(tracked)
         os.environ.clear()
         os.environ.update(saved)

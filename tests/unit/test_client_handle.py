@@ -543,7 +543,7 @@ def _no_leftover_jobs() -> Iterator[None]:
     yield
     from cerebras_appliance.backends.local import job as local
 
-    assert not [j.name for j in local._live_jobs], "a test left a local job behind"
+    assert not [j.name for j in local.live_jobs()], "a test left a local job behind"
 
 
 def test_the_notebook_example_runs_as_a_script_on_the_local_backend() -> None:

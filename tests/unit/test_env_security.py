@@ -382,7 +382,7 @@ def test_env_file_of_a_sigkilled_caller_is_removed_by_the_next_start(
             appliance_environ["API_TOKEN"] = "t0ps3cret"
             job = app.submit({str(tmp_path / "noop.py")!r})
             job.wait(timeout=60)
-            print(job._env_file, flush=True)
+            print(job.env_file, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)  # no atexit, no clean-up
             """
         )
@@ -397,10 +397,10 @@ def test_env_file_of_a_sigkilled_caller_is_removed_by_the_next_start(
     job = local.LocalJob(build_job("noop.py", 1, [], name="next"), [], workdir=tmp_path)
     try:
         assert not env_file.parent.exists(), "the dead caller's job directory was swept"
-        assert job._dir.parent == env_file.parent.parent
+        assert job.directory.parent == env_file.parent.parent
     finally:
         job.delete()
-    assert not job._dir.exists()
+    assert not job.directory.exists()
 
 
 def test_the_operator_cache_keeps_the_awaiting_annotation_only() -> None:

@@ -82,7 +82,7 @@ class DifferentialMachine(RuleBasedStateMachine):
         self.saved_environ = dict(os.environ)
         self.saved_tracked = appliance_environ.tracked_names()
         os.environ.clear()
-        appliance_environ._tracked.clear()
+        appliance_environ.set_tracked_names([])
         self.subject = appliance_environ
         self.reference: os._Environ[str] = os._Environ(  # type: ignore[call-arg]
             {},
@@ -96,8 +96,7 @@ class DifferentialMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         os.environ.clear()
         os.environ.update(self.saved_environ)
-        appliance_environ._tracked.clear()
-        appliance_environ._tracked.update(dict.fromkeys(self.saved_tracked))
+        appliance_environ.set_tracked_names(self.saved_tracked)
 
     @initialize(start=st.dictionaries(GOOD_KEYS, GOOD_VALUES, max_size=4))
     def start(self, start: dict[str, str]) -> None:

@@ -229,7 +229,7 @@ def wait_status(job: LocalJob, check, what: str, timeout: float = 30):  # type: 
             return status
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: last status {status.phase} {status}")
-        job._block_on_a_worker(0.05)  # wakes when a worker exits, else after 50 ms
+        job.wait_for_a_worker(0.05)  # wakes when a worker exits, else after 50 ms
 
 
 def test_local_suspend_resume_and_scale_are_not_failures(tmp_path: Path) -> None:
@@ -244,18 +244,20 @@ def test_local_suspend_resume_and_scale_are_not_failures(tmp_path: Path) -> None
         st = job.suspend()
         st = wait_status(
             job,
-            lambda s: s.phase == "Suspended" and all(w.exit_code is not None for w in job._workers),
+            lambda s: (
+                s.phase == "Suspended" and all(w.exit_code is not None for w in job.processes)
+            ),
             "suspended and stopped",
         )
         assert st.failed == 0
         assert sorted(p.name for p in tmp_path.glob("*.cleanup")) == [
             f"t-life-worker-{i}.cleanup" for i in range(3)
         ]
-        assert {w.exit_code for w in job._workers} == {143}
+        assert {w.exit_code for w in job.processes} == {143}
         job.resume()
         st = wait_status(job, lambda s: s.phase == "Running" and s.ready_replicas == 3, "resumed")
         assert st.failed == 0
-        names = {w.name for w in job._workers if w.exit_code is None}
+        names = {w.name for w in job.processes if w.exit_code is None}
         assert names == {f"t-life-worker-{i}-1" for i in range(3)}  # new attempts, as pods
         job.scale(2)
         st = wait_status(job, lambda s: s.ready_replicas == 2 and s.replicas == 2, "scaled to 2")

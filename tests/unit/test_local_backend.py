@@ -149,10 +149,10 @@ def test_delete_stops_workers_and_removes_the_env_file(tmp_path: Path) -> None:
     appliance_environ["TOKEN"] = "s3cret"
     job = app.submit(str(script), name="t-delete")
     assert isinstance(job, LocalJob)
-    env_file = job._env_file
+    env_file = job.env_file
     assert envfile.read(env_file).env == (("TOKEN", "s3cret"),)
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
-    procs = [w.proc for w in job._workers]
+    procs = [w.proc for w in job.processes]
     job.delete()
     assert all(p is None or p.poll() is not None for p in procs)
     assert not env_file.exists()
@@ -178,7 +178,7 @@ def test_status_reports_ready_once_env_applied(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         status = job.status()
         while status.ready_replicas < 2 and time.monotonic() < deadline:
-            job._block_on_a_worker(0.01)
+            job.wait_for_a_worker(0.01)
             status = job.status()
         assert status.ready_replicas == 2, (status, job.logs())
         assert status.phase == "Running"

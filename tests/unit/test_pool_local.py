@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import cerebras_appliance as app
+from cerebras_appliance.backends.local.job import LocalJob
 from cerebras_appliance.contract import claim as claims
 from cerebras_appliance.contract import envfile, names
 from cerebras_appliance.contract.api import InvalidJobError
@@ -67,7 +68,7 @@ def test_warm_workers_see_tracked_vars_and_children_do_too_never_untracked(
 ) -> None:
     appliance_environ["FOO"] = "1"
     os.environ["BAR"] = "2"
-    before = {w.proc.pid for w in pool._workers}
+    before = {proc.pid for proc in pool.processes}
     logs = run(pool.submit(show, replicas=3, args=["FOO", "BAR"]))
     assert len(logs) == 3
     for text in logs.values():
@@ -96,7 +97,8 @@ def test_job_larger_than_the_pool_gets_warm_and_cold_workers(pool: LocalPool, sh
     appliance_environ["FOO"] = "x"
     job = pool.submit(show, replicas=5, args=["FOO"])
     assert isinstance(job, app.Job)
-    warm = [w.warm for w in job._workers]  # type: ignore[attr-defined]
+    assert isinstance(job, LocalJob)
+    warm = [w.warm for w in job.processes]
     assert warm.count(True) == 3 and warm.count(False) == 2
     logs = run(job)
     assert all("FOO=x" in text for text in logs.values()) and len(logs) == 5
@@ -138,19 +140,19 @@ def test_bad_pool_arguments_are_clear_errors(show: str) -> None:
 
 def test_a_pool_whose_import_fails_says_which_module(tmp_path: Path) -> None:
     with LocalPool(size=1, imports=["no_such_module_here"]) as p:
-        proc = p._workers[0].proc
+        proc = p.processes[0]
         assert proc.wait(timeout=60) == worker_mod.EXIT_CONFIG
-        log = next(p._dir.glob("*.log")).read_text()
+        log = next(p.directory.glob("*.log")).read_text()
     assert "cannot import 'no_such_module_here'" in log
 
 
 def test_close_stops_idle_workers_and_removes_the_pool_files() -> None:
     p = LocalPool(size=2)
     assert p.wait_idle(timeout=60)
-    procs = [w.proc for w in p._workers]
+    procs = list(p.processes)
     p.close()
     assert all(proc.poll() is not None for proc in procs)
-    assert not p._dir.exists()
+    assert not p.directory.exists()
 
 
 # -- the warm worker itself, driven directly over its pipe ---------------------------------

@@ -91,6 +91,21 @@ class _Process:
         )
 
 
+@dataclass(frozen=True)
+class ProcessView:
+    """One worker attempt's process as :attr:`LocalJob.processes` shows it (read-only)."""
+
+    index: int
+    attempt: int
+    name: str
+    #: None until the attempt's process started
+    proc: subprocess.Popen[bytes] | None
+    #: as last observed (by ``status()``, ``wait()``...); None while it runs
+    exit_code: int | None
+    #: claimed from a warm pool (its process started before the job)
+    warm: bool
+
+
 class LocalJob(JobHandle):
     """A handle on a job running on the local backend."""
 
@@ -143,6 +158,39 @@ class LocalJob(JobHandle):
         """Change ``spec.replicas``: workers beyond it stop, missing ones start."""
         return self._update(replicas=replicas)
 
+    @property
+    def processes(self) -> tuple[ProcessView, ...]:
+        """Every worker attempt's process (replaced ones too), in start order, as last
+        observed; read-only."""
+        with self._lock:
+            return tuple(
+                ProcessView(w.index, w.attempt, w.name, w.proc, w.exit_code, w.warm)
+                for w in self._workers
+            )
+
+    @property
+    def env_file(self) -> Path:
+        """The job's env snapshot file (private, 0600): what each worker reads; removed by
+        :meth:`delete`."""
+        return self._env_file
+
+    @property
+    def directory(self) -> Path:
+        """The job's private directory (the env file, readiness markers, logs); removed by
+        :meth:`delete`."""
+        return self._dir
+
+    def wait_for_a_worker(self, timeout: float) -> None:
+        """Block up to ``timeout`` seconds, returning early when a running worker exits: a
+        poll between two looks at :meth:`status` that does not spin (``wait()`` uses it)."""
+        with self._lock:
+            procs = [w.proc for w in self._workers if w.proc is not None and w.exit_code is None]
+        if not procs:
+            time.sleep(timeout)  # nothing to wait on: poll interval, not synchronisation
+            return
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            procs[0].wait(timeout=timeout)
+
     def delete(self) -> None:
         """Stop every worker and remove the job's files (the env snapshot and logs included)."""
         with self._lock:
@@ -174,7 +222,7 @@ class LocalJob(JobHandle):
                 remaining = deadline - time.monotonic()
                 if status.finished or remaining <= 0:
                     return status
-                self._block_on_a_worker(min(_POLL_SECONDS, remaining))
+                self.wait_for_a_worker(min(_POLL_SECONDS, remaining))
 
         yield observe
 
@@ -336,16 +384,6 @@ class LocalJob(JobHandle):
             ):
                 _signal_group(worker.proc.pid, signal.SIGKILL)
 
-    def _block_on_a_worker(self, seconds: float) -> None:
-        """Wait (bounded) for any running worker to exit, so wait() does not spin."""
-        with self._lock:
-            procs = [w.proc for w in self._workers if w.proc is not None and w.exit_code is None]
-        if not procs:
-            time.sleep(seconds)  # nothing to wait on: poll interval, not synchronisation
-            return
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            procs[0].wait(timeout=seconds)
-
     def _stop_and_wait(self, workers: Sequence[_Process]) -> None:
         running = [w for w in workers if w.proc is not None and w.exit_code is None]
         for worker in running:
@@ -376,6 +414,11 @@ def _signal_group(pid: int, signum: int) -> None:
 #: dropped (``app.submit(...)`` without keeping it) must still be stopped at exit, since its
 #: workers are subprocesses that outlive a garbage-collected handle (a ``WeakSet`` lost them).
 _live_jobs: set[LocalJob] = set()
+
+
+def live_jobs() -> list[LocalJob]:
+    """Every job this process submitted and has not deleted (they are stopped at exit)."""
+    return list(_live_jobs)
 
 
 def find_local_job(name: str) -> LocalJob | None:

@@ -116,6 +116,19 @@ class ProcessPool:
 
     # -- public -------------------------------------------------------------------------
 
+    @property
+    def processes(self) -> tuple[subprocess.Popen[bytes], ...]:
+        """The processes of the pool's workers not claimed yet (idle or starting), read-only:
+        a claimed one belongs to its job (``LocalJob.processes``)."""
+        with self._lock:
+            return tuple(w.proc for w in self._workers)
+
+    @property
+    def directory(self) -> Path:
+        """The pool's private directory (its workers' idle files and logs); removed by
+        :meth:`close`."""
+        return self._dir
+
     def counts(self) -> PoolCounts:
         with self._lock:
             self._forget_dead()
