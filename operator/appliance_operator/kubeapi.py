@@ -18,6 +18,7 @@ from kubernetes import client
 
 from appliance_operator.metrics import Metrics
 from cerebras_appliance.contract.api import PLURAL, POOL_PLURAL
+from cerebras_appliance.contract.apistatus import parse_api_status
 from cerebras_appliance.contract.names import GROUP, MANAGED_SELECTOR, VERSION
 
 
@@ -37,15 +38,8 @@ def namespace_terminating(error: ApiError) -> bool:
 
 
 def _api_error(exc: client.ApiException) -> ApiError:
-    reason, message = str(exc.reason or ""), ""
-    try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        body = {}
-    if isinstance(body, dict):
-        reason = str(body.get("reason") or reason)
-        message = str(body.get("message") or "")
-    return ApiError(int(exc.status or 0), reason, message)
+    status = parse_api_status(exc.status, exc.reason, exc.body)
+    return ApiError(status.code, status.reason, status.message)
 
 
 def _refused_by_the_client(exc: pydantic.ValidationError) -> ApiError:
