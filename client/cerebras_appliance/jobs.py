@@ -33,9 +33,10 @@ Backend = Literal["auto", "local", "kubernetes"]
 DEFAULT_IMAGE = settings.DEFAULT_WORKER_IMAGE
 
 
-#: What ``submit()`` and ``get_job()`` return, on every backend (``handle.py``): ``status()``,
+#: What ``submit()`` and ``get_job()`` return, on every backend (:mod:`.handle`): ``status()``,
 #: ``wait()`` with progress, ``result()``, ``logs()`` (``follow=True`` too), ``stream_logs()``,
-#: ``delete()``, a context manager that deletes the job unless ``keep()``; async variants.
+#: ``suspend()``, ``resume()``, ``scale()``, ``delete()``, a context manager that deletes the
+#: job unless ``keep()``; async variants.
 Job = JobHandle
 
 

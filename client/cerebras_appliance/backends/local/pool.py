@@ -250,7 +250,7 @@ class ProcessPool:
         return WarmProcess(name=name, proc=proc, claim_fd=write_end, idle_file=idle_file)
 
 
-#: Every pool not closed yet, held strongly (like ``local._live_jobs``): closed at exit.
+#: Every pool not closed yet, held strongly (like the jobs of ``job.live_jobs()``): closed at exit.
 _live_pools: set[ProcessPool] = set()
 
 
