@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,7 +117,9 @@ class Runtime:
         self._spawn(self.periodic, RESYNC, resync.run())
 
     @staticmethod
-    def _spawn(tasks: dict[str, asyncio.Task[None]], name: str, coro: Any) -> None:
+    def _spawn(
+        tasks: dict[str, asyncio.Task[None]], name: str, coro: Coroutine[Any, Any, None]
+    ) -> None:
         tasks[name] = asyncio.create_task(coro, name=name)
 
     def health(self) -> dict[str, int]:
