@@ -1,4 +1,5 @@
-"""A coalescing work queue of job keys (asyncio; used from the operator's event loop only).
+"""A coalescing work queue of keys, of jobs or of pools (asyncio; used from the operator's event
+loop only).
 
 Semantics as in client-go's workqueue, which make reconciles level-triggered and cheap:
 
