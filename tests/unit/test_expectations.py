@@ -62,6 +62,8 @@ def test_the_retry_backoff_doubles_from_its_base_to_its_cap() -> None:
     retries = Retries()
     assert [retries.failed() for _ in range(3)] == [RETRY_BASE, RETRY_BASE * 2, RETRY_BASE * 4]
     assert retries.delay() == RETRY_BASE * 4
+    retries.reset()  # a reconcile went through
+    assert retries.failed() == RETRY_BASE
 
 
 def test_a_warning_is_posted_once_until_another_comes() -> None:

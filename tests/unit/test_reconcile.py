@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from appliance_operator.desired import WorkerId
+from appliance_operator.job.env import ENV_RESOLVED
 from appliance_operator.job.plan import (
-    ENV_RESOLVED,
     PROGRESS_WRITE_INTERVAL,
     EnvKnowledge,
     Inputs,

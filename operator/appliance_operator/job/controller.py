@@ -261,7 +261,7 @@ class Controller:
         if problem:
             retry = memory.retries.failed()
             return min(retry, steps.requeue_after or retry)
-        memory.retries.failures = 0
+        memory.retries.reset()
         return steps.requeue_after
 
     def _execute(

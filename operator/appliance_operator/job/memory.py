@@ -101,6 +101,10 @@ class Retries:
     def delay(self) -> float:
         return backoff_delay(self.failures)
 
+    def reset(self) -> None:
+        """A reconcile went through: the next failure waits the base delay again."""
+        self.failures = 0
+
 
 @dataclass(slots=True)
 class Warnings:
