@@ -175,3 +175,31 @@ def test_ctrl_c_during_wait_deletes_the_job_and_its_pods(
     assert f"{namespace}/{name}: interrupted: job deleted, its workers stopped" in err
     assert not job_exists(cluster, namespace, name)
     wait_until(lambda: not pods(cluster, namespace, name), timeout=60, what="worker pods gone")
+
+
+def test_scale_suspend_and_resume_change_the_executejob_and_the_operator_follows(
+    cluster: Cluster, operator: None, kubeconfig: str, namespace: str, wait_until: WaitUntil
+) -> None:
+    import cerebras_appliance as app
+
+    with submit(namespace, cluster.kwok_pod_spec) as job:
+        assert job.wait(timeout=60, until="ready", progress=False).ready_replicas == 2
+        job.scale(3)
+        assert job.manifest["spec"]["replicas"] == 3
+        wait_until(
+            lambda: job.status().ready_replicas == 3, timeout=60, what="3 ready after scale(3)"
+        )
+        assert len(pods(cluster, namespace, job.name)) == 3
+        with pytest.raises(app.InvalidJobError, match=r"spec\.replicas"):
+            job.scale(0)  # the CRD's minimum, checked by the API server
+        job.suspend()
+        wait_until(lambda: job.status().phase == "Suspended", timeout=60, what="Suspended")
+        wait_until(
+            lambda: not pods(cluster, namespace, job.name), timeout=60, what="worker pods gone"
+        )
+        with pytest.raises(app.JobSuspendedError):
+            job.wait(timeout=30, progress=False)
+        job.resume()
+        resumed = job.wait(timeout=60, until="ready", progress=False)
+        assert resumed.phase == "Running" and resumed.ready_replicas == 3
+        assert resumed.failed == 0

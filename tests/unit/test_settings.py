@@ -9,6 +9,7 @@ missing namespace is a ``Status`` with ``details.kind: namespaces``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -416,6 +417,7 @@ class Patched:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, status: dict[str, Any]) -> None:
         self.patches: list[tuple[Any, ...]] = []
         self.status = status
+        self.generation: int | None = None  # the object's after the patch (None: unset)
         monkeypatch.setattr(
             client.CustomObjectsApi,
             "patch_namespaced_custom_object",
@@ -424,7 +426,10 @@ class Patched:
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
         self.patches.append(args)
-        body = {"metadata": {"name": args[4]}, "spec": args[5]["spec"], "status": self.status}
+        metadata: dict[str, Any] = {"name": args[4]}
+        if self.generation is not None:
+            metadata["generation"] = self.generation
+        body = {"metadata": metadata, "spec": args[5]["spec"], "status": self.status}
 
         class Response:
             data = json.dumps(body).encode()
@@ -447,6 +452,34 @@ def test_suspend_resume_and_scale_patch_the_executejobs_spec_on_kubernetes(
     ]
     assert status.replicas == 2 and status.observed_generation == 3
     assert job.manifest["spec"] == {"replicas": 4, "suspend": False}
+
+
+def test_a_spec_change_returns_once_the_operator_observed_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = Patched(monkeypatch, {"phase": "Suspended", "observedGeneration": 3})
+    api.generation = 4
+    job = KubernetesJob("demo", "ml", {}, client.ApiClient())
+    written = iter(
+        [
+            ExecuteJobStatus(phase="Suspended", observed_generation=3),  # not yet
+            ExecuteJobStatus(phase="Pending", observed_generation=4),  # the operator's answer
+        ]
+    )
+    seen: list[float] = []
+
+    @contextlib.contextmanager
+    def observer() -> Iterator[Any]:
+        def observe(seconds: float) -> ExecuteJobStatus:
+            seen.append(seconds)
+            return next(written)
+
+        yield observe
+
+    monkeypatch.setattr(job, "_observer", observer)
+    status = job.resume()
+    assert (status.phase, status.observed_generation) == ("Pending", 4)
+    assert len(seen) == 2
 
 
 def test_scaling_beyond_the_crds_bounds_is_an_invalid_job_naming_the_field(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
@@ -29,6 +30,12 @@ from cerebras_appliance.backends.kubernetes.watch import StatusFeed
 from cerebras_appliance.contract.api import ExecuteJob, ExecuteJobStatus, InvalidJobError
 from cerebras_appliance.contract.names import JOB_NAME_LABEL
 from cerebras_appliance.handle import AttemptRef, JobDeletedError, JobHandle, JobNotFoundError
+
+#: How long ``suspend()``, ``resume()`` and ``scale()`` wait for the operator to observe the
+#: change (its status then answers it) before they return the status as it is.
+_OBSERVE_CHANGE_S = 30.0
+#: The longest single wait for news while they do.
+_OBSERVE_TICK_S = 0.5
 
 
 class KubernetesJob(JobHandle):
@@ -180,23 +187,28 @@ class KubernetesJob(JobHandle):
 
     def suspend(self) -> ExecuteJobStatus:
         """``spec.suspend = true``: the operator removes the workers (not a failure) and keeps
-        the job. Returns the status the operator last wrote: the change shows in it once the
-        operator has acted (phase ``Suspended``; a ``wait()`` then raises JobSuspendedError)."""
+        the job (phase ``Suspended``; a ``wait()`` raises JobSuspendedError). Returns the
+        status the operator wrote once it observed the change (see :meth:`_patch_spec`)."""
         return self._patch_spec({"suspend": True}, "suspending")
 
     def resume(self) -> ExecuteJobStatus:
         """``spec.suspend = false``: the operator starts the workers that have not succeeded.
-        Returns the status the operator last wrote (it changes once the operator acted)."""
+        Returns the status the operator wrote once it observed the change, so a ``wait()``
+        right after it does not see the job still suspended."""
         return self._patch_spec({"suspend": False}, "resuming")
 
     def scale(self, replicas: int) -> ExecuteJobStatus:
         """Change ``spec.replicas`` (mutable, unlike the image, entrypoint, env and pool: the
         snapshot does not depend on it): workers beyond it stop, missing ones start. The API
         server checks the bounds (InvalidJobError names them). Returns the status the
-        operator last wrote (it changes once the operator acted)."""
+        operator wrote once it observed the change."""
         return self._patch_spec({"replicas": replicas}, f"scaling to {replicas} workers")
 
     def _patch_spec(self, changes: dict[str, Any], doing: str) -> ExecuteJobStatus:
+        """Merge ``changes`` into the spec; then wait (up to :data:`_OBSERVE_CHANGE_S`) for
+        the operator to observe the new generation, as the local backend applies a change
+        before it returns. An operator that does not (not running, not watching the
+        namespace) leaves the status as it was: it is returned as it is then."""
         what = f"{doing} ExecuteJob {self.namespace}/{self.name}"
         try:
             obj = self._ref.patch({"spec": changes})
@@ -213,7 +225,25 @@ class KubernetesJob(JobHandle):
         if isinstance(self.manifest.get("spec"), dict):
             self.manifest["spec"].update(changes)
         self._last_status = status_of(obj)
-        return self._last_status
+        generation = (obj.get("metadata") or {}).get("generation")
+        if generation is None:
+            return self._last_status
+        return self._observed(int(generation))
+
+    def _observed(self, generation: int) -> ExecuteJobStatus:
+        """The first status written for ``generation`` or later; the newest one when none
+        came within :data:`_OBSERVE_CHANGE_S`."""
+        status = self._last_status or ExecuteJobStatus()
+        if (status.observed_generation or 0) >= generation:
+            return status
+        deadline = time.monotonic() + _OBSERVE_CHANGE_S
+        with self._observer() as observe:
+            while (status.observed_generation or 0) < generation:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                status = observe(min(_OBSERVE_TICK_S, remaining))
+        return status
 
     # -- stopping ------------------------------------------------------------------------
 
