@@ -9,14 +9,12 @@ underscore names are this package's own (its modules share them; nothing outside
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import urllib3
 from kubernetes import client
 
 from cerebras_appliance import settings
 from cerebras_appliance.contract.api import PLURAL
+from cerebras_appliance.contract.apistatus import ApiStatus, parse_api_status
 from cerebras_appliance.contract.names import API_VERSION, GROUP
 
 #: The example Role granting exactly what this client calls (``examples/user-rbac.yaml``).
@@ -53,26 +51,19 @@ class NotInstalledError(KubernetesError):
     """The cluster has no ExecuteJob API: the CRD ``executejobs.appliance.dev`` is missing."""
 
 
+def refusal_of(exc: client.ApiException) -> ApiStatus:
+    """The ``Status`` a refused request came with (read as the operator reads it)."""
+    return parse_api_status(exc.status, exc.reason, exc.body)
+
+
 def message_of(exc: client.ApiException) -> str:
     """The API server's own message for a refused request (else its status line)."""
-    body = body_of(exc)
-    if body.get("message"):
-        return str(body["message"])
-    return f"{exc.status} {exc.reason}"
-
-
-def body_of(exc: client.ApiException) -> dict[str, Any]:
-    """The ``Status`` object a refused request came with (``{}`` if it is not JSON)."""
-    try:
-        body = json.loads(exc.body or "{}")
-    except (TypeError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
+    return refusal_of(exc).message or f"{exc.status} {exc.reason}"
 
 
 def is_missing_object(exc: client.ApiException) -> bool:
     """A 404 naming one object: that object does not exist (the API does; see ``_api_error``)."""
-    return exc.status == 404 and bool((body_of(exc).get("details") or {}).get("name"))
+    return exc.status == 404 and bool(refusal_of(exc).details.get("name"))
 
 
 def unreachable(exc: BaseException) -> str:
@@ -100,7 +91,7 @@ def _api_error(
             f"{what}: {text} (the credentials were refused: check $KUBECONFIG or the token)"
         )
     if exc.status == 404 and resource.startswith(PLURAL):
-        details = body_of(exc).get("details") or {}
+        details = refusal_of(exc).details
         if details.get("kind") == "namespaces":
             return KubernetesError(
                 f"{what}: namespace {namespace!r} does not exist: pass namespace= or set "
