@@ -47,14 +47,15 @@ import yaml
 from kubernetes import client, config, watch
 
 from appliance_operator import desired
-from appliance_operator.controller import MAX_CREATE_BATCH, status_patch
+from appliance_operator.job.controller import MAX_CREATE_BATCH, status_patch
 from appliance_operator.kubeapi import KubeApi
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import job_view
 from appliance_operator.testing import OperatorProcess, free_port, http_get
-from cerebras_appliance import envfile
-from cerebras_appliance.api import GROUP, PLURAL, VERSION
-from cerebras_appliance.status import Observation, compute_status
+from cerebras_appliance.contract import envfile
+from cerebras_appliance.contract.api import PLURAL
+from cerebras_appliance.contract.names import GROUP, VERSION
+from cerebras_appliance.contract.status import Observation, compute_status
 
 REPO = Path(__file__).resolve().parents[1]
 KWOK_TEMPLATE = {

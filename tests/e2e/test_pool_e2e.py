@@ -322,8 +322,9 @@ def _run(
 #: "uid-rogue" of its own; the claimed workers then wait (signal.pause) running its code.
 ROGUE = """
 import socket, ssl, sys, time
-from cerebras_appliance import channel, envfile
-from cerebras_appliance import claim as claims
+from cerebras_appliance.contract import channel
+from cerebras_appliance.contract import envfile
+from cerebras_appliance.contract import claim as claims
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.load_verify_locations(cafile="/claim/ca.crt")

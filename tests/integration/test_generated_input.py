@@ -37,7 +37,8 @@ from kubernetes.client.rest import ApiException
 
 from appliance_operator import desired
 from appliance_operator.testing import OperatorProcess
-from cerebras_appliance.api import InvalidJobError, parse_job, parse_pool
+from cerebras_appliance.contract import names
+from cerebras_appliance.contract.api import InvalidJobError, parse_job, parse_pool
 
 if TYPE_CHECKING:
     from support.cluster import Cluster, WaitUntil
@@ -190,10 +191,10 @@ def _too_many_pods(
         labels = pod.metadata.labels or {}
         if not _live(pod):
             continue
-        if desired.JOB_NAME_LABEL in labels:
-            by_job[labels[desired.JOB_NAME_LABEL]] += 1
-        elif labels.get(desired.POOL_STATE_LABEL) == desired.IDLE:
-            by_pool[labels.get(desired.POOL_NAME_LABEL, "")] += 1
+        if names.JOB_NAME_LABEL in labels:
+            by_job[labels[names.JOB_NAME_LABEL]] += 1
+        elif labels.get(names.POOL_STATE_LABEL) == desired.IDLE:
+            by_pool[labels.get(names.POOL_NAME_LABEL, "")] += 1
     problems = [
         f"job {n}: {c} live pods > {jobs.get(n, 0)}"
         for n, c in by_job.items()
@@ -305,7 +306,7 @@ def test_generated_objects_are_refused_naming_a_field_or_settle_without_a_crash(
     assert not crashes, "\n".join(crashes[:20]) + "\n" + log[-4000:]
 
     pods = [p for p in core.list_namespaced_pod(namespace).items if _live(p)]
-    pool_pods = sum(1 for p in pods if desired.POOL_NAME_LABEL in (p.metadata.labels or {}))
+    pool_pods = sum(1 for p in pods if names.POOL_NAME_LABEL in (p.metadata.labels or {}))
     assert pods, "no pod was created: nothing was checked for a runaway"
 
     # 3. Deleting them all releases every pod (the tracking finalizer is removed).
@@ -316,7 +317,7 @@ def test_generated_objects_are_refused_naming_a_field_or_settle_without_a_crash(
         return [
             p.metadata.name
             for p in core.list_namespaced_pod(namespace).items
-            if desired.TRACKING_FINALIZER in (p.metadata.finalizers or [])
+            if names.TRACKING_FINALIZER in (p.metadata.finalizers or [])
         ]
 
     wait_until(lambda: not tracked(), timeout=90, interval=1, what="finalizers released")

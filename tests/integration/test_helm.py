@@ -461,7 +461,7 @@ def test_worker_pods_have_no_api_access(cluster: Cluster, release: Release, name
     """Worker pods run as the namespace's default ServiceAccount, without its token, and
     the chart grants that account nothing."""
     from appliance_operator.desired import WorkerId, worker_pod
-    from cerebras_appliance.api import parse_job
+    from cerebras_appliance.contract.api import parse_job
 
     job_doc = next(
         d

@@ -26,7 +26,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from appliance_operator.testing import OperatorProcess, free_port, http_get
-from cerebras_appliance import envfile
+from cerebras_appliance.contract import envfile, names
 
 if TYPE_CHECKING:
     from support.cluster import Cluster, WaitUntil
@@ -293,7 +293,7 @@ def test_pods_secret_and_status_of_a_running_job(
             "my_pkg.loader:main",
         ]
         assert container.command[4:] == ["--shard", "x"]
-        assert {e.name for e in container.env} >= {envfile.ENV_FILE_VAR, envfile.READY_FILE_VAR}
+        assert {e.name for e in container.env} >= {names.ENV_FILE_VAR, names.READY_FILE_VAR}
         assert "DATA_ROOT" not in {e.name for e in container.env}
         mount = next(m for m in container.volume_mounts if m.mount_path == "/var/run/appliance/env")
         assert mount.read_only
@@ -306,7 +306,7 @@ def test_pods_secret_and_status_of_a_running_job(
     assert secret is not None and secret.immutable
     assert secret.metadata.owner_references[0].uid == uid
     snapshot = envfile.parse(
-        base64.b64decode(secret.data[envfile.SECRET_KEY]).decode(), "run-env/env.json"
+        base64.b64decode(secret.data[names.SNAPSHOT_KEY]).decode(), "run-env/env.json"
     )
     assert snapshot.env == (("DATA_ROOT", "/mnt/data"),)
     assert snapshot.env_hash == status["envHash"] and envfile.verify(snapshot)
@@ -558,7 +558,7 @@ def test_env_values_are_nowhere_but_in_the_job_and_its_secrets(
     # The values did reach the env Secret (so the test can fail for the right reason).
     secret = kube.secret("quiet-env")
     assert secret is not None
-    content = base64.b64decode(secret.data[envfile.SECRET_KEY]).decode()
+    content = base64.b64decode(secret.data[names.SNAPSHOT_KEY]).decode()
     assert inline in content and hidden in content
     places = {
         "pods": cluster.kubectl("get", "pods", "-n", kube.ns, "-o", "yaml").stdout,
@@ -622,7 +622,7 @@ def test_submit_to_kubernetes_follow_and_delete(
     wait_until(lambda: job.status().ready_replicas == 2, timeout=60, what="ready")
     env_secret = kube.secret("client-env")
     assert env_secret is not None
-    assert token in base64.b64decode(env_secret.data[envfile.SECRET_KEY]).decode()
+    assert token in base64.b64decode(env_secret.data[names.SNAPSHOT_KEY]).decode()
     started = time.monotonic()
     with pytest.raises(TimeoutError, match="did not finish within 1"):
         job.wait(timeout=1)
@@ -647,8 +647,8 @@ def test_submit_refuses_to_clobber_and_reports_conflicts(
     wait_until: WaitUntil,
 ) -> None:
     import cerebras_appliance as app
+    from cerebras_appliance.backends.kubernetes import KubernetesError
     from cerebras_appliance.environment import ApplianceEnviron
-    from cerebras_appliance.kube import KubernetesError
 
     monkeypatch.setenv("KUBECONFIG", cluster.kubeconfig)
     environ = ApplianceEnviron()

@@ -29,7 +29,7 @@ import pytest
 from kubernetes import client
 
 from appliance_operator.testing import OperatorProcess
-from cerebras_appliance.api import AWAITING_VALUES_ANNOTATION
+from cerebras_appliance.contract.names import AWAITING_VALUES_ANNOTATION
 
 if TYPE_CHECKING:
     from support.cluster import Cluster, WaitUntil
@@ -285,22 +285,24 @@ CHILD = textwrap.dedent(
     import sys, time
     import cerebras_appliance as app
     from cerebras_appliance.environment import ApplianceEnviron
-    from cerebras_appliance import kube  # imports done before the go signal
+    # imports done before the go signal
+    from cerebras_appliance.backends import kubernetes as kube
+    from cerebras_appliance.backends.kubernetes import create as steps
     environ = ApplianceEnviron()
     for i in range(20):
         environ[f"VAR_{{i}}"] = f"value-{{i}}"
     # Warm up (models, TLS, the client's lazy imports), so the kill points fall in the calls.
     app.build_job("loader.py", 1, list(environ.tracked().items()))
-    kube.KubernetesJob("warm", sys.argv[1], {{}})._custom.list_namespaced_custom_object(
+    kube.KubernetesJob("warm", sys.argv[1], {{}}).ref.custom.list_namespaced_custom_object(
         "appliance.dev", "v1alpha1", sys.argv[1], "executejobs", limit=1)
     # Each step of create() says when it begins, so the parent can aim a kill at it.
     def marked(step, original):
-        def call(self, *args, **kwargs):
+        def call(*args, **kwargs):
             print(f"{{step}} {{time.perf_counter() - started:.4f}}", flush=True)
-            return original(self, *args, **kwargs)
+            return original(*args, **kwargs)
         return call
-    for step, method in {STEPS!r}.items():
-        setattr(kube.KubernetesJob, method, marked(step, getattr(kube.KubernetesJob, method)))
+    for step, function in {STEPS!r}.items():
+        setattr(steps, function, marked(step, getattr(steps, function)))
     print("ready", flush=True)
     name = sys.stdin.readline().strip()
     started = time.perf_counter()
@@ -310,8 +312,8 @@ CHILD = textwrap.dedent(
     print(f"done {{time.perf_counter() - started:.4f}}", flush=True)
     """
 )
-# The steps of KubernetesJob.create, in order, by the method that begins each.
-STEPS = {"job": "_create_job", "values": "_write_values", "release": "_release"}
+# The steps of KubernetesJob.create, in order, by the create module's function that begins each.
+STEPS = {"job": "create_job", "values": "write_values", "release": "release"}
 ORDER = ("submit", *STEPS, "done")
 
 
