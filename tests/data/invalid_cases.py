@@ -1,6 +1,6 @@
 """Load tests/data/invalid_executejobs.yaml: ExecuteJobs both the client and the API refuse.
 
-Used by tests/unit/test_crd.py (parse_job) and tests/integration/test_operator.py
+Used by tests/unit/operator/test_crd.py (parse_job) and tests/integration/test_operator.py
 (kubectl apply); load it with :func:`load` from either (importlib, by path).
 """
 

@@ -1,5 +1,5 @@
 """The shared lifecycle decision (pure), and the same rules through both backends' actuators:
-the operator's plan() (tests/unit/test_reconcile.py has the Kubernetes-only parts) and the
+the operator's plan() (tests/unit/operator/test_reconcile.py has the Kubernetes-only parts) and the
 local backend's subprocesses."""
 
 from __future__ import annotations

@@ -113,7 +113,7 @@ def test_env_values_never_appear_in_a_pod() -> None:
 def test_template_overrides_are_merged() -> None:
     template = {
         # The operator's own keys are refused in a template (issue 21, defect 8); that a forged
-        # one never reaches a pod is tests/unit/test_api.py's.
+        # one never reaches a pod is tests/unit/contract/test_api.py's.
         "labels": {"team": "ml"},
         "annotations": {"note": "x"},
         "resources": {"limits": {"cpu": "2"}},

@@ -15,7 +15,7 @@ from appliance_operator import crdgen
 from cerebras_appliance.contract import api
 from cerebras_appliance.contract.api import InvalidJobError, parse_job
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 CASES = invalid_cases.cases()

@@ -32,7 +32,7 @@ from cerebras_appliance.contract.api import Condition, ExecuteJobStatus
 from cerebras_appliance.handle import JobFailedError, JobSuspendedError, JobTimeoutError
 from cerebras_appliance.handle.progress import BarDisplay, LineDisplay, make_display, summary
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 T = TypeVar("T")
 
 
