@@ -1,8 +1,8 @@
 """ExecuteJobs and WorkerPools generated from the CRDs' own OpenAPI schemas, then mutated.
 
 Used by tests/integration/test_generated_input.py (sent to the real API server, with the
-operator running) and tests/unit/contract/test_api.py (the client's side alone). Each object is built
-in two steps:
+operator running) and tests/unit/contract/test_api.py (the client's side alone). Each object is
+built in two steps:
 
 1. **From the schema**: :func:`from_schema` walks the ``openAPIV3Schema`` of
    ``crds/<plural>.yaml`` (the subset a structural CRD schema uses: objects with properties,

@@ -423,10 +423,16 @@ class ObjectMeta(_Model):
         return _checked_name(value, "job", MAX_JOB_NAME_LENGTH)
 
 
-class ExecuteJob(_Model):
+class _Resource(_Model):
+    """What both kinds share: the API version (``names.API_VERSION``, spelled as a type here;
+    a unit test checks the two agree) and reading objects as the API server returns them."""
+
     model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
 
     api_version: Literal["appliance.dev/v1alpha1"] = "appliance.dev/v1alpha1"
+
+
+class ExecuteJob(_Resource):
     kind: Literal["ExecuteJob"] = "ExecuteJob"
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)
     spec: ExecuteJobSpec
@@ -511,10 +517,7 @@ class PoolMeta(ObjectMeta):
         return _checked_name(value, "pool", MAX_POOL_NAME_LENGTH)
 
 
-class WorkerPool(_Model):
-    model_config = ConfigDict(extra="ignore", alias_generator=to_camel, populate_by_name=True)
-
-    api_version: Literal["appliance.dev/v1alpha1"] = "appliance.dev/v1alpha1"
+class WorkerPool(_Resource):
     kind: Literal["WorkerPool"] = "WorkerPool"
     metadata: PoolMeta = Field(default_factory=PoolMeta)
     spec: WorkerPoolSpec

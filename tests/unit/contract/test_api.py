@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import typing
 from typing import Any
 
 import generated_input  # tests/data, on pytest's pythonpath
@@ -16,6 +17,7 @@ from cerebras_appliance.contract.api import (
     EnvVar,
     ExecuteJob,
     InvalidJobError,
+    WorkerPool,
     WorkerTemplate,
     env_from_snapshot,
     parse_job,
@@ -46,6 +48,18 @@ VALID: dict[str, Any] = {
         "suspend": False,
     },
 }
+
+
+def test_both_kinds_carry_the_api_version_of_the_contract_names() -> None:
+    """``api_version`` is a Literal (a type), ``names.API_VERSION`` the string everyone else
+    uses: they must not drift apart."""
+    assert typing.get_args(ExecuteJob.model_fields["api_version"].annotation) == (
+        names.API_VERSION,
+    )
+    assert typing.get_args(WorkerPool.model_fields["api_version"].annotation) == (
+        names.API_VERSION,
+    )
+    assert ExecuteJob.model_fields["api_version"].default == names.API_VERSION
 
 
 def test_design_example_round_trips_through_to_manifest() -> None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from support import objects
 
 from appliance_operator.expectations import EXPECTATION_TTL
 from appliance_operator.job.controller import Controller, status_patch
@@ -20,7 +21,7 @@ from appliance_operator.observe import PodView, job_view, pod_view
 from cerebras_appliance.contract import envfile, names
 from cerebras_appliance.contract.api import ExecuteJobStatus
 
-UID = "uid-job-1"
+UID = objects.JOB_UID
 KEY = ("ml", "demo")
 INLINE = "inline-sentinel-93c1"
 SECRET_VALUE = "secret-sentinel-5be0"
@@ -112,30 +113,12 @@ class FakeApi:
 
 
 def job_body(env: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "appliance.dev/v1alpha1",
-        "kind": "ExecuteJob",
-        "metadata": {
-            "name": "demo",
-            "namespace": "ml",
-            "uid": UID,
-            "resourceVersion": "10",
-            "generation": 1,
-            "creationTimestamp": "2026-03-01T12:00:00Z",
-        },
-        "spec": {
-            "replicas": 2,
-            "image": "img",
-            "entrypoint": "loader.py",
-            "env": env
-            if env is not None
-            else [
-                {"name": "DATA_ROOT", "value": INLINE},
-                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "t"}}},
-            ],
-            **spec,
-        },
-    }
+    if env is None:
+        env = [
+            {"name": "DATA_ROOT", "value": INLINE},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "t"}}},
+        ]
+    return objects.job_body(env=env, **spec)
 
 
 def user_secret(api: FakeApi) -> None:

@@ -10,6 +10,8 @@ import base64
 import dataclasses
 from typing import Any
 
+from support.objects import JOB_UID, job_body
+
 from appliance_operator import desired
 from appliance_operator.job import env
 from appliance_operator.job.env import (
@@ -32,34 +34,14 @@ from appliance_operator.observe import JobView, job_view
 from cerebras_appliance.contract import envfile, names
 from cerebras_appliance.contract.names import AWAITING_VALUES_ANNOTATION
 
-UID = "uid-job-1"
+UID = JOB_UID
 PAIRS = [("DATA_ROOT", "/mnt/data"), ("TOKEN", "t0ps3cret")]
 KEY = "k" * 64
 
 
 def job(status: dict[str, Any] | None = None, annotations: dict[str, str] | None = None) -> JobView:
-    body: dict[str, Any] = {
-        "apiVersion": "appliance.dev/v1alpha1",
-        "kind": "ExecuteJob",
-        "metadata": {
-            "name": "demo",
-            "namespace": "ml",
-            "uid": UID,
-            "resourceVersion": "10",
-            "generation": 1,
-            "creationTimestamp": "2026-03-01T12:00:00Z",
-            "annotations": annotations or {},
-        },
-        "spec": {
-            "replicas": 1,
-            "image": "img",
-            "entrypoint": "loader.py",
-            "env": [{"name": n, "value": v} for n, v in PAIRS],
-        },
-    }
-    if status is not None:
-        body["status"] = status
-    return job_view(body)
+    env = [{"name": n, "value": v} for n, v in PAIRS]
+    return job_view(job_body(status=status, annotations=annotations or {}, replicas=1, env=env))
 
 
 def resolved(facts: EnvFacts) -> EnvFacts:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from support import objects
 
 from appliance_operator.desired import WorkerId
 from appliance_operator.job.env import ENV_RESOLVED
@@ -19,28 +20,18 @@ from appliance_operator.job.plan import (
 from appliance_operator.observe import PodView, attempt_of, job_view, pod_view
 from cerebras_appliance.contract.api import Condition, ExecuteJobStatus
 
-UID = "uid-job-1"
+UID = objects.JOB_UID
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 READY = EnvKnowledge(secret_ready=True)
 
 
 def job_body(status: ExecuteJobStatus | None = None, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": "appliance.dev/v1alpha1",
-        "kind": "ExecuteJob",
-        "metadata": {
-            "name": "demo",
-            "namespace": "ml",
-            "uid": UID,
-            "resourceVersion": "10",
-            "generation": 1,
-            "creationTimestamp": "2026-03-01T12:00:00Z",
-        },
-        "spec": {"replicas": 2, "image": "img", "entrypoint": "loader.py", **spec},
-    }
-    if status is not None:
-        body["status"] = status.model_dump(mode="json", by_alias=True, exclude_none=True)
-    return body
+    dumped = (
+        status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if status is not None
+        else None
+    )
+    return objects.job_body(status=dumped, **spec)
 
 
 def pod(
