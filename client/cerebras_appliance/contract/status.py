@@ -102,7 +102,56 @@ def _set_condition(
     conditions.append(stamp_transition(condition, previous, now, generation))
 
 
-def compute_status(  # noqa: PLR0912, PLR0915
+def _phase(spec: ExecuteJobSpec, observed: Observation) -> tuple[Phase, str, str]:
+    """The phase, and the reason and message of a failure (empty otherwise)."""
+    failed = observed.failed
+    if observed.deadline_exceeded:
+        return (
+            "Failed",
+            "DeadlineExceeded",
+            f"job ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}",
+        )
+    if failed > spec.backoff_limit:
+        failures = observed.failures
+        latest = f"{describe_failure(failures[-1])}; " if failures else ""
+        message = f"{latest}{failed} worker failure(s), backoffLimit is {spec.backoff_limit}"
+        return "Failed", "BackoffLimitExceeded", message
+    if observed.succeeded >= spec.replicas:
+        return "Succeeded", "", ""
+    if spec.suspend:
+        return "Suspended", "", ""
+    if any(w.phase == "Running" for w in observed.workers):
+        return "Running", "", ""
+    return "Pending", "", ""
+
+
+def _readiness(
+    spec: ExecuteJobSpec, observed: Observation, ready: int, finished: bool, env_hash: str | None
+) -> tuple[bool, str, str]:
+    """WorkersReady: whether every worker applied the env, its reason and message."""
+    all_ready = ready >= spec.replicas and not finished
+    stuck = sorted(
+        (w for w in observed.workers if w.phase == "Pending" and w.waiting), key=lambda w: w.name
+    )
+    if finished:
+        return all_ready, "JobFinished", "the job has finished"
+    if all_ready:
+        return all_ready, "EnvApplied", f"all {spec.replicas} workers applied the env ({env_hash})"
+    if stuck:
+        # A worker that cannot start says why, instead of a silent Pending.
+        first = stuck[0]
+        detail = f": {first.waiting_message}" if first.waiting_message else ""
+        # Only the first (by name) is named, so the message does not move while the scheduler
+        # works through many pods: one status write, not one per pod it marks unschedulable.
+        message = (
+            f"worker {first.name} is not running: {first.waiting}{detail}; "
+            f"{ready}/{spec.replicas} workers applied the env"
+        )[:1024]
+        return all_ready, first.waiting, message
+    return all_ready, "WaitingForWorkers", f"{ready}/{spec.replicas} workers applied the env"
+
+
+def compute_status(
     spec: ExecuteJobSpec,
     observed: Observation,
     previous: ExecuteJobStatus | None,
@@ -117,33 +166,10 @@ def compute_status(  # noqa: PLR0912, PLR0915
         gen = observed.generation if observed.generation is not None else prev.observed_generation
         return prev.model_copy(update={"observed_generation": gen})
     stamp = now_rfc3339(now)
-    workers = observed.workers
     succeeded = observed.succeeded
-    running = [w for w in workers if w.phase == "Running"]
-    ready = sum(1 for w in running if w.ready)
-    failures = list(observed.failures)
     failed = observed.failed
-    stuck = sorted((w for w in workers if w.phase == "Pending" and w.waiting), key=lambda w: w.name)
-
-    phase: Phase
-    fail_reason, fail_message = "", ""
-    if observed.deadline_exceeded:
-        phase = "Failed"
-        fail_reason = "DeadlineExceeded"
-        fail_message = f"job ran longer than activeDeadlineSeconds={spec.active_deadline_seconds}"
-    elif failed > spec.backoff_limit:
-        phase = "Failed"
-        fail_reason = "BackoffLimitExceeded"
-        latest = f"{describe_failure(failures[-1])}; " if failures else ""
-        fail_message = f"{latest}{failed} worker failure(s), backoffLimit is {spec.backoff_limit}"
-    elif succeeded >= spec.replicas:
-        phase = "Succeeded"
-    elif spec.suspend:
-        phase = "Suspended"
-    elif running:
-        phase = "Running"
-    else:
-        phase = "Pending"
+    ready = sum(1 for w in observed.workers if w.phase == "Running" and w.ready)
+    phase, fail_reason, fail_message = _phase(spec, observed)
 
     finished = phase in ("Succeeded", "Failed")
     # As a Job's: set when the job starts (not suspended), cleared by a suspend, so that
@@ -159,26 +185,7 @@ def compute_status(  # noqa: PLR0912, PLR0915
 
     gen = observed.generation
     conditions: list[Condition] = []
-    all_ready = ready >= spec.replicas and not finished
-    if finished:
-        ready_reason, ready_message = "JobFinished", "the job has finished"
-    elif all_ready:
-        ready_reason = "EnvApplied"
-        ready_message = f"all {spec.replicas} workers applied the env ({env_hash})"
-    elif stuck:
-        # A worker that cannot start says why, instead of a silent Pending.
-        first = stuck[0]
-        ready_reason = first.waiting
-        detail = f": {first.waiting_message}" if first.waiting_message else ""
-        # Only the first (by name) is named, so the message does not move while the scheduler
-        # works through many pods: one status write, not one per pod it marks unschedulable.
-        ready_message = (
-            f"worker {first.name} is not running: {first.waiting}{detail}; "
-            f"{ready}/{spec.replicas} workers applied the env"
-        )[:1024]
-    else:
-        ready_reason = "WaitingForWorkers"
-        ready_message = f"{ready}/{spec.replicas} workers applied the env"
+    all_ready, ready_reason, ready_message = _readiness(spec, observed, ready, finished, env_hash)
     _set_condition(
         conditions,
         prev.conditions,
