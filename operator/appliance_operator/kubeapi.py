@@ -187,7 +187,7 @@ class KubeApi:
         )
         return result
 
-    # -- network policies: the claim port's, one per pool (poolnetwork.py) ---------------
+    # -- network policies: the claim port's, one per pool (pool/network.py) -------------
 
     def create_network_policy(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self._call(

@@ -5,7 +5,7 @@ The e2e cluster's pod network (hack/offline/node-cni.sh) enforces no NetworkPoli
 runs kube-router's firewall beside it (hack/offline/node-image.sh, DaemonSet
 ``kube-system/kube-router-firewall``: iptables and ipset). The operator runs as the chart's
 Deployment and makes the policy ``<pool>-claim`` in each pool's namespace
-(operator/appliance_operator/poolnetwork.py). In order:
+(operator/appliance_operator/pool/network.py). In order:
 
 1. the policy is there, owned by the pool, in the release namespace and in a user namespace;
 2. controls: a pod with the operator's labels in the operator's namespace opens a TCP

@@ -163,7 +163,7 @@ class PoolController:
         self._pools: dict[str, PoolMemory] = {}  # pool uid -> what this process keeps
         self._uids: dict[PoolKey, str] = {}  # the uid each pool's memory is kept under
         self._claimed: Expectations[str, None] = Expectations()  # pod uids claimed here
-        # The claim port's NetworkPolicy in each pool's namespace (poolnetwork.py).
+        # The claim port's NetworkPolicy in each pool's namespace (pool/network.py).
         self.network = poolnetwork.PolicyKeeper(api, poolnetwork.source_from_os(), claim_port)
 
     # -- one pool ------------------------------------------------------------------------
