@@ -101,9 +101,9 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     # jobs (no progress, no last-handled-configuration). The storages matter only to
     # on.create/update/resume handlers, which this operator does not use; should one be added,
     # its annotations would be under appliance.dev/ rather than kopf's default prefix.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="appliance.dev")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = _EssenceStorage(
-        prefix="appliance.dev", key="last-handled-configuration"
+        prefix=GROUP, key="last-handled-configuration"
     )
     # API errors in kopf's own calls (watches): retry quickly first, then back off.
     settings.networking.error_backoffs = [0.5, 1, 2, 5, 10]
