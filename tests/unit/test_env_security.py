@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import urllib3
 from kubernetes import client
+from support.fake_kube import FakeKubeApi
 
 from appliance_operator.job import controller
 from appliance_operator.job.controller import Controller
@@ -80,37 +81,6 @@ def test_secret_keys_are_one_to_one() -> None:
 # -- the operator waits for the client; hashes come from the Secret --------------------------
 
 
-class Api:
-    """The KubeApi surface the env Secret path uses, in memory."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.secrets: dict[str, dict[str, Any]] = {}
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.statuses: list[dict[str, Any]] = []
-
-    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("create", "secrets"))
-        self.secrets[body["metadata"]["name"]] = body
-        return body
-
-    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.calls.append(("get", "secrets"))
-        return self.secrets.get(name)
-
-    def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("create", "pods"))
-        self.pods[body["metadata"]["name"]] = body
-        return body
-
-    def patch_job_status(self, namespace: str, name: str, status: dict[str, Any], **_: Any) -> Any:
-        self.statuses.append(status)
-        return {"metadata": {"resourceVersion": str(len(self.statuses) + 10)}}
-
-    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
-        self.calls.append(("create", "events"))
-
-
 def client_job(awaiting: bool, uid: str = "uid-1") -> tuple[dict[str, Any], str]:
     job = build_job("loader.py", 2, SNAPSHOT, name="demo", namespace="ml")
     manifest = job.to_manifest()
@@ -131,8 +101,8 @@ def values_secret(name: str) -> dict[str, Any]:
 def test_operator_reads_nothing_and_starts_nothing_while_awaiting_values(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    api = Api()
-    ctl = Controller(api, Metrics())  # type: ignore[arg-type]
+    api = FakeKubeApi()
+    ctl = Controller(api, Metrics())
     body, secret = client_job(awaiting=True)
     again = ctl.reconcile(("ml", "demo"), body, [])
     # A fresh job's first status waits a moment for the release (usually milliseconds away).
@@ -140,7 +110,8 @@ def test_operator_reads_nothing_and_starts_nothing_while_awaiting_values(
     assert 0 < again <= controller.AWAITING_STATUS_DELAY
     monkeypatch.setattr(controller, "AWAITING_STATUS_DELAY", 0.0)  # still waiting after it
     ctl.reconcile(("ml", "demo"), body, [])
-    assert api.calls == [] and api.pods == {}, "no Secret read, nothing created"
+    assert api.calls == [("patch", "executejobs/status")], "no Secret read, nothing created"
+    assert api.pods == {}
     (cond,) = [c for c in api.statuses[-1]["conditions"] if c["type"] == "EnvResolved"]
     assert cond["status"] == "False" and cond["reason"] == "AwaitingValues"
     assert secret in cond["message"] and "delete this job" in cond["message"]
@@ -165,23 +136,17 @@ def test_operator_reads_nothing_and_starts_nothing_while_awaiting_values(
 
 
 def test_a_restarted_operator_publishes_the_hash_of_the_secret_it_finds() -> None:
-    api = Api()
+    api = FakeKubeApi()
     body, secret = client_job(awaiting=False)
     api.secrets[secret] = values_secret(secret)
-    Controller(api, Metrics()).reconcile(("ml", "demo"), body, [])  # type: ignore[arg-type]
+    Controller(api, Metrics()).reconcile(("ml", "demo"), body, [])
     first = api.secrets["demo-env"]["metadata"]["annotations"][names.ENV_HASH_ANNOTATION]
     api.pods.clear()  # a new operator process, pods to create again; the Secret exists (409)
-    api.create_secret = _conflict  # type: ignore[method-assign]
-    Controller(api, Metrics()).reconcile(("ml", "demo"), body, [])  # type: ignore[arg-type]
+    body["metadata"]["resourceVersion"] = str(api.job_versions["demo"])  # as its watch shows
+    Controller(api, Metrics()).reconcile(("ml", "demo"), body, [])
     assert {p["metadata"]["annotations"][names.ENV_HASH_ANNOTATION] for p in api.pods.values()} == {
         first
     }
-
-
-def _conflict(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-    from appliance_operator.kubeapi import ApiError
-
-    raise ApiError(409, "AlreadyExists", "exists")
 
 
 # -- the client: order, ownership, errors ------------------------------------------------------
@@ -261,7 +226,7 @@ def test_job_first_then_its_owned_secret_then_the_release(monkeypatch: pytest.Mo
     ("error", "expected"),
     [
         (client.ApiException(status=403, reason="Forbidden"), KubernetesError),
-        (urllib3.exceptions.MaxRetryError(None, "/", "refused"), KubernetesError),  # type: ignore[arg-type]
+        (urllib3.exceptions.MaxRetryError(None, "/", "refused"), KubernetesError),
         (KeyboardInterrupt(), KeyboardInterrupt),
     ],
 )
@@ -291,7 +256,7 @@ def test_a_refused_job_creates_no_secret(monkeypatch: pytest.MonkeyPatch) -> Non
         submit()
     assert api.tags() == ["create-job"]
     assert "edit" in str(caught.value)
-    api.fail["create-job"] = urllib3.exceptions.MaxRetryError(None, "/", "refused")  # type: ignore[arg-type]
+    api.fail["create-job"] = urllib3.exceptions.MaxRetryError(None, "/", "refused")
     with pytest.raises(KubernetesError, match="could not be reached"):
         submit()
 
@@ -301,7 +266,7 @@ def test_when_even_the_clean_up_fails_the_error_says_what_to_delete(
 ) -> None:
     api = Recorder(monkeypatch)
     api.fail["create-secret"] = client.ApiException(status=500, reason="Internal")
-    api.fail["delete-job"] = urllib3.exceptions.MaxRetryError(None, "/", "refused")  # type: ignore[arg-type]
+    api.fail["delete-job"] = urllib3.exceptions.MaxRetryError(None, "/", "refused")
     with pytest.raises(KubernetesError) as caught:
         submit()
     notes = "\n".join(getattr(caught.value, "__notes__", []))

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import threading
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from support import objects
+from support.fake_kube import FakeKubeApi
 
 from appliance_operator.expectations import EXPECTATION_TTL
 from appliance_operator.job.controller import Controller, status_patch
@@ -28,90 +29,6 @@ SECRET_VALUE = "secret-sentinel-5be0"
 NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
-class FakeApi:
-    """The KubeApi surface, in memory, recording every call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.secrets: dict[str, dict[str, Any]] = {}
-        self.statuses: list[dict[str, Any]] = []
-        self.events: list[dict[str, Any]] = []
-        self.deleted: list[str] = []
-        self.released: list[str] = []
-        self.job_version = 10  # the job's resourceVersion (job_body() says "10")
-        self.fail_pod_create: ApiError | None = None
-        self.fail_secret_create: ApiError | None = None
-        self._uids = itertools.count(1)
-
-    def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("create", "pods"))
-        name = body["metadata"]["name"]
-        if self.fail_pod_create is not None:
-            raise self.fail_pod_create
-        if name in self.pods:
-            raise ApiError(409, "AlreadyExists", f'pods "{name}" already exists')
-        created = json.loads(json.dumps(body))
-        created["metadata"]["uid"] = f"pod-uid-{next(self._uids)}"
-        created["status"] = {"phase": "Pending"}
-        self.pods[name] = created
-        return created
-
-    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
-        self.calls.append(("delete", "pods"))
-        self.deleted.append(name)
-
-    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("create", "secrets"))
-        if self.fail_secret_create is not None:
-            raise self.fail_secret_create
-        name = body["metadata"]["name"]
-        if name in self.secrets:
-            raise ApiError(409, "AlreadyExists", "exists")
-        self.secrets[name] = {**body, "metadata": {**body["metadata"], "uid": f"s-{name}"}}
-        return self.secrets[name]
-
-    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.calls.append(("get", "secrets"))
-        return self.secrets.get(name)
-
-    def patch_job_status(
-        self,
-        namespace: str,
-        name: str,
-        status: dict[str, Any],
-        resource_version: str | None = None,
-    ) -> dict[str, Any]:
-        """As the API server: a resourceVersion precondition must match (409 otherwise)."""
-        self.calls.append(("patch", "executejobs/status"))
-        if resource_version is not None and resource_version != str(self.job_version):
-            raise ApiError(409, "Conflict", "the object has been modified")
-        self.statuses.append(status)
-        self.job_version += 1
-        return {"metadata": {"resourceVersion": str(self.job_version)}}
-
-    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.calls.append(("get", "pods"))
-        return self.pods.get(name)
-
-    def remove_finalizer(self, namespace: str, name: str, uid: str, finalizer: str) -> None:
-        """Strategic merge $deleteFromPrimitiveList: idempotent; 404 when the pod is gone."""
-        self.calls.append(("patch", "pods"))
-        pod = self.pods.get(name)
-        if pod is None or pod["metadata"]["uid"] != uid:
-            raise ApiError(404, "NotFound", f'pods "{name}" not found')
-        finalizers = [f for f in pod["metadata"].get("finalizers", []) if f != finalizer]
-        pod["metadata"]["finalizers"] = finalizers
-        self.released.append(name)
-
-    def delete_job(self, namespace: str, name: str, uid: str) -> None:
-        self.calls.append(("delete", "executejobs"))
-
-    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
-        self.calls.append(("create", "events"))
-        self.events.append(body)
-
-
 def job_body(env: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, Any]:
     if env is None:
         env = [
@@ -121,7 +38,7 @@ def job_body(env: list[dict[str, Any]] | None = None, **spec: Any) -> dict[str, 
     return objects.job_body(env=env, **spec)
 
 
-def user_secret(api: FakeApi) -> None:
+def user_secret(api: FakeKubeApi) -> None:
     api.secrets["creds"] = {
         "metadata": {"name": "creds", "uid": "s-creds"},
         "data": {"t": base64.b64encode(SECRET_VALUE.encode()).decode()},
@@ -129,21 +46,21 @@ def user_secret(api: FakeApi) -> None:
 
 
 @pytest.fixture
-def api() -> FakeApi:
-    fake = FakeApi()
+def api() -> FakeKubeApi:
+    fake = FakeKubeApi()
     user_secret(fake)
     return fake
 
 
-def controller(api: FakeApi) -> Controller:
-    return Controller(api, Metrics(), clock=lambda: NOW)  # type: ignore[arg-type]
+def controller(api: FakeKubeApi) -> Controller:
+    return Controller(api, Metrics(), clock=lambda: NOW)
 
 
-def views(api: FakeApi, phase: str = "Running", ready: bool = True) -> list[PodView]:
+def views(api: FakeKubeApi, phase: str = "Running", ready: bool = True) -> list[PodView]:
     return pods_in(api, dict.fromkeys(api.pods, phase), ready=ready)
 
 
-def pods_in(api: FakeApi, phases: dict[str, str], ready: bool = False) -> list[PodView]:
+def pods_in(api: FakeKubeApi, phases: dict[str, str], ready: bool = False) -> list[PodView]:
     """The pods as the API server has them now (finalizers included), in these phases."""
     out = []
     for name, phase in phases.items():
@@ -158,7 +75,7 @@ def pods_in(api: FakeApi, phases: dict[str, str], ready: bool = False) -> list[P
     return out
 
 
-def test_first_reconcile_makes_secret_pods_status_once(api: FakeApi) -> None:
+def test_first_reconcile_makes_secret_pods_status_once(api: FakeKubeApi) -> None:
     ctl = controller(api)
     ctl.reconcile(KEY, job_body(), [])
     assert api.calls == [
@@ -180,7 +97,7 @@ def test_first_reconcile_makes_secret_pods_status_once(api: FakeApi) -> None:
     assert api.events[0]["reason"] == "CreatedWorkers"
 
 
-class SlowEvents(FakeApi):
+class SlowEvents(FakeKubeApi):
     """Posting an Event blocks until the test lets it through (an API server under load)."""
 
     def __init__(self) -> None:
@@ -188,7 +105,7 @@ class SlowEvents(FakeApi):
         self.let_through = threading.Event()
         self.posted = threading.Condition()
 
-    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
+    def create_event(self, namespace: str, body: Mapping[str, Any]) -> None:
         assert self.let_through.wait(timeout=30), "the test never let the Event through"
         with self.posted:
             super().create_event(namespace, body)
@@ -200,7 +117,7 @@ def test_background_events_do_not_hold_up_the_reconcile() -> None:
     (the job's next reconcile can start), and they arrive afterwards, in order."""
     api = SlowEvents()
     user_secret(api)
-    ctl = Controller(api, Metrics(), clock=lambda: NOW, background_events=True)  # type: ignore[arg-type]
+    ctl = Controller(api, Metrics(), clock=lambda: NOW, background_events=True)
     try:
         ctl.reconcile(KEY, job_body(), [])  # returns although no Event can be posted yet
         assert ("patch", "executejobs/status") in api.calls
@@ -214,7 +131,7 @@ def test_background_events_do_not_hold_up_the_reconcile() -> None:
         ctl.close()
 
 
-def test_reconcile_on_a_stale_cache_repeats_nothing(api: FakeApi) -> None:
+def test_reconcile_on_a_stale_cache_repeats_nothing(api: FakeKubeApi) -> None:
     """Until the watch shows our pods and status, a reconcile must not redo the work."""
     ctl = controller(api)
     ctl.reconcile(KEY, job_body(), [])
@@ -224,7 +141,7 @@ def test_reconcile_on_a_stale_cache_repeats_nothing(api: FakeApi) -> None:
     assert api.calls == []
 
 
-def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeApi) -> None:
+def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeKubeApi) -> None:
     """Two workers succeed in two reconciles before the watch shows the job again; it then
     shows the version of the first count only. The second worker, counted and released, is
     not run again and its count is not written backwards (seen on kind: two succeeded pool
@@ -237,7 +154,7 @@ def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeAp
     assert api.released == [first]
     ctl.reconcile(KEY, stale, pods_in(api, {first: "Succeeded", second: "Succeeded"}))
     assert api.released == [first, second]
-    assert api.statuses[-1]["succeeded"] == 2 and api.job_version == 13
+    assert api.statuses[-1]["succeeded"] == 2 and api.job_versions["demo"] == 13
     # The watch now shows version 12: the status with only the first count.
     shown = job_body()
     shown["metadata"]["resourceVersion"] = "12"
@@ -248,7 +165,7 @@ def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeAp
     assert sorted(api.pods) == [first, second]  # no second run of a succeeded worker
     assert all(s["succeeded"] == 2 for s in api.statuses[writes:])
     # Once the watch shows the last write, the cache is the truth again.
-    shown["metadata"]["resourceVersion"] = str(api.job_version)
+    shown["metadata"]["resourceVersion"] = str(api.job_versions["demo"])
     shown["status"] = {k: v for k, v in api.statuses[-1].items() if v is not None}
     ctl.reconcile(KEY, shown, pods_in(api, {first: "Succeeded", second: "Succeeded"}))
     assert sorted(api.pods) == [first, second]
@@ -256,20 +173,20 @@ def test_status_writes_in_a_row_survive_a_watch_that_shows_the_first(api: FakeAp
 
 
 def test_a_watch_lagging_past_the_operators_memory_does_not_count_a_failure_twice(
-    api: FakeApi,
+    api: FakeKubeApi,
 ) -> None:
     """A counted pod's uid leaves ``countedPods`` only once the watch shows it without the
     finalizer: the operator's record of having removed it expires (EXPECTATION_TTL), and a
     watch lagging longer still shows the pod ended and tracked."""
     clock = [0.0]  # the operator's monotonic clock (its expectations expire on it)
-    ctl = Controller(api, Metrics(), clock=lambda: NOW, monotonic=lambda: clock[0])  # type: ignore[arg-type]
+    ctl = Controller(api, Metrics(), clock=lambda: NOW, monotonic=lambda: clock[0])
     ctl.reconcile(KEY, job_body(backoffLimit=5), [])
     failed, running = "demo-worker-0", "demo-worker-1"
     lagging = pods_in(api, {failed: "Failed", running: "Running"})  # the finalizer still on
 
     def seen() -> dict[str, Any]:  # the job as the watch shows it after our last write
         body = job_body(backoffLimit=5)
-        body["metadata"]["resourceVersion"] = str(api.job_version)
+        body["metadata"]["resourceVersion"] = str(api.job_versions["demo"])
         body["status"] = {k: v for k, v in api.statuses[-1].items() if v is not None}
         return body
 
@@ -290,7 +207,7 @@ def test_a_watch_lagging_past_the_operators_memory_does_not_count_a_failure_twic
 
 
 def test_a_refused_finalizer_removal_says_why_and_what_to_do(
-    api: FakeApi, caplog: pytest.LogCaptureFixture
+    api: FakeKubeApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Namespace scope before Kubernetes 1.33: deleting the namespace may remove the
     operator's Role before its pods (403 on every finalizer removal). Retrying cannot help:
@@ -309,7 +226,7 @@ def test_a_refused_finalizer_removal_says_why_and_what_to_do(
     assert "kubectl patch pod demo-worker-0 -n ml" in records[0]
 
 
-def test_a_status_planned_on_a_version_someone_else_replaced_is_refused(api: FakeApi) -> None:
+def test_a_status_planned_on_a_version_someone_else_replaced_is_refused(api: FakeKubeApi) -> None:
     """Every status write is preconditioned on the version planned on: after another write
     (a second operator, a person), a plan made on the older cache is refused, not written."""
     ctl = controller(api)
@@ -317,14 +234,14 @@ def test_a_status_planned_on_a_version_someone_else_replaced_is_refused(api: Fak
     seen = job_body()
     seen["metadata"]["resourceVersion"] = "11"
     seen["status"] = {k: v for k, v in api.statuses[-1].items() if v is not None}
-    api.job_version = 12  # written by someone else meanwhile
+    api.job_versions["demo"] = 12  # written by someone else meanwhile
     writes = len(api.statuses)
     with pytest.raises(ApiError) as refused:
         ctl.reconcile(KEY, seen, views(api))  # would write Running (2/2 ready)
     assert refused.value.code == 409 and len(api.statuses) == writes
 
 
-def test_running_then_no_more_writes(api: FakeApi) -> None:
+def test_running_then_no_more_writes(api: FakeKubeApi) -> None:
     ctl = controller(api)
     ctl.reconcile(KEY, job_body(), [])
     api.calls.clear()
@@ -342,7 +259,7 @@ def test_running_then_no_more_writes(api: FakeApi) -> None:
     assert api.calls == []
 
 
-def test_restarted_operator_makes_no_duplicates(api: FakeApi) -> None:
+def test_restarted_operator_makes_no_duplicates(api: FakeKubeApi) -> None:
     """A new Controller (empty memory) that sees the pods does not create any; one that does
     not see them yet gets 409s for the pods and for its status, planned on the older job
     version (the retry plans on a fresher cache)."""
@@ -356,7 +273,7 @@ def test_restarted_operator_makes_no_duplicates(api: FakeApi) -> None:
     assert sorted(api.pods) == ["demo-worker-0", "demo-worker-1"]  # still two
 
 
-def test_values_leak_nowhere_but_the_env_secret(api: FakeApi) -> None:
+def test_values_leak_nowhere_but_the_env_secret(api: FakeKubeApi) -> None:
     ctl = controller(api)
     ctl.reconcile(KEY, job_body(), [])
     seen = job_body()
@@ -368,7 +285,7 @@ def test_values_leak_nowhere_but_the_env_secret(api: FakeApi) -> None:
 
 
 def test_missing_user_secret_is_reported_once_and_retried_with_backoff() -> None:
-    api = FakeApi()  # no "creds"
+    api = FakeKubeApi()  # no "creds"
     ctl = controller(api)
     delays = [ctl.reconcile(KEY, job_body(), []) for _ in range(3)]
     assert api.pods == {} and "demo-env" not in api.secrets
@@ -388,7 +305,7 @@ def test_missing_user_secret_is_reported_once_and_retried_with_backoff() -> None
 
 
 def test_stale_env_secret_of_an_earlier_job_is_left_to_the_garbage_collector(
-    api: FakeApi,
+    api: FakeKubeApi,
 ) -> None:
     api.secrets["demo-env"] = {
         "metadata": {
@@ -413,7 +330,7 @@ def test_stale_env_secret_of_an_earlier_job_is_left_to_the_garbage_collector(
     assert len(api.pods) == 2
 
 
-def test_someone_elses_secret_with_our_name_is_a_condition(api: FakeApi) -> None:
+def test_someone_elses_secret_with_our_name_is_a_condition(api: FakeKubeApi) -> None:
     api.secrets["demo-env"] = {"metadata": {"name": "demo-env", "uid": "s-user"}}
     controller(api).reconcile(KEY, job_body(), [])
     assert api.pods == {} and "demo-env" in api.secrets
@@ -446,7 +363,7 @@ def forged_env_secret(env: list[tuple[str, str]]) -> dict[str, Any]:
 INJECTED = [("DATA_ROOT", INLINE), ("TOKEN", SECRET_VALUE), ("LD_PRELOAD", "/tmp/evil.so")]
 
 
-def test_a_pre_created_env_secret_owned_by_the_job_is_not_trusted(api: FakeApi) -> None:
+def test_a_pre_created_env_secret_owned_by_the_job_is_not_trusted(api: FakeKubeApi) -> None:
     """Another user of the namespace pre-creates ``<job>-env`` to inject variables: the
     create's 409 no longer means "ours from before a restart"."""
     api.secrets["demo-env"] = forged_env_secret(INJECTED)
@@ -459,7 +376,7 @@ def test_a_pre_created_env_secret_owned_by_the_job_is_not_trusted(api: FakeApi) 
     assert warning["reason"] == "UntrustedSecret" and "/tmp/evil.so" not in warning["message"]
     assert delay is not None  # retried: once the Secret is deleted, the job starts
     del api.secrets["demo-env"]
-    api.job_version = 10  # a new process planning on the cached body (version "10")
+    api.job_versions["demo"] = 10  # a new process planning on the cached body (version "10")
     controller(api).reconcile(KEY, job_body(), [])
     snapshot = envfile.parse(
         base64.b64decode(api.secrets["demo-env"]["data"][names.SNAPSHOT_KEY]).decode(), "env"
@@ -468,7 +385,7 @@ def test_a_pre_created_env_secret_owned_by_the_job_is_not_trusted(api: FakeApi) 
     assert len(api.pods) == 2
 
 
-def test_a_mutable_or_malformed_env_secret_is_not_trusted(api: FakeApi) -> None:
+def test_a_mutable_or_malformed_env_secret_is_not_trusted(api: FakeKubeApi) -> None:
     mutable = forged_env_secret([("DATA_ROOT", INLINE), ("TOKEN", SECRET_VALUE)])
     mutable["immutable"] = False  # the right values now, any values after an update
     api.secrets["demo-env"] = mutable
@@ -478,14 +395,14 @@ def test_a_mutable_or_malformed_env_secret_is_not_trusted(api: FakeApi) -> None:
     assert cond["reason"] == "UntrustedSecret" and "not immutable" in cond["message"]
 
 
-def test_our_env_secret_from_before_a_restart_is_used(api: FakeApi) -> None:
+def test_our_env_secret_from_before_a_restart_is_used(api: FakeKubeApi) -> None:
     """The operator wrote ``<job>-env`` and stopped before its status said so: the Secret
     holds exactly the snapshot spec.env resolves to, so it is used (with its own hash)."""
     controller(api).reconcile(KEY, job_body(), [])
     written = api.secrets["demo-env"]
     api.pods.clear()
     api.statuses.clear()
-    api.job_version = 10
+    api.job_versions["demo"] = 10
     controller(api).reconcile(KEY, job_body(), [])  # a new process: 409, then checked
     assert api.secrets["demo-env"] is written and len(api.pods) == 2
     cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
@@ -513,7 +430,7 @@ def restarted_body(env_hash: str) -> dict[str, Any]:
     return body
 
 
-def test_after_a_restart_only_the_recorded_snapshot_is_trusted(api: FakeApi) -> None:
+def test_after_a_restart_only_the_recorded_snapshot_is_trusted(api: FakeKubeApi) -> None:
     forged = forged_env_secret(INJECTED)
     recorded = envfile.seal([("DATA_ROOT", INLINE), ("TOKEN", SECRET_VALUE)])[1]
     api.secrets["demo-env"] = forged  # replaced: a hash the status does not record
@@ -522,14 +439,14 @@ def test_after_a_restart_only_the_recorded_snapshot_is_trusted(api: FakeApi) -> 
     cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
     assert cond["reason"] == "UntrustedSecret" and "recorded" in cond["message"]
     api.statuses.clear()
-    api.job_version = 10
+    api.job_versions["demo"] = 10
     genuine = forged["metadata"]["annotations"]["appliance.dev/env-hash"]
     controller(api).reconcile(KEY, restarted_body(genuine), [])  # the hash it recorded
     assert len(api.pods) == 2 and ("create", "secrets") not in api.calls
 
 
 def test_a_snapshot_over_the_secret_size_limit_is_a_condition_not_a_silent_retry() -> None:
-    api = FakeApi()
+    api = FakeKubeApi()
     big = "x" * (700 * 1024)  # two of these resolve to more than a Secret may hold
     for name in ("a", "b"):
         api.secrets[name] = {
@@ -555,9 +472,9 @@ def test_a_snapshot_over_the_secret_size_limit_is_a_condition_not_a_silent_retry
     ("code", "reason"), [(403, "SecretForbidden"), (422, "SecretRefused"), (413, "SecretRefused")]
 )
 def test_an_env_secret_the_api_server_refuses_is_a_condition(
-    api: FakeApi, code: int, reason: str
+    api: FakeKubeApi, code: int, reason: str
 ) -> None:
-    api.fail_secret_create = ApiError(code, "Refused", f"secret data {INLINE} refused")
+    api.fail("create", "secrets", ApiError(code, "Refused", f"secret data {INLINE} refused"))
     delay = controller(api).reconcile(KEY, job_body(), [])  # no exception: a status
     assert api.pods == {}
     cond = next(c for c in api.statuses[0]["conditions"] if c["type"] == "EnvResolved")
@@ -566,8 +483,9 @@ def test_an_env_secret_the_api_server_refuses_is_a_condition(
     assert delay is not None and delay > 0
 
 
-def test_refused_pod_is_reported_and_not_retried_for_every_replica(api: FakeApi) -> None:
-    api.fail_pod_create = ApiError(422, "Invalid", 'Pod "demo-worker-0" is invalid: spec.volumes')
+def test_refused_pod_is_reported_and_not_retried_for_every_replica(api: FakeKubeApi) -> None:
+    refused = ApiError(422, "Invalid", 'Pod "demo-worker-0" is invalid: spec.volumes')
+    api.fail("create", "pods", refused)
     ctl = controller(api)
     delay = ctl.reconcile(KEY, job_body(replicas=50), [])
     assert api.calls.count(("create", "pods")) == 1  # slow start stopped at the first batch
@@ -576,36 +494,36 @@ def test_refused_pod_is_reported_and_not_retried_for_every_replica(api: FakeApi)
     assert delay is not None and delay > 0
 
 
-def test_namespace_being_deleted_is_not_an_error(api: FakeApi) -> None:
+def test_namespace_being_deleted_is_not_an_error(api: FakeKubeApi) -> None:
     terminating = ApiError(
         403,
         "Forbidden",
         "unable to create new content in namespace ml because it is being terminated",
     )
-    api.fail_secret_create = terminating
+    api.fail("create", "secrets", terminating)
     ctl = controller(api)
     assert ctl.reconcile(KEY, job_body(), []) is not None  # looked at again; the job will go
-    api.fail_secret_create = None
-    api.fail_pod_create = terminating
+    api.heal("create", "secrets")
+    api.fail("create", "pods", terminating)
     assert ctl.reconcile(KEY, job_body(), []) is not None
     assert not [e for e in api.events if e["type"] == "Warning"]
     # Any other refusal of the Secret is an error (and says nothing of what was sent).
-    api.fail_secret_create = ApiError(422, "Invalid", "data[env.json]: some detail")
+    api.fail("create", "secrets", ApiError(422, "Invalid", "data[env.json]: some detail"))
     fresh = controller(api)
     with pytest.raises(ApiError) as err:
         fresh.reconcile(("ml", "other"), job_body(), [])
     assert "some detail" not in str(err.value)
 
 
-def test_server_errors_propagate_for_a_retry(api: FakeApi) -> None:
-    api.fail_pod_create = ApiError(503, "ServiceUnavailable", "try later")
+def test_server_errors_propagate_for_a_retry(api: FakeKubeApi) -> None:
+    api.fail("create", "pods", ApiError(503, "ServiceUnavailable", "try later"))
     ctl = controller(api)
     with pytest.raises(ApiError):
         ctl.reconcile(KEY, job_body(), [])
     assert ctl.retry_delay(KEY) > 0
 
 
-def test_deleted_job_is_forgotten(api: FakeApi) -> None:
+def test_deleted_job_is_forgotten(api: FakeKubeApi) -> None:
     ctl = controller(api)
     ctl.reconcile(KEY, job_body(), [])
     assert ctl.metrics.jobs.counts()["Pending"] == 1

@@ -1,15 +1,14 @@
 """Warm pools in the operator: the pure plan, and the controller claiming real warm workers.
 
 The claim tests run a real warm worker process (``python -m cerebras_appliance.worker
---warm``) listening on loopback with the pool's real certificates, behind a fake API that
-applies a merge patch's ``metadata.resourceVersion`` precondition as the API server does.
+--warm``) listening on loopback with the pool's real certificates, behind the fake API of
+``support.fake_kube`` (a merge patch's ``metadata.resourceVersion`` is a precondition there,
+as on the API server).
 """
 
 from __future__ import annotations
 
 import base64
-import itertools
-import json
 import os
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.fake_kube import FakeKubeApi
 
 from appliance_operator import desired
 from appliance_operator.job.controller import Controller
@@ -230,113 +230,6 @@ def test_pool_pod_holds_no_value_and_listens_only_with_the_pool_certificate() ->
 # -- the controller, with real warm workers --------------------------------------------------
 
 
-class FakeApi:
-    """The KubeApi surface in memory; a patch with metadata.resourceVersion is a precondition
-    (409 when the object changed), and every change bumps resourceVersion, as on a server."""
-
-    def __init__(self) -> None:
-        self.pods: dict[str, dict[str, Any]] = {}
-        self.secrets: dict[str, dict[str, Any]] = {}
-        self.statuses: list[dict[str, Any]] = []
-        self.pool_statuses: list[dict[str, Any]] = []
-        self.bodies: list[str] = []  # every request body except Secrets' (checked for values)
-        self.events: list[dict[str, Any]] = []
-        self.deleted: list[str] = []
-        self._rv = itertools.count(100)
-        self._uid = itertools.count(1)
-        self.fail_secret_creates: list[str] = []  # the next create of each fails once
-        self.job_version = 10
-
-    def _record(self, body: Any) -> None:
-        self.bodies.append(json.dumps(body))
-
-    def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self._record(body)
-        created = json.loads(json.dumps(body))
-        meta = created["metadata"]
-        if "name" not in meta:
-            meta["name"] = meta.pop("generateName") + f"{next(self._uid):05d}"
-        if meta["name"] in self.pods:
-            raise ApiError(409, "AlreadyExists", "exists")
-        meta["uid"] = f"pod-uid-{next(self._uid)}"
-        meta["resourceVersion"] = str(next(self._rv))
-        created["status"] = {"phase": "Pending"}
-        self.pods[meta["name"]] = created
-        return created
-
-    def patch_pod(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        self._record(body)
-        pod = self.pods.get(name)
-        if pod is None:
-            raise ApiError(404, "NotFound", "not found")
-        patch = json.loads(json.dumps(body))
-        want = patch["metadata"].pop("resourceVersion", None)
-        if want is not None and want != pod["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict", "the object has been modified")
-        meta = pod["metadata"]
-        for key, value in patch["metadata"].items():
-            if isinstance(value, dict):  # merge patch: maps merge, null removes a key
-                merged = {**meta.get(key, {}), **value}
-                meta[key] = {k: v for k, v in merged.items() if v is not None}
-            else:
-                meta[key] = value  # lists are replaced
-        meta["resourceVersion"] = str(next(self._rv))
-        return json.loads(json.dumps(pod))
-
-    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
-        """As the API server: a pod with finalizers is marked Terminating, else removed."""
-        self.deleted.append(name)
-        pod = self.pods.get(name)
-        if pod is None or pod["metadata"]["uid"] != uid:
-            return
-        if pod["metadata"].get("finalizers"):
-            pod["metadata"].setdefault("deletionTimestamp", "2026-03-01T12:00:00Z")
-            pod["metadata"]["resourceVersion"] = str(next(self._rv))
-        else:
-            del self.pods[name]
-
-    def read_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.pods.get(name)
-
-    def create_secret(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        name = body["metadata"]["name"]
-        if name in self.fail_secret_creates:
-            self.fail_secret_creates.remove(name)
-            raise ApiError(500, "InternalError", "etcdserver: request timed out")
-        if name in self.secrets:
-            raise ApiError(409, "AlreadyExists", "exists")
-        self.secrets[name] = json.loads(json.dumps(body))
-        return self.secrets[name]
-
-    def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return self.secrets.get(name)
-
-    def patch_job_status(
-        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
-    ) -> dict[str, Any]:
-        self._record(status)
-        self.statuses.append(status)
-        self.job_version += 1
-        return {"metadata": {"resourceVersion": str(self.job_version)}}
-
-    def patch_pool_status(
-        self, namespace: str, name: str, status: dict[str, Any]
-    ) -> dict[str, Any]:
-        self._record(status)
-        self.pool_statuses.append(status)
-        return {}
-
-    def remove_finalizer(self, namespace: str, name: str, uid: str, finalizer: str) -> None:
-        pass
-
-    def delete_job(self, namespace: str, name: str, uid: str) -> None:
-        pass
-
-    def create_event(self, namespace: str, body: dict[str, Any]) -> None:
-        self._record(body)
-        self.events.append(body)
-
-
 def job_body(replicas: int = 2, name: str = "demo", uid: str = "uid-job") -> dict[str, Any]:
     return {
         "apiVersion": "appliance.dev/v1alpha1",
@@ -373,7 +266,7 @@ class Cluster:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.api = FakeApi()
+        self.api = FakeKubeApi()
         self.api.secrets["creds"] = {
             "metadata": {"name": "creds"},
             "data": {"t": base64.b64encode(SECRET_SENTINEL.encode()).decode()},
@@ -387,7 +280,7 @@ class Cluster:
             self.api,
             self.metrics,
             clock=lambda: NOW,
-            claim_port=self.port,  # type: ignore[arg-type]
+            claim_port=self.port,
             monotonic=lambda: time.monotonic() + self.skew,
         )
         (tmp / "user.py").write_text(
@@ -417,10 +310,10 @@ class Cluster:
         )
         for key, value in data.items():
             (tls / key).write_bytes(base64.b64decode(value))
-        for number, (name, pod) in enumerate(sorted(self.api.pods.items()), start=2):
+        for name, pod in sorted(self.api.pods.items()):
             if name in self.procs or names.POOL_NAME_LABEL not in pod["metadata"]["labels"]:
                 continue
-            ip = f"127.0.0.{number}"
+            ip = f"127.0.0.{len(self.procs) + 2}"  # one per process, also once its pod is gone
             state = self.tmp / name
             state.mkdir()
             env = {
@@ -475,11 +368,11 @@ class Cluster:
         process) a new one of class ``pools`` with its own memory and metrics."""
         chosen = self.pools
         if pools is not None:
-            chosen = pools(self.api, Metrics(), claim_port=self.port)  # type: ignore[arg-type]
+            chosen = pools(self.api, Metrics(), claim_port=self.port)
             # Starting, it reconciles the pool: its own probes of the idle pods' channels.
             chosen.reconcile(("ml", "warm"), self.pool, self.pool_views())
         metrics = self.metrics if pools is None else Metrics()
-        return Controller(self.api, metrics, clock=lambda: NOW, pools=chosen)  # type: ignore[arg-type]
+        return Controller(self.api, metrics, clock=lambda: NOW, pools=chosen)
 
     def output(self, name: str) -> tuple[int, str, str]:
         proc = self.procs[name]
@@ -732,10 +625,12 @@ def test_unknown_pool_is_a_condition_and_every_worker_starts_cold(cluster: Clust
 # -- claims that cannot be delivered (issue 21, defect 1) -------------------------------------
 
 
-def _warm_pods(c: Cluster, uid: str = "uid-job") -> list[str]:
+def _warm_pods(c: Cluster, uid: str = "uid-job", *, gone_too: bool = False) -> list[str]:
+    """The pool pods owned by the job ``uid`` (``gone_too``: also those deleted since)."""
+    pods = {**c.api.removed_pods, **c.api.pods} if gone_too else c.api.pods
     return [
         n
-        for n, p in c.api.pods.items()
+        for n, p in pods.items()
         if names.POOL_NAME_LABEL in p["metadata"]["labels"]
         and [r["uid"] for r in p["metadata"].get("ownerReferences", [])] == [uid]
     ]
@@ -790,7 +685,8 @@ def test_a_pool_whose_claims_cannot_be_delivered_falls_back_cold_and_says_so(
         ctl.reconcile(key, job_body(replicas=2), cluster.job_pods(), cluster.snapshot())
     cold = sorted(n for n in cluster.api.pods if n.startswith("demo-worker-"))
     assert len(cold) == 2, sorted(cluster.api.pods)
-    assert set(_warm_pods(cluster)) == burnt  # no pool pod claimed after the failure
+    # No pool pod claimed after the failure (the burnt ones went once released).
+    assert set(_warm_pods(cluster, gone_too=True)) == burnt
     condition = next(
         c
         for s in reversed(cluster.api.statuses)
@@ -906,7 +802,8 @@ def test_an_error_between_the_two_secret_creates_leaves_a_matching_pair(
 ) -> None:
     worker_name = desired.worker_secret_name("warm", "uid-pool")
     operator_name = desired.operator_secret_name("warm", "uid-pool")
-    cluster.api.fail_secret_creates = [worker_name]
+    timeout = ApiError(500, "InternalError", "etcdserver: request timed out")
+    cluster.api.fail("create", "secrets", timeout, name=worker_name, times=1)
     cluster.pool = pool_body(replicas=1)
     with pytest.raises(ApiError):
         cluster.reconcile_pool()
@@ -1035,8 +932,8 @@ def test_after_a_restart_a_blocked_pool_stays_blocked_until_a_probe_answers(
         ]
     }
     # A new process whose first event is the job's (its pool reconcile has not run yet).
-    pools = PoolController(cluster.api, Metrics(), claim_port=cluster.port)  # type: ignore[arg-type]
-    restarted = Controller(cluster.api, Metrics(), clock=lambda: NOW, pools=pools)  # type: ignore[arg-type]
+    pools = PoolController(cluster.api, Metrics(), claim_port=cluster.port)
+    restarted = Controller(cluster.api, Metrics(), clock=lambda: NOW, pools=pools)
     pools.probe_new_pods(("ml", "warm"), cluster.pool, cluster.pool_views())  # they answer
     restarted.reconcile(("ml", "demo"), job_body(replicas=1), [], cluster.snapshot())
     assert _warm_pods(cluster) == [] and "demo-worker-0" in cluster.api.pods  # cold
@@ -1079,12 +976,7 @@ def test_idle_pods_the_api_server_refuses_are_a_condition_not_a_log_line(
     template field of the wrong type, got a warning in the operator's log on every reconcile
     and nothing in its status."""
     refused = ApiError(422, "Invalid", 'Pod "warm-" is invalid: spec.containers[0].resources')
-    real_create = cluster.api.create_pod
-
-    def create_pod(namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        raise refused
-
-    monkeypatch.setattr(cluster.api, "create_pod", create_pod)
+    cluster.api.fail("create", "pods", refused)
     cluster.pool = pool_body(replicas=2)
     key = ("ml", "warm")
     soon = cluster.pools.reconcile(key, cluster.pool, cluster.pool_views())
@@ -1095,7 +987,7 @@ def test_idle_pods_the_api_server_refuses_are_a_condition_not_a_log_line(
     assert (
         failure["reason"] == "FailedCreate" and "spec.containers[0].resources" in failure["message"]
     )
-    monkeypatch.setattr(cluster.api, "create_pod", real_create)  # the template was fixed
+    cluster.api.heal("create", "pods")  # the template was fixed
     cluster.pools.reconcile(key, cluster.pool, cluster.pool_views())
     cluster.pools.reconcile(key, cluster.pool, cluster.pool_views())
     assert _condition(cluster.api.pool_statuses[-1], "ReplicaFailure") is None

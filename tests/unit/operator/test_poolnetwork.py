@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+from support.fake_kube import FakeKubeApi
 
 from appliance_operator.kubeapi import ApiError
 from appliance_operator.pool import network as poolnetwork
@@ -28,6 +29,8 @@ from appliance_operator.pool.network import (
 from cerebras_appliance.contract import names
 
 OPERATOR_LABELS = "app.kubernetes.io/name=appliance-operator,app.kubernetes.io/instance=ops"
+#: The resource of the calls PolicyKeeper makes, as KubeApi records them.
+NP = "networkpolicies"
 ENV = {NAMESPACE_VAR: "ops-system", POD_LABELS_VAR: OPERATOR_LABELS}
 
 
@@ -158,96 +161,52 @@ def test_is_current_wants_the_same_spec_and_this_pools_ownership() -> None:
     assert not is_current(opened, wanted)
 
 
-class FakeApi:
-    """The API server's create / get / update of NetworkPolicies (409 on an existing name,
-    the resourceVersion precondition of an update), counting calls."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.calls: list[str] = []
-        self.version = 0
-        self.fail: ApiError | None = None
-
-    def create_network_policy(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append("create")
-        if self.fail:
-            raise self.fail
-        key = (namespace, body["metadata"]["name"])
-        if key in self.objects:
-            raise ApiError(409, "AlreadyExists", "exists")
-        return self._store(key, body)
-
-    def read_network_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
-        self.calls.append("get")
-        return copy.deepcopy(self.objects.get((namespace, name)))
-
-    def replace_network_policy(
-        self, namespace: str, name: str, body: dict[str, Any]
-    ) -> dict[str, Any]:
-        self.calls.append("update")
-        current = self.objects[(namespace, name)]
-        if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict", "changed")
-        return self._store((namespace, name), body)
-
-    def _store(self, key: tuple[str, str], body: dict[str, Any]) -> dict[str, Any]:
-        self.version += 1
-        stored = copy.deepcopy(body)
-        stored["metadata"]["resourceVersion"] = str(self.version)
-        self.objects[key] = stored
-        return stored
-
-
-def keeper(api: FakeApi, src: PolicySource | None) -> PolicyKeeper:
-    return PolicyKeeper(api, src)  # type: ignore[arg-type]
-
-
 def test_keeper_creates_once_per_pool_uid() -> None:
-    api = FakeApi()
-    k = keeper(api, source())
+    api = FakeKubeApi()
+    k = PolicyKeeper(api, source())
     k.ensure("ml", "warm", "uid-1")
     k.ensure("ml", "warm", "uid-1")
-    assert api.calls == ["create"]
+    assert api.calls == [("create", NP)]
     assert (
-        api.objects[("ml", "warm-claim")]["spec"]
+        api.network_policies["warm-claim"]["spec"]
         == (claim_policy("warm", "ml", "uid-1", source())["spec"])
     )
 
 
 def test_keeper_replaces_a_policy_it_did_not_make_for_this_pool() -> None:
-    api = FakeApi()
+    api = FakeKubeApi()
     # Pre-created under the pool's name, admitting everyone (or left by an older pool).
     foreign = claim_policy("warm", "ml", "uid-0", source())
     foreign["spec"]["ingress"] = [{}]
-    api._store(("ml", "warm-claim"), foreign)
-    k = keeper(api, source())
+    api.add(NP, foreign)
+    k = PolicyKeeper(api, source())
     k.ensure("ml", "warm", "uid-1")
-    assert api.calls == ["create", "get", "update"]
-    stored = api.objects[("ml", "warm-claim")]
+    assert api.calls == [("create", NP), ("get", NP), ("update", NP)]
+    stored = api.network_policies["warm-claim"]
     assert is_current(stored, claim_policy("warm", "ml", "uid-1", source()))
     # Its own policy found again (a restarted operator): read back, nothing replaced.
     api.calls.clear()
-    keeper(api, source()).ensure("ml", "warm", "uid-1")
-    assert api.calls == ["create", "get"]
+    PolicyKeeper(api, source()).ensure("ml", "warm", "uid-1")
+    assert api.calls == [("create", NP), ("get", NP)]
 
 
 def test_keeper_retries_after_an_error_and_after_the_pool_is_forgotten() -> None:
-    api = FakeApi()
-    api.fail = ApiError(403, "Forbidden", "no networkpolicies")
-    k = keeper(api, source())
+    api = FakeKubeApi()
+    api.fail("create", NP, ApiError(403, "Forbidden", "no networkpolicies"))
+    k = PolicyKeeper(api, source())
     k.ensure("ml", "warm", "uid-1")  # logged, not raised: the pool still works (TLS)
-    api.fail = None
+    api.heal("create", NP)
     k.ensure("ml", "warm", "uid-1")
-    assert api.calls == ["create", "create"] and ("ml", "warm-claim") in api.objects
+    assert api.calls == [("create", NP), ("create", NP)] and "warm-claim" in api.network_policies
     k.forget("ml", "warm")
-    del api.objects[("ml", "warm-claim")]  # gone with the pool
+    del api.network_policies["warm-claim"]  # gone with the pool
     k.ensure("ml", "warm", "uid-2")
-    assert api.objects[("ml", "warm-claim")]["metadata"]["ownerReferences"][0]["uid"] == "uid-2"
+    assert api.network_policies["warm-claim"]["metadata"]["ownerReferences"][0]["uid"] == "uid-2"
 
 
 def test_keeper_without_a_source_makes_nothing() -> None:
-    api = FakeApi()
-    keeper(api, None).ensure("ml", "warm", "uid-1")
+    api = FakeKubeApi()
+    PolicyKeeper(api, None).ensure("ml", "warm", "uid-1")
     assert api.calls == []
 
 
@@ -258,9 +217,9 @@ def test_the_pool_controller_keeps_the_policy(monkeypatch: pytest.MonkeyPatch) -
 
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    controller = PoolController(FakeApi(), Metrics())  # type: ignore[arg-type]
+    controller = PoolController(FakeKubeApi(), Metrics())
     assert controller.network.source == source()
     monkeypatch.setenv(POD_LABELS_VAR, "broken")
     with pytest.raises(PolicyConfigError, match=POD_LABELS_VAR):
-        PoolController(FakeApi(), Metrics())  # type: ignore[arg-type]
+        PoolController(FakeKubeApi(), Metrics())
     assert poolnetwork.policy_name("warm") == "warm-claim"
