@@ -1,4 +1,4 @@
-"""What the integration and e2e suites share, as ordinary modules (importable as ``support``:
+"""What the test suites share, as ordinary modules (importable as ``support``:
 ``tests`` is on pytest's ``pythonpath``), so that neither conftest loads the other and a test
 names the types of its fixtures with a plain import.
 
@@ -8,4 +8,7 @@ names the types of its fixtures with a plain import.
   Docker helpers, the e2e loader (``Loader``) and the ``Jobs`` helper.
 - ``support.fixtures``: the fixtures and the report hook both conftests offer (``wait_until``,
   ``namespace``, the operator's log in a failed test's report).
+- ``support.fake_kube``: ``FakeKubeApi``, the operator's ``KubeApi`` in memory, answering as
+  the API server does for what the unit tests rely on (its docstring says what it leaves out).
+- ``support.objects``: ``job_body``, an ExecuteJob as the API server returns it.
 """
