@@ -428,7 +428,7 @@ class Client:
         for line in self.proc.stderr:
             self.err.put(line)
 
-    def wait_for_err(self, needle: str, timeout: float = 30) -> None:
+    def wait_for_err(self, needle: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while not any(needle in line for line in self.err_lines):
             remaining = deadline - time.monotonic()
@@ -456,7 +456,7 @@ class Client:
 
     def interrupt(self) -> tuple[int, str, str]:
         self.proc.send_signal(signal.SIGINT)
-        out, rest = self.proc.communicate(timeout=30)
+        out, rest = self.proc.communicate(timeout=60)
         while not self.err.empty():
             self.err_lines.append(self.err.get())
         return self.proc.returncode, out, "".join(self.err_lines) + (rest or "")
