@@ -20,7 +20,13 @@ from cerebras_appliance.contract import names
 CLAIM_KIND = "WorkerClaim"
 #: The plumbing variables a claim may set (nothing else: the snapshot carries the job's own).
 PLUMBING_VARS: frozenset[str] = frozenset(
-    {names.ENV_FILE_VAR, names.READY_FILE_VAR, *names.WORKER_VARS}
+    {
+        names.ENV_FILE_VAR,
+        names.READY_FILE_VAR,
+        *names.WORKER_VARS,
+        names.CODE_DIR_VAR,
+        names.CODE_SHA256_VAR,
+    }
 )
 #: Upper bound of a claim's size (a snapshot holds at most 1000 variables; values are text).
 MAX_CLAIM_BYTES = 4 * 1024 * 1024

@@ -78,6 +78,17 @@ CLAIM_PORT_VAR = "APPLIANCE_CLAIM_PORT"
 CLAIM_HOST_VAR = "APPLIANCE_CLAIM_HOST"
 CLAIM_PORT = 7443
 
+#: The user's code (issue 23): a directory holding the bundle (``contract.bundle``) as chunk
+#: files ``chunk-000``, ``chunk-001``, ... (one for the local backend; one per Secret on
+#: Kubernetes), and the bundle's hash, checked before anything is unpacked.
+CODE_DIR_VAR = "APPLIANCE_CODE_DIR"
+CODE_SHA256_VAR = "APPLIANCE_CODE_SHA256"
+CODE_CHUNK_PREFIX = "chunk-"
+#: A function submitted by value runs through this ``module:function`` entrypoint, which loads
+#: ``files/function.pkl`` of the unpacked bundle and calls it with the job's args.
+FUNCTION_ENTRYPOINT = "cerebras_appliance.worker.code:run_function"
+FUNCTION_FILE = "function.pkl"
+
 #: The worker pod's one container (the client reads its log and exit code).
 CONTAINER_NAME = "worker"
 
