@@ -5,19 +5,25 @@
    ``MALLOC_*``... see :mod:`cerebras_appliance.contract.envfile`) that the running interpreter did
    not start with, re-execute once with them set, so they take effect.
 3. Patch :data:`os.environ` (so ``os.getenv``, C ``getenv`` and child processes see the values).
-4. Write the snapshot's hash to the file named by ``APPLIANCE_READY_FILE`` (if set): the
-   readiness marker, meaning "env applied".
-5. Run the user's code:
+4. With ``APPLIANCE_CODE_DIR`` set (the job ships the user's code, issue 23), unpack it,
+   enter its working directory, put it first on ``sys.path`` and install its requirements
+   (:mod:`.code`; a failure exits 78 and nothing runs). A job without code never loads it.
+5. Write the snapshot's hash to the file named by ``APPLIANCE_READY_FILE`` (if set): the
+   readiness marker, meaning "env applied" (and the code in place).
+6. Run the user's code:
 
    * ``package.module:function`` — import the module and call ``function(*ARGS)``; a returned
      int is the exit code (like console scripts). ``sys.argv`` is ``[ENTRYPOINT, *ARGS]`` too.
    * ``path/to/script.py`` — run it as ``__main__`` with ``sys.argv == [path, *ARGS]`` and
-     the script's folder first on ``sys.path``, as ``python path/to/script.py`` would.
+     the script's folder first on ``sys.path``, as ``python path/to/script.py`` would
+     (with the job's code, a relative path is inside its working directory, and the
+     script's folder goes before the code's entries).
 
 Exit codes: the user code's own (0 on success, 1 with the traceback on stderr when it
-raises); 2 for a usage error; 78 when the env snapshot file is missing or malformed (the user
-code does not run); 128 + N when the worker was stopped by signal N (143 for SIGTERM, 130 for
-SIGINT), whatever the user code returned after it.
+raises); 2 for a usage error; 78 when the env snapshot file is missing or malformed, or the
+job's code cannot be put in place or loaded (the user code does not run); 128 + N when the
+worker was stopped by signal N (143 for SIGTERM, 130 for SIGINT), whatever the user code
+returned after it.
 
 Warm mode: ``python -m cerebras_appliance.worker --warm``. The worker of a pool, started
 before any job exists: it imports the modules named in ``APPLIANCE_WARM_IMPORTS``
@@ -27,7 +33,7 @@ the pipe ``APPLIANCE_CLAIM_FD`` (local backend: only the pool's owner holds its 
 a mutually authenticated TLS listener (Kubernetes, :mod:`cerebras_appliance.contract.channel`). The
 channel is closed once a claim arrives (a second or replayed claim finds nothing to talk to);
 the claim's plumbing variables are set, its snapshot written to a private file, and from there
-the worker runs steps 1-5 above unchanged. ``APPLIANCE_WARM_STARTUP_VARS`` (comma-separated)
+the worker runs steps 1-6 above unchanged. ``APPLIANCE_WARM_STARTUP_VARS`` (comma-separated)
 names variables the preloaded modules read at import: a snapshot that sets one of them to a
 new value re-executes like a start-up variable. A warm worker serves one job and exits.
 
@@ -99,13 +105,20 @@ def _exit_code(result: object) -> int:
     return 1
 
 
-def run_user_code(entrypoint: str, args: list[str]) -> int:
-    """Run the entrypoint; return its exit code (tracebacks go to stderr)."""
+def run_user_code(entrypoint: str, args: list[str], *, keep_sys_path: bool = False) -> int:
+    """Run the entrypoint; return its exit code (tracebacks go to stderr).
+
+    ``keep_sys_path``: the job's code put its directories first on ``sys.path``
+    (:mod:`.code`): a script's directory goes before them instead of replacing the first."""
     try:
         if is_script_entrypoint(entrypoint):
             script = Path(entrypoint)
             sys.argv = [entrypoint, *args]
-            sys.path[0:1] = [str(script.resolve().parent)]
+            directory = str(script.resolve().parent)
+            if not keep_sys_path:
+                sys.path[0:1] = [directory]
+            elif sys.path[:1] != [directory]:
+                sys.path.insert(0, directory)
             runpy.run_path(entrypoint, run_name="__main__")
             return 0
         module_name, _, attr_path = entrypoint.partition(":")
@@ -193,8 +206,16 @@ def _main(argv: list[str], extra_startup: frozenset[str] = frozenset()) -> int:
     os.environ.pop(REEXEC_MARKER, None)
 
     apply(snapshot.env)
+    has_code = bool(os.environ.get(names.CODE_DIR_VAR))
+    if has_code:
+        # Only a job with code loads the bundle reader (its start is a headline figure).
+        from cerebras_appliance.worker import code
+
+        prepared = code.prepare()
+        if isinstance(prepared, int):
+            return prepared
     ready = os.environ.get(names.READY_FILE_VAR)
     if ready:
         write_ready_marker(ready, snapshot.env_hash)
     log(f"applied {len(snapshot.env)} variables ({snapshot.env_hash}); running {entrypoint}")
-    return run_user_code(entrypoint, args)
+    return run_user_code(entrypoint, args, keep_sys_path=has_code)

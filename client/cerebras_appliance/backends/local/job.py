@@ -7,6 +7,13 @@ the same env snapshot file. Workers start from a minimal base environment (see
 
 Job directories (the env file, readiness markers, logs) are private directories of
 :mod:`.state`, swept when their owner is gone.
+
+A job may carry the user's code (issue 23): a :class:`~cerebras_appliance.contract.bundle.Bundle`
+packed when the job was submitted, written once into the job's directory as
+``code/chunk-000`` (0600) and named to every worker, cold or claimed, by
+``APPLIANCE_CODE_DIR`` and ``APPLIANCE_CODE_SHA256``. Each worker unpacks its own copy and runs
+from it (:mod:`cerebras_appliance.worker.code`), never from the directory the code came from,
+so editing that directory after ``submit()`` changes nothing for the job.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from cerebras_appliance.backends.local.state import base_environment, private_dir_for
+from cerebras_appliance.contract import bundle as bundles
 from cerebras_appliance.contract import claim as claims
 from cerebras_appliance.contract import envfile, names
 from cerebras_appliance.contract.api import ExecuteJob, ExecuteJobStatus, worker_name
@@ -118,7 +126,10 @@ class LocalJob(JobHandle):
         python: str = sys.executable,
         caller_environ: Mapping[str, str] | None = None,
         pool: ProcessPool | None = None,
+        code: bundles.Bundle | None = None,
     ) -> None:
+        """``code``: the user's code, packed at submit (the job's ``spec.entrypoint`` is the
+        one to run with it: a path in its working directory, or a ``module:function``)."""
         if job.metadata.name is None:
             raise ValueError("metadata.name: a local job needs a name")
         self.name: str = job.metadata.name
@@ -133,6 +144,8 @@ class LocalJob(JobHandle):
         self._dir = private_dir_for(self.name)
         self._env_file = self._dir / "env.json"
         envfile.write(self._env_file, list(env), self.env_hash, self._env_key)
+        self.code_sha256: str | None = code.sha256 if code is not None else None
+        self._code_plumbing = self._write_code(code) if code is not None else {}
         self._workers: list[_Process] = []
         self._status: ExecuteJobStatus | None = None
         self._deleted = False
@@ -179,6 +192,20 @@ class LocalJob(JobHandle):
         """The job's private directory (the env file, readiness markers, logs); removed by
         :meth:`delete`."""
         return self._dir
+
+    def _write_code(self, code: bundles.Bundle) -> dict[str, str]:
+        """Write the bundle into the job's directory (one chunk: no Secret limit here); the
+        variables that name it to a worker."""
+        directory = self._dir / "code"
+        directory.mkdir(mode=0o700)
+        fd = os.open(
+            directory / f"{names.CODE_CHUNK_PREFIX}000",
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        with os.fdopen(fd, "wb") as out:
+            out.write(code.data)
+        return {names.CODE_DIR_VAR: str(directory), names.CODE_SHA256_VAR: code.sha256}
 
     def wait_for_a_worker(self, timeout: float) -> None:
         """Block up to ``timeout`` seconds, returning early when a running worker exits: a
@@ -332,6 +359,7 @@ class LocalJob(JobHandle):
             names.ENV_FILE_VAR: str(self._env_file),
             names.READY_FILE_VAR: str(worker.ready_file),
             **dict(zip(WORKER_VARS, (self.name, name, str(index)), strict=True)),
+            **self._code_plumbing,
         }
         spec = self.job.spec
         if warm is not None:
