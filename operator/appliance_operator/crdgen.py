@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from cerebras_appliance.contract import api, names
+from cerebras_appliance.contract import api, bundle, names
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUTPUT = REPO_ROOT / "crds" / "executejobs.yaml"
@@ -79,9 +79,34 @@ HAND_KEPT: dict[str, dict[str, Any]] = {
             }
         ]
     },
+    "spec": {
+        # spec.code's own rule (below) holds only when the old and the new object both have
+        # it: this one keeps a job from gaining or losing code after it was created (its
+        # workers would run other code than the one its first workers ran).
+        "x-kubernetes-validations": [
+            {
+                "rule": "has(self.code) == has(oldSelf.code)",
+                "message": f"spec.code {_IMMUTABLE}",
+            }
+        ]
+    },
     "spec.image": {
         "x-kubernetes-validations": [
             {"rule": "self == oldSelf", "message": f"spec.image {_IMMUTABLE}"},
+        ]
+    },
+    "spec.code": {
+        "x-kubernetes-validations": [
+            {"rule": "self == oldSelf", "message": f"spec.code {_IMMUTABLE}"},
+            {
+                # api.CodeBundle's check: the Secrets the workers mount are exactly those the
+                # client wrote (integer division in CEL, as -(-size // chunk) in the model).
+                "rule": f"self.chunks == (self.size + {bundle.SECRET_CHUNK_BYTES - 1}) / "
+                f"{bundle.SECRET_CHUNK_BYTES}",
+                "message": f"spec.code.chunks must be the number of {bundle.SECRET_CHUNK_BYTES}-"
+                "byte chunks spec.code.size takes: ceil(size / "
+                f"{bundle.SECRET_CHUNK_BYTES})",
+            },
         ]
     },
     "spec.entrypoint": {
@@ -232,6 +257,14 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "stuck worker's reason (ImagePullBackOff, Unschedulable, ...).",
     },
     {"name": "Succeeded", "type": "integer", "jsonPath": ".status.succeeded", "priority": 1},
+    {
+        # The bundle's hash (a checksum, public as the job is); its content is in Secrets only.
+        "name": "Code",
+        "type": "string",
+        "jsonPath": ".spec.code.sha256",
+        "description": "The hash of the job's code bundle (its bytes are in Secrets only).",
+        "priority": 1,
+    },
     {"name": "Failed", "type": "integer", "jsonPath": ".status.failed", "priority": 1},
     {
         "name": "Message",

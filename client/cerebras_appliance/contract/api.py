@@ -24,6 +24,12 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from cerebras_appliance.contract.bundle import (
+    HASH_PREFIX,
+    MAX_BUNDLE_BYTES,
+    MAX_CHUNKS,
+    SECRET_CHUNK_BYTES,
+)
 from cerebras_appliance.contract.entrypoints import (
     ENTRYPOINT_MODULE_PATTERN as ENTRYPOINT_MODULE_PATTERN,  # re-exported for the CRD
 )
@@ -31,7 +37,7 @@ from cerebras_appliance.contract.entrypoints import entrypoint_problem
 from cerebras_appliance.contract.entrypoints import (
     is_script_entrypoint as is_script_entrypoint,
 )
-from cerebras_appliance.contract.names import GROUP, MANAGED_BY_LABEL
+from cerebras_appliance.contract.names import CODE_CHUNK_PREFIX, GROUP, MANAGED_BY_LABEL
 
 KIND = "ExecuteJob"
 PLURAL = "executejobs"
@@ -287,6 +293,58 @@ class WorkerTemplate(_Model):
     )
 
 
+#: ``spec.code.sha256``: the bundle's content hash as :func:`contract.bundle.digest` spells it.
+CODE_SHA256_PATTERN = rf"^{HASH_PREFIX}[0-9a-f]{{64}}$"
+
+
+def code_secret_name(job_name: str, index: int) -> str:
+    """The Secret holding chunk ``index`` of a job's code bundle: ``<job>-code-<i>``, written
+    by the client (owned by the job), mounted by cold workers, read by the operator for a
+    warm claim."""
+    return f"{job_name}-code-{index}"
+
+
+def code_chunk_key(index: int) -> str:
+    """The key of chunk ``index`` in its Secret, and its file name in the worker's code
+    directory: ``chunk-000``, ``chunk-001``, ... (zero-padded: sorted by name is in order)."""
+    return f"{CODE_CHUNK_PREFIX}{index:03d}"
+
+
+class CodeBundle(_Model):
+    """The job's code bundle (``contract.bundle``): its hash and how it is stored, never its
+    content, which is in the Secrets ``<job>-code-0`` .. ``<job>-code-<chunks-1>``."""
+
+    sha256: Annotated[
+        str,
+        Field(
+            pattern=CODE_SHA256_PATTERN,
+            description="'sha256:<64 lower-case hex>', the hash of the bundle's uncompressed "
+            "archive; a worker refuses a bundle with another. Immutable.",
+        ),
+    ]
+    chunks: JsonInt = Field(
+        ge=1,
+        le=MAX_CHUNKS,
+        description=f"Number of Secrets holding the bundle, one chunk of at most "
+        f"{SECRET_CHUNK_BYTES} bytes each: ceil(size / {SECRET_CHUNK_BYTES}).",
+    )
+    size: JsonInt = Field(
+        ge=1,
+        le=MAX_BUNDLE_BYTES,
+        description=f"The compressed bundle's size in bytes (at most {MAX_BUNDLE_BYTES}).",
+    )
+
+    @model_validator(mode="after")
+    def _chunks_hold_size(self) -> CodeBundle:
+        expected = -(-self.size // SECRET_CHUNK_BYTES)
+        if self.chunks != expected:
+            raise ValueError(
+                f"chunks must be the number of {SECRET_CHUNK_BYTES}-byte chunks the bundle's "
+                f"size takes: {self.size} bytes is {expected} chunk(s), not {self.chunks}"
+            )
+        return self
+
+
 def _unique_env_names(env: list[EnvVar]) -> list[EnvVar]:
     seen: set[str] = set()
     for item in env:
@@ -354,6 +412,12 @@ class ExecuteJobSpec(_Model):
         description="A WorkerPool in the job's namespace whose idle workers the job claims "
         "(the rest start cold; an unknown pool or another image: all start cold, with a "
         "condition saying why). Immutable.",
+    )
+    code: CodeBundle | None = Field(
+        default=None,
+        description="The user's code, shipped with the job (its working directory, modules, "
+        "a function): the bundle's hash and size; its bytes are in Secrets the job owns, "
+        "<job>-code-<i>. Immutable.",
     )
 
 

@@ -97,6 +97,9 @@ CONTAINER_NAME = "worker"
 #: The key of the ``<job>-env`` Secret that holds the snapshot file.
 SNAPSHOT_KEY = "env.json"
 ENV_DIR = "/var/run/appliance/env"
+#: A cold worker's code bundle: the ``<job>-code-<i>`` Secrets projected read-only, one file
+#: ``chunk-NNN`` each (what ``CODE_DIR_VAR`` names in a pod).
+CODE_DIR = "/var/run/appliance/code"
 STATE_DIR = "/var/run/appliance/state"
 CLAIM_TLS_DIR = "/var/run/appliance/claim-tls"
 ENV_FILE = f"{ENV_DIR}/{SNAPSHOT_KEY}"

@@ -329,3 +329,50 @@ def test_generated_input_is_accepted_or_refused_naming_fields(obj: dict[str, Any
     except InvalidJobError as exc:
         assert exc.errors
         assert all(line.startswith(("spec", "metadata")) for line in exc.errors), exc.errors
+
+
+# -- spec.code (issue 23) --------------------------------------------------------------------
+
+CODE = {"sha256": "sha256:" + "ab" * 32, "chunks": 2, "size": 524289}
+
+
+def test_a_job_with_code_round_trips_its_hash_chunks_and_size_in_camel_case() -> None:
+    manifest = copy.deepcopy(VALID)
+    manifest["spec"]["code"] = dict(CODE)
+    job = parse_job(manifest)
+    assert job.spec.code is not None and job.spec.code.chunks == 2
+    assert job.to_manifest()["spec"]["code"] == CODE
+    assert "code" not in parse_job(VALID).to_manifest()["spec"]  # absent, not null
+
+
+@pytest.mark.parametrize(
+    ("code", "field"),
+    [
+        ({**CODE, "sha256": "sha256:" + "AB" * 32}, "spec.code.sha256"),
+        ({**CODE, "sha256": "ab" * 32}, "spec.code.sha256"),
+        ({**CODE, "sha256": CODE["sha256"] + "\n"}, "spec.code.sha256"),
+        ({**CODE, "chunks": 0}, "spec.code.chunks"),
+        ({**CODE, "chunks": 17, "size": 16 * 524288 + 1}, "spec.code.chunks"),
+        ({**CODE, "chunks": 16, "size": 8 * 1024 * 1024 + 1}, "spec.code.size"),
+        ({**CODE, "size": 0}, "spec.code.size"),
+        ({**CODE, "chunks": True}, "spec.code.chunks"),
+        ({**CODE, "chunks": 1}, "spec.code"),  # 524289 bytes take 2 chunks
+        ({**CODE, "chunks": 3}, "spec.code"),
+        ({**CODE, "data": "cHJpbnQoMSkK"}, "spec.code.data"),  # never the content
+    ],
+)
+def test_bad_code_fields_are_refused_naming_them(code: dict[str, Any], field: str) -> None:
+    manifest = copy.deepcopy(VALID)
+    manifest["spec"]["code"] = code
+    with pytest.raises(InvalidJobError) as refused:
+        parse_job(manifest)
+    assert any(line.startswith(field) for line in refused.value.errors), refused.value.errors
+
+
+def test_code_secret_names_and_chunk_keys_sort_in_chunk_order() -> None:
+    from cerebras_appliance.contract.api import code_chunk_key, code_secret_name
+
+    assert code_secret_name("demo", 3) == "demo-code-3"
+    keys = [code_chunk_key(i) for i in range(16)]
+    assert keys[0] == f"{names.CODE_CHUNK_PREFIX}000" == "chunk-000"
+    assert sorted(keys) == keys

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from appliance_operator import crdgen
-from cerebras_appliance.contract import api
+from cerebras_appliance.contract import api, bundle
 from cerebras_appliance.contract.api import InvalidJobError, parse_job
 
 REPO = Path(__file__).resolve().parents[3]
@@ -222,3 +222,26 @@ def test_inline_values_refuse_nul_by_pattern_and_durations_are_bounded() -> None
     assert spec["env"]["items"]["properties"]["value"]["pattern"] == api.NO_NUL_PATTERN
     for name in ("activeDeadlineSeconds", "ttlSecondsAfterFinished"):
         assert spec[name]["maximum"] == api.MAX_DURATION_SECONDS == 2**31 - 1
+
+
+def test_spec_code_is_immutable_consistent_and_never_gained_or_lost() -> None:
+    """Issue 23: the rules the API server runs on spec.code (the invalid cases send bad ones
+    to it; tests/integration/test_operator.py checks the transitions)."""
+    schema = _schema()["properties"]["spec"]
+    code = schema["properties"]["code"]
+    assert code["properties"]["sha256"]["pattern"] == api.CODE_SHA256_PATTERN
+    assert code["properties"]["chunks"]["maximum"] == bundle.MAX_CHUNKS == 16
+    assert code["properties"]["size"]["maximum"] == 8 * 1024 * 1024
+    assert set(code["properties"]) == {"sha256", "chunks", "size"}  # no field for content
+    rules = {r["rule"]: r["message"] for r in code["x-kubernetes-validations"]}
+    assert rules["self == oldSelf"] == f"spec.code {crdgen._IMMUTABLE}"
+    assert "self.chunks == (self.size + 524287) / 524288" in rules
+    spec_rules = {r["rule"]: r["message"] for r in schema["x-kubernetes-validations"]}
+    assert spec_rules["has(self.code) == has(oldSelf.code)"] == f"spec.code {crdgen._IMMUTABLE}"
+
+
+def test_the_code_column_shows_the_bundles_hash_only() -> None:
+    version = crdgen.crd()["spec"]["versions"][0]
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert columns["Code"]["jsonPath"] == ".spec.code.sha256"
+    assert columns["Code"]["priority"] == 1  # with -o wide
