@@ -5,9 +5,12 @@ Naming (deterministic, so a restarted operator finds what it made and never dupl
 * the env Secret: ``<job>-env`` (key ``env.json``: the resolved snapshot, values included);
 * worker ``i``, first attempt: ``<job>-worker-<i>`` (the name the local backend uses too);
   replacement ``a`` (a >= 1) of a failed worker: ``<job>-worker-<i>-<a>``.
+* a job's code bundle (``spec.code``, issue 23): ``<job>-code-<i>``, written by the client
+  (:func:`cerebras_appliance.contract.api.code_secret_name`), never by the operator.
 
 Env values appear only in the Secret: a pod spec carries the ``APPLIANCE_*`` plumbing
-variables and nothing else, so ``kubectl get pod -o yaml`` shows no value.
+variables and nothing else, so ``kubectl get pod -o yaml`` shows no value. The same holds for
+the code: a pod names its Secrets and its hash, never a byte of it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from cerebras_appliance.contract.api import (
     ExecuteJob,
     WorkerPool,
     WorkerTemplate,
+    code_chunk_key,
+    code_secret_name,
     reserved_key,
     worker_name,
 )
@@ -39,6 +44,7 @@ from cerebras_appliance.contract.names import (
     CLAIM_PORT,
     CLAIM_TLS_DIR,
     CLAIMED_FOR_ANNOTATION,
+    CODE_DIR,
     CONTAINER_NAME,
     ENV_DIR,
     ENV_FILE,
@@ -60,6 +66,21 @@ STARTUP_PROBE_SECONDS = 24 * 3600
 
 ENV_VOLUME = "appliance-env"
 STATE_VOLUME = "appliance-state"
+#: A cold worker's code bundle: its ``<job>-code-<i>`` Secrets, projected read-only.
+CODE_VOLUME = "appliance-code"
+#: The state volume (memory-backed): the readiness marker and, on a pool's pod, the env file
+#: a claim brings; 1 MiB holds them.
+STATE_SIZE = "1Mi"
+#: The state volume of a worker that may receive code (a cold worker of a job with
+#: ``spec.code``, and every pool pod: any claim may bring code). The worker unpacks the
+#: bundle there (``APPLIANCE_STATE_DIR``), in memory as the issue asks (code can hold
+#: credentials: never on a disk), and a warm worker also writes the bundle it received.
+#: Budget: the unpacked archive is at most ``bundle.MAX_UNPACKED_BYTES`` (64 MiB, headers
+#: included) in at most ``bundle.MAX_ENTRIES`` (10,000) entries, each rounded up to a 4 KiB
+#: page on tmpfs (at most 39 MiB more), plus a received bundle (8 MiB) and the env file
+#: (1 MiB): 112 MiB in the worst case, so 128 MiB. A limit, not a reservation: a
+#: memory-backed emptyDir costs the pod's memory only for what is written.
+CODE_STATE_SIZE = "128Mi"
 DEFAULT_IMAGE_PULL_POLICY = "IfNotPresent"
 
 
@@ -325,6 +346,16 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str) -> di
         {"name": names.WORKER_INDEX_VAR, "value": str(worker.index)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},  # logs appear as they are written
     ]
+    code_mounts: list[dict[str, Any]] = []
+    code_volumes: list[dict[str, Any]] = []
+    if spec.code is not None:
+        plumbing += [
+            {"name": names.CODE_DIR_VAR, "value": CODE_DIR},
+            {"name": names.CODE_SHA256_VAR, "value": spec.code.sha256},
+            {"name": names.STATE_DIR_VAR, "value": STATE_DIR},  # where it is unpacked
+        ]
+        code_mounts.append({"name": CODE_VOLUME, "mountPath": CODE_DIR, "readOnly": True})
+        code_volumes.append(code_volume(name, spec.code.chunks))
     container: dict[str, Any] = {
         "name": CONTAINER_NAME,
         "image": spec.image,
@@ -334,6 +365,7 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str) -> di
         "volumeMounts": [
             {"name": ENV_VOLUME, "mountPath": ENV_DIR, "readOnly": True},
             {"name": STATE_VOLUME, "mountPath": STATE_DIR},
+            *code_mounts,
             *tpl.volume_mounts,
         ],
         # Ready = the entrypoint applied the env (it writes the marker just before user code).
@@ -342,7 +374,13 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str) -> di
     }
     # 0444: readable whatever user the image runs as; nobody writes it.
     secret = {"secretName": env_secret_name(name), "defaultMode": 0o444}
-    pod_spec = _pod_spec(tpl, container, {"name": ENV_VOLUME, "secret": secret})
+    pod_spec = _pod_spec(
+        tpl,
+        container,
+        {"name": ENV_VOLUME, "secret": secret},
+        state_size=STATE_SIZE if spec.code is None else CODE_STATE_SIZE,
+        extra_volumes=code_volumes,
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -356,6 +394,24 @@ def worker_pod(job: ExecuteJob, uid: str, worker: WorkerId, env_hash: str) -> di
         },
         "spec": pod_spec,
     }
+
+
+def code_volume(job_name: str, chunks: int) -> dict[str, Any]:
+    """The projected volume of a job's code: each ``<job>-code-<i>`` Secret's one key as the
+    file of that name (``chunk-000``, ...), 0444 (the worker may run as any user; nobody
+    writes). Not optional: a missing Secret or key keeps the pod in ContainerCreating with
+    the kubelet's FailedMount event naming it, as a missing ``<job>-env`` does; the worker
+    checks the bundle's hash before it unpacks anything."""
+    sources = [
+        {
+            "secret": {
+                "name": code_secret_name(job_name, index),
+                "items": [{"key": code_chunk_key(index), "path": code_chunk_key(index)}],
+            }
+        }
+        for index in range(chunks)
+    ]
+    return {"name": CODE_VOLUME, "projected": {"sources": sources, "defaultMode": 0o444}}
 
 
 def _job_name(job: ExecuteJob) -> str:
@@ -434,7 +490,10 @@ def pool_pod(pool: WorkerPool, uid: str, suffix: str) -> dict[str, Any]:
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     secret = {"secretName": worker_secret_name(name, uid), "defaultMode": 0o444}
-    pod_spec = _pod_spec(tpl, container, {"name": CLAIM_TLS_VOLUME, "secret": secret})
+    # Room for code: a claim may bring a bundle, which the worker writes and unpacks there.
+    pod_spec = _pod_spec(
+        tpl, container, {"name": CLAIM_TLS_VOLUME, "secret": secret}, state_size=CODE_STATE_SIZE
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -508,11 +567,17 @@ def ready_file_probe() -> dict[str, Any]:
 
 
 def _pod_spec(
-    tpl: WorkerTemplate, container: dict[str, Any], secret_volume: dict[str, Any]
+    tpl: WorkerTemplate,
+    container: dict[str, Any],
+    secret_volume: dict[str, Any],
+    *,
+    state_size: str = STATE_SIZE,
+    extra_volumes: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The pod spec of a worker (a job's or a pool's) around ``container``: the template's
-    resources and security contexts, the worker's Secret and state volumes, then the
-    template's own volumes and scheduling fields."""
+    resources and security contexts, the worker's Secret and state volumes (``state_size``:
+    see :data:`CODE_STATE_SIZE`) and ``extra_volumes`` (the code), then the template's own
+    volumes and scheduling fields."""
     if tpl.resources is not None:
         container["resources"] = tpl.resources
     # Hardened unless the job says otherwise: what almost every dataloader runs with, and what
@@ -530,7 +595,8 @@ def _pod_spec(
         "containers": [container],
         "volumes": [
             secret_volume,
-            {"name": STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+            {"name": STATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": state_size}},
+            *extra_volumes,
             *tpl.volumes,
         ],
     }

@@ -34,6 +34,7 @@ from cerebras_appliance.backends.kubernetes import KubernetesError, KubernetesJo
 from cerebras_appliance.backends.local import job as local
 from cerebras_appliance.backends.local import state
 from cerebras_appliance.contract import envfile, names
+from cerebras_appliance.contract.api import CodeBundle
 from cerebras_appliance.contract.names import AWAITING_VALUES_ANNOTATION
 from cerebras_appliance.jobs import build_job, secret_key_for
 
@@ -271,6 +272,112 @@ def test_when_even_the_clean_up_fails_the_error_says_what_to_delete(
         submit()
     notes = "\n".join(getattr(caught.value, "__notes__", []))
     assert "kubectl delete executejob -n ml demo" in notes
+
+
+# -- the client: a job's code (issue 23) -------------------------------------------------------
+
+CODE_SENTINEL = b"code-sentinel-5e1f0a"
+
+
+def two_chunk_bundle() -> Any:
+    """A bundle of 2 chunks: random bytes do not compress (600 KiB > one 512 KiB chunk)."""
+    from cerebras_appliance.contract import bundle
+
+    noise = os.urandom(600 * 1024)
+    made = bundle.pack(
+        None, files={"noise.bin": noise, "user.py": b"print('%s')\n" % CODE_SENTINEL}
+    )
+    assert len(bundle.split(made.data)) == 2
+    return made
+
+
+def test_code_goes_to_owned_immutable_secrets_in_order_before_the_release(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cerebras_appliance.contract import bundle
+
+    code = two_chunk_bundle()
+    api = Recorder(monkeypatch)
+    submit(code=code)
+    assert api.tags() == [
+        "create-job",
+        "create-secret",
+        "create-secret",
+        "create-secret",
+        "release",
+    ]
+    job = api.calls[0][1][4]
+    assert job["spec"]["code"] == {"sha256": code.sha256, "chunks": 2, "size": len(code.data)}
+    assert CODE_SENTINEL.decode() not in json.dumps(job)
+    values_secret: client.V1Secret = api.calls[1][1][1]
+    assert values_secret.metadata.name == job["metadata"]["annotations"][AWAITING_VALUES_ANNOTATION]
+    chunks = []
+    for index, (_, args) in enumerate(api.calls[2:4]):
+        secret: client.V1Secret = args[1]
+        assert secret.metadata.name == f"demo-code-{index}"
+        assert secret.immutable is True and secret.type == "Opaque"
+        assert secret.metadata.labels == values_secret.metadata.labels
+        (owner,) = secret.metadata.owner_references  # owned from its very creation
+        assert (owner.kind, owner.name, owner.uid) == ("ExecuteJob", "demo", "uid-123")
+        assert list(secret.data) == [f"chunk-{index:03d}"]
+        chunks.append(base64.b64decode(secret.data[f"chunk-{index:03d}"]))
+    assert bundle.join(chunks) == code.data
+    assert bundle.digest(bundle.join(chunks)) == job["spec"]["code"]["sha256"]
+
+
+def test_a_job_with_code_and_no_values_waits_for_its_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a values Secret the job is annotated all the same: its workers never start
+    before all of its code is written."""
+    code = two_chunk_bundle()
+    api = Recorder(monkeypatch)
+    job = build_job("loader.py", 1, [], name="demo", namespace="ml")
+    KubernetesJob.create(job, [], api_client=client.ApiClient(), code=code)
+    assert api.tags() == ["create-job", "create-secret", "create-secret", "release"]
+    created = api.calls[0][1][4]
+    assert created["metadata"]["annotations"][AWAITING_VALUES_ANNOTATION] == "demo-code-0"
+    assert [args[1].metadata.name for _, args in api.calls[1:3]] == ["demo-code-0", "demo-code-1"]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        client.ApiException(status=403, reason="Forbidden"),
+        client.ApiException(status=409, reason="Conflict"),
+        KeyboardInterrupt(),
+    ],
+)
+def test_a_code_secret_that_fails_deletes_the_job(
+    monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    api = Recorder(monkeypatch)
+    original = api._method("create-secret")
+    count = {"n": 0}
+
+    def second_chunk_fails(_self: Any, *args: Any, **kwargs: Any) -> Any:
+        count["n"] += 1
+        if count["n"] == 3:  # the values, the first chunk, then this one
+            api.calls.append(("create-secret", copy.deepcopy(args)))
+            raise error
+        return original(_self, *args, **kwargs)
+
+    monkeypatch.setattr(client.CoreV1Api, "create_namespaced_secret", second_chunk_fails)
+    with pytest.raises((KubernetesError, KeyboardInterrupt)) as caught:
+        submit(code=two_chunk_bundle())
+    assert api.tags()[-1] == "delete-job" and "release" not in api.tags()
+    if isinstance(caught.value, KubernetesError):
+        text = str(caught.value)
+        assert "demo-code-1" in text and "The job was deleted" in text
+        assert CODE_SENTINEL.decode() not in text
+
+
+def test_a_job_describing_another_bundle_creates_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    code = two_chunk_bundle()
+    api = Recorder(monkeypatch)
+    job = build_job("loader.py", 1, SNAPSHOT, name="demo", namespace="ml")
+    job.spec.code = CodeBundle(sha256="sha256:" + "0" * 64, chunks=2, size=len(code.data))
+    with pytest.raises(ValueError, match=r"spec\.code does not describe"):
+        KubernetesJob.create(job, SNAPSHOT, api_client=client.ApiClient(), code=code)
+    assert api.tags() == []
 
 
 # -- the local backend's job directories -------------------------------------------------------

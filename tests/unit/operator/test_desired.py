@@ -226,3 +226,86 @@ def test_worker_container_is_hardened_by_default() -> None:
     container["securityContext"]["capabilities"]["drop"].append("X")  # a copy, not the default
     (again,) = desired.worker_pod(make_job(), UID, WorkerId(1), HASH)["spec"]["containers"]
     assert again["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+
+
+# -- a job's code (issue 23) -----------------------------------------------------------------
+
+CODE_HASH = "sha256:" + "c0de" * 16
+
+
+def test_a_job_with_code_mounts_its_secrets_projected_read_only_and_names_them() -> None:
+    job = make_job(code={"sha256": CODE_HASH, "chunks": 3, "size": 2 * 524288 + 1})
+    pod = desired.worker_pod(job, UID, WorkerId(0), HASH)
+    (container,) = pod["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env[names.CODE_DIR_VAR] == names.CODE_DIR == "/var/run/appliance/code"
+    assert env[names.CODE_SHA256_VAR] == CODE_HASH
+    assert env[names.STATE_DIR_VAR] == names.STATE_DIR  # where the worker unpacks it
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts[names.CODE_DIR] == {
+        "name": desired.CODE_VOLUME,
+        "mountPath": names.CODE_DIR,
+        "readOnly": True,
+    }
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    projected = volumes[desired.CODE_VOLUME]["projected"]
+    assert projected["defaultMode"] == 0o444
+    assert projected["sources"] == [
+        {
+            "secret": {
+                "name": f"demo-code-{i}",
+                "items": [{"key": f"chunk-00{i}", "path": f"chunk-00{i}"}],
+            }
+        }
+        for i in range(3)
+    ]
+    assert all("optional" not in s["secret"] for s in projected["sources"])  # a missing one shows
+    # The unpacked code goes to the memory-backed state volume, sized for the largest bundle.
+    state = volumes[mounts[names.STATE_DIR]["name"]]["emptyDir"]
+    assert (
+        state
+        == {"medium": "Memory", "sizeLimit": desired.CODE_STATE_SIZE}
+        == {
+            "medium": "Memory",
+            "sizeLimit": "128Mi",
+        }
+    )
+
+
+def test_a_job_without_code_has_no_code_volume_and_a_small_state_volume() -> None:
+    pod = desired.worker_pod(make_job(), UID, WorkerId(0), HASH)
+    (container,) = pod["spec"]["containers"]
+    assert not {names.CODE_DIR_VAR, names.CODE_SHA256_VAR, names.STATE_DIR_VAR} & {
+        e["name"] for e in container["env"]
+    }
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert desired.CODE_VOLUME not in volumes
+    assert volumes[desired.STATE_VOLUME]["emptyDir"]["sizeLimit"] == "1Mi"
+
+
+def test_no_byte_of_the_code_is_in_a_pod_only_its_hash_and_secret_names() -> None:
+    from cerebras_appliance.contract import bundle
+
+    sentinel = b"code-sentinel-9a7c3d"
+    made = bundle.pack(None, files={"user.py": b"print('%s')\n" % sentinel * 50})
+    spec = {"sha256": made.sha256, "chunks": 1, "size": len(made.data)}
+    pod = desired.worker_pod(make_job(code=spec), UID, WorkerId(0), HASH)
+    text = json.dumps(pod)
+    assert made.sha256 in text
+    assert sentinel.decode() not in text
+    assert base64.b64encode(made.data).decode()[:40] not in text
+    assert made.data[:64].hex() not in text
+
+
+def test_a_template_volume_still_comes_after_the_code_volume() -> None:
+    job = make_job(
+        code={"sha256": CODE_HASH, "chunks": 1, "size": 10},
+        template={"volumes": [{"name": "data", "emptyDir": {}}]},
+    )
+    pod = desired.worker_pod(job, UID, WorkerId(0), HASH)
+    assert [v["name"] for v in pod["spec"]["volumes"]] == [
+        desired.ENV_VOLUME,
+        desired.STATE_VOLUME,
+        desired.CODE_VOLUME,
+        "data",
+    ]

@@ -1,15 +1,19 @@
-"""The create protocol: an ExecuteJob and the Secret of its values, in the order that makes an
-interruption harmless (``docs/security.md``).
+"""The create protocol: an ExecuteJob, the Secret of its values and the Secrets of its code,
+in the order that makes an interruption harmless (``docs/security.md``).
 
 1. :func:`create_job`: the job, carrying :data:`AWAITING_VALUES_ANNOTATION`: the operator
    resolves nothing and starts no worker while it is there;
 2. :func:`write_values`: the values Secret, with an ownerReference to the job's uid *in the
    create request*: it never exists without an owner, and holds every key or none;
+   :func:`write_code`: with a code bundle (issue 23), its chunks, one Secret each
+   (``<job>-code-<i>``, key ``chunk-NNN``), owned and labelled the same way, in order;
 3. :func:`release`: the annotation is removed, and the operator starts the workers.
 
 An error or an exception (Ctrl-C included) after step 1 deletes the job (:func:`_abandon`), and
-with it (garbage collection) the Secret. A SIGKILL after step 1 leaves a job that waits, saying
-so in its ``EnvResolved`` condition; the Secret, if written, is the job's and goes with it.
+with it (garbage collection) the Secrets. A SIGKILL after step 1 leaves a job that waits, saying
+so in its ``EnvResolved`` condition; the Secrets, if written, are the job's and go with it.
+A job with code and no values (inline ones, or none) is annotated too, naming its first code
+Secret, so its workers never start before all of its code is there.
 Each step is a module-level function called by name, so a test can mark when each begins.
 """
 
@@ -31,7 +35,15 @@ from cerebras_appliance.backends.kubernetes.errors import (
     with_suffix,
 )
 from cerebras_appliance.backends.kubernetes.objects import JobRef, drained, raw
-from cerebras_appliance.contract.api import KIND, PLURAL, ExecuteJob, InvalidJobError
+from cerebras_appliance.contract import bundle as bundles
+from cerebras_appliance.contract.api import (
+    KIND,
+    PLURAL,
+    ExecuteJob,
+    InvalidJobError,
+    code_chunk_key,
+    code_secret_name,
+)
 from cerebras_appliance.contract.names import (
     API_VERSION,
     AWAITING_VALUES_ANNOTATION,
@@ -47,23 +59,54 @@ _DELETED = ". The job was deleted"
 
 
 def create_executejob(
-    ref: JobRef, job: ExecuteJob, manifest: dict[str, Any], snapshot: Sequence[tuple[str, str]]
+    ref: JobRef,
+    job: ExecuteJob,
+    manifest: dict[str, Any],
+    snapshot: Sequence[tuple[str, str]],
+    code: bundles.Bundle | None = None,
 ) -> None:
     """Run the protocol for ``job`` (its ``manifest``, which loses the annotation once the job
-    is released). Raises InvalidJobError when the API server refuses the job (the message
-    names the field), KubernetesError for anything else, naming the object and the fix."""
+    is released). ``code``: the bundle ``job.spec.code`` describes, written to its Secrets.
+    Raises InvalidJobError when the API server refuses the job (the message names the
+    field), KubernetesError for anything else, naming the object and the fix."""
     secret = job.metadata.annotations.get(AWAITING_VALUES_ANNOTATION)
+    chunks = code_chunks(job, code)
+    if secret is None and chunks:
+        # No values to wait for, but code: the operator waits for it all the same.
+        annotations = manifest["metadata"].setdefault("annotations", {})
+        annotations[AWAITING_VALUES_ANNOTATION] = code_secret_name(ref.name, 0)
     created = create_job(ref, manifest)
-    if secret is None:
+    if secret is None and not chunks:
         return  # built with inline values: nothing to write
     uid = str(created["metadata"]["uid"])
     try:
-        write_values(ref, job, secret, snapshot, uid)
-        release(ref, secret)
+        if secret is not None:
+            write_values(ref, job, secret, snapshot, uid)
+        if chunks:
+            write_code(ref, chunks, uid)
+        release(ref, secret or code_secret_name(ref.name, 0))
     except BaseException as exc:
         _abandon(ref, uid, exc)
         raise
     manifest["metadata"].get("annotations", {}).pop(AWAITING_VALUES_ANNOTATION, None)
+
+
+def code_chunks(job: ExecuteJob, code: bundles.Bundle | None) -> list[bytes]:
+    """The bundle's chunks, one a Secret (none without code); ValueError when ``job.spec.code``
+    does not describe this bundle (a caller's mistake: nothing is created)."""
+    described = job.spec.code
+    if code is None:
+        if described is not None:
+            raise ValueError("spec.code describes a bundle, but no bundle was given")
+        return []
+    chunks = bundles.split(code.data, bundles.SECRET_CHUNK_BYTES)
+    if described is None or (described.sha256, described.chunks, described.size) != (
+        code.sha256,
+        len(chunks),
+        len(code.data),
+    ):
+        raise ValueError("spec.code does not describe the bundle given (its hash, chunks, size)")
+    return chunks
 
 
 def create_job(ref: JobRef, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -98,24 +141,8 @@ def write_values(
         key_ref = item.value_from.secret_key_ref if item.value_from is not None else None
         if key_ref is not None and key_ref.name == secret:
             data[key_ref.key] = base64.b64encode(values[item.name].encode("utf-8")).decode()
-    owner = client.V1OwnerReference(
-        api_version=API_VERSION,
-        kind=KIND,
-        name=ref.name,
-        uid=job_uid,
-        block_owner_deletion=False,
-    )
-    body = client.V1Secret(
-        metadata=client.V1ObjectMeta(
-            name=secret,
-            namespace=ref.namespace,
-            labels={MANAGED_BY_LABEL: CLIENT, JOB_NAME_LABEL: ref.name},
-            owner_references=[owner],
-        ),
-        type="Opaque",
-        immutable=True,
-        data=data,
-    )
+    body = _owned_secret(ref, secret, job_uid)
+    body.data = data
     what = f"creating Secret {ref.namespace}/{secret} (the values of job {ref.name})"
     try:
         drained(ref.core.create_namespaced_secret(ref.namespace, body, _preload_content=False))
@@ -129,6 +156,58 @@ def write_values(
         raise with_suffix(error, _DELETED) from None
     except CONNECTION_ERRORS as exc:
         raise KubernetesError(f"{what}: {unreachable(exc)}{_DELETED}") from None
+
+
+def write_code(ref: JobRef, chunks: Sequence[bytes], job_uid: str) -> None:
+    """Step 2, with code: chunk ``i`` in Secret ``<job>-code-<i>`` under key ``chunk-NNN``,
+    in order, immutable, owned by the job from its first instant (as the values Secret: the
+    same readers, the same garbage collection). Their content is checked by its hash
+    (``spec.code.sha256``) wherever it is used, so a Secret someone else made cannot pass for
+    one of them."""
+    for index, chunk in enumerate(chunks):
+        name = code_secret_name(ref.name, index)
+        body = _owned_secret(ref, name, job_uid)
+        body.data = {code_chunk_key(index): base64.b64encode(chunk).decode("ascii")}
+        what = (
+            f"creating Secret {ref.namespace}/{name} (chunk {index + 1} of {len(chunks)} of the "
+            f"code of job {ref.name})"
+        )
+        try:
+            drained(ref.core.create_namespaced_secret(ref.namespace, body, _preload_content=False))
+        except client.ApiException as exc:
+            if exc.status == 409:
+                raise KubernetesError(
+                    f"{what}: a Secret of that name exists already (an earlier job of the same "
+                    "name whose Secrets are still being garbage-collected, or someone else "
+                    "made it); submit again, under another name or once it is gone. The job "
+                    "was deleted"
+                ) from None
+            error = _api_error(what, exc, "create", "secrets", ref.namespace)
+            raise with_suffix(error, _DELETED) from None
+        except CONNECTION_ERRORS as exc:
+            raise KubernetesError(f"{what}: {unreachable(exc)}{_DELETED}") from None
+
+
+def _owned_secret(ref: JobRef, name: str, job_uid: str) -> client.V1Secret:
+    """An immutable Secret the job owns (ownerReference in the create request), labelled as
+    the client's and the job's; its data is set by the caller."""
+    owner = client.V1OwnerReference(
+        api_version=API_VERSION,
+        kind=KIND,
+        name=ref.name,
+        uid=job_uid,
+        block_owner_deletion=False,
+    )
+    return client.V1Secret(
+        metadata=client.V1ObjectMeta(
+            name=name,
+            namespace=ref.namespace,
+            labels={MANAGED_BY_LABEL: CLIENT, JOB_NAME_LABEL: ref.name},
+            owner_references=[owner],
+        ),
+        type="Opaque",
+        immutable=True,
+    )
 
 
 def release(ref: JobRef, secret: str) -> None:

@@ -27,7 +27,13 @@ from cerebras_appliance.backends.kubernetes.errors import (
 from cerebras_appliance.backends.kubernetes.logs import PodLogs
 from cerebras_appliance.backends.kubernetes.objects import JobRef, status_of
 from cerebras_appliance.backends.kubernetes.watch import StatusFeed
-from cerebras_appliance.contract.api import ExecuteJob, ExecuteJobStatus, InvalidJobError
+from cerebras_appliance.contract.api import (
+    CodeBundle,
+    ExecuteJob,
+    ExecuteJobStatus,
+    InvalidJobError,
+)
+from cerebras_appliance.contract.bundle import SECRET_CHUNK_BYTES, Bundle
 from cerebras_appliance.contract.names import JOB_NAME_LABEL
 from cerebras_appliance.handle import AttemptRef, JobDeletedError, JobHandle, JobNotFoundError
 
@@ -71,8 +77,13 @@ class KubernetesJob(JobHandle):
         *,
         sensitive: Collection[str] = (),
         api_client: client.ApiClient | None = None,
+        code: Bundle | None = None,
     ) -> KubernetesJob:
         """Create the job and the Secret of its values; return its handle.
+
+        ``code``: the user's code bundle (issue 23), written to Secrets the job owns before
+        the job is released; ``spec.code`` is set from it when the job does not describe it
+        already (ValueError when it describes another bundle).
 
         The order of :mod:`.create` makes an interruption harmless: an error or an exception
         (Ctrl-C included) once the job exists deletes it, and with it the Secret; a SIGKILL
@@ -91,8 +102,15 @@ class KubernetesJob(JobHandle):
         job = job.model_copy(
             update={"metadata": job.metadata.model_copy(update={"namespace": namespace})}
         )
+        if code is not None and job.spec.code is None:
+            described = CodeBundle(
+                sha256=code.sha256,
+                chunks=-(-len(code.data) // SECRET_CHUNK_BYTES),
+                size=len(code.data),
+            )
+            job = job.model_copy(update={"spec": job.spec.model_copy(update={"code": described})})
         handle = cls(name, namespace, job.to_manifest(), api_client)
-        create_executejob(handle.ref, job, handle.manifest, snapshot)
+        create_executejob(handle.ref, job, handle.manifest, snapshot, code)
         return handle
 
     # -- reattaching --------------------------------------------------------------------
