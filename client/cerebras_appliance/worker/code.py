@@ -2,9 +2,10 @@
 requirements, and run a function submitted by value.
 
 Imported by :mod:`.entrypoint` only when ``APPLIANCE_CODE_DIR`` is set, after the env is
-applied and before the readiness marker: a job without code never loads this module, the
-bundle reader or cloudpickle, and starts as fast as before. "Ready" then means the code is in
-place and the user's entrypoint is about to run.
+applied and before the readiness marker: a cold worker without code never loads this module,
+the bundle reader or cloudpickle, and starts as fast as before (a pool's warm worker loads
+them while it is idle, :mod:`.warm`, so a warm job with code does not pay for them). "Ready"
+then means the code is in place and the user's entrypoint is about to run.
 
 :func:`prepare`:
 

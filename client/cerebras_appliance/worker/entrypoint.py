@@ -7,7 +7,8 @@
 3. Patch :data:`os.environ` (so ``os.getenv``, C ``getenv`` and child processes see the values).
 4. With ``APPLIANCE_CODE_DIR`` set (the job ships the user's code, issue 23), unpack it,
    enter its working directory, put it first on ``sys.path`` and install its requirements
-   (:mod:`.code`; a failure exits 78 and nothing runs). A job without code never loads it.
+   (:mod:`.code`; a failure exits 78 and nothing runs). A cold worker without code never
+   loads it (a pool's warm worker does while idle).
 5. Write the snapshot's hash to the file named by ``APPLIANCE_READY_FILE`` (if set): the
    readiness marker, meaning "env applied" (and the code in place).
 6. Run the user's code:

@@ -100,6 +100,11 @@ def _preload() -> bool:
     # What the claim path imports later (snapshot file, HMAC check): loaded while idle.
     for module in ("base64", "hashlib", "hmac", "tempfile", "json"):
         importlib.import_module(module)
+    # What a job with code needs (the bundle reader, pip's runner; cloudpickle for a
+    # function, when the image has it): idle time pays for it, not the job's start.
+    importlib.import_module("cerebras_appliance.worker.code")
+    with contextlib.suppress(ImportError):
+        importlib.import_module("cloudpickle")
     for module in _names(WARM_IMPORTS_VAR):
         try:
             importlib.import_module(module)

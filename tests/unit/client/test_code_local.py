@@ -126,6 +126,56 @@ def test_a_closure_runs_on_warm_pool_workers_the_code_coming_with_the_claim(
     assert pool.counts().cold_fallbacks == 0
 
 
+def module_helper() -> str:
+    """A module-level helper of this (not installed, not shipped) test module."""
+    return "helped"
+
+
+def function_pickle(captured: Capture, tmp_path: Path) -> bytes:
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir(mode=0o700)
+    bundles.unpack(captured.bundle.data, unpacked)
+    return (unpacked / bundles.FILES / names.FUNCTION_FILE).read_bytes()
+
+
+def test_module_level_helpers_of_an_unshipped_module_travel_by_value_with_the_function(
+    tmp_path: Path,
+) -> None:
+    def uses_helper() -> None:
+        print("helper says", module_helper())
+
+    captured = capture(uses_helper)
+    assert b"helped" in function_pickle(captured, tmp_path)  # the helper's code, by value
+    text = next(iter(succeeded(start(captured)).values()))
+    assert "helper says helped" in text, text
+
+
+def test_a_function_of_a_shipped_py_module_goes_by_reference_and_runs_the_captured_copy(
+    tmp_path: Path,
+) -> None:
+    module = write(
+        tmp_path / "lib" / "fnmod_issue23.py",
+        """
+        def hello(*args):
+            print("hello from", __name__, list(args))
+        """,
+    )
+    sys.path.insert(0, str(module.parent))
+    try:
+        import fnmod_issue23  # type: ignore[import-not-found]
+
+        captured = capture(fnmod_issue23.hello, py_modules=[module])
+    finally:
+        sys.path.remove(str(module.parent))
+        sys.modules.pop("fnmod_issue23", None)
+    pickled = bundles_text(captured.bundle)
+    assert "fnmod_issue23" in pickled and "hello from" in pickled  # the module file, shipped
+    assert b"hello from" not in function_pickle(captured, tmp_path)  # by reference
+    module.write_text("def hello(*args):\n    print('edited')\n")  # after the capture
+    text = next(iter(succeeded(start(captured, args=["z"])).values()))
+    assert "hello from fnmod_issue23 ['z']" in text, text
+
+
 def test_a_function_that_raises_fails_its_worker_with_exit_code_1_and_the_traceback() -> None:
     def broken(*args: str) -> None:
         raise ValueError(f"bad shard {args}")
