@@ -12,9 +12,10 @@ then means the code is in place and the user's entrypoint is about to run.
 1. joins the chunk files ``chunk-000``, ``chunk-001``, ... of ``APPLIANCE_CODE_DIR`` in
    order and unpacks them (:func:`cerebras_appliance.contract.bundle.unpack`, which checks
    every member and the hash ``APPLIANCE_CODE_SHA256`` before writing anything) into a new
-   0700 directory: on the memory-backed file system when there is one with room for it
-   (``/dev/shm``: code can hold credentials, which then never reach a disk), else in the temp
-   directory; it is removed when the worker exits. The worker runs from this copy, never from
+   0700 directory, in memory where possible (code can hold credentials, which then never
+   reach a disk): in ``APPLIANCE_STATE_DIR`` when it is set (a pod's private memory-backed
+   volume, sized for a bundle), else on ``/dev/shm`` when it has room for it (the local
+   backend), else in the temp directory. It is removed when the worker exits. The worker runs from this copy, never from
    the directory the code was captured from.
 2. changes into the bundle's ``working_dir`` when it has one, and puts the bundle's import
    paths (:func:`~cerebras_appliance.contract.bundle.import_paths`: ``working_dir`` then
@@ -147,8 +148,11 @@ def _read_chunks() -> tuple[bytes, str]:
 
 
 def _code_base(compressed: int) -> Path:
-    """The memory file system when it is writable and has room for the unpacked code, else
-    the temp directory."""
+    """The worker's state directory when it has one, else the memory file system when it is
+    writable and has room for the unpacked code, else the temp directory."""
+    state = os.environ.get(names.STATE_DIR_VAR, "")
+    if state and os.path.isdir(state) and os.access(state, os.W_OK | os.X_OK):
+        return Path(state)
     for candidate in MEMORY_DIRS:
         if not os.access(candidate, os.W_OK | os.X_OK):
             continue

@@ -86,8 +86,12 @@ def wait_for_claim(argv: list[str]) -> int | Claimed:
         # The answer names the job and repeats the claim's nonce: it confirms this claim only.
         reply({"accepted": True, "envHash": env_hash, "job": claim.job, "nonce": claim.nonce})
     extra = frozenset(_names(WARM_STARTUP_VARS_VAR))
+    # A claim with code keeps the state directory: its bundle is unpacked there, in memory
+    # (worker.code), also after a re-execution. A cold worker with code has it too.
+    keep = {STATE_DIR_VAR} if dict(claim.plumbing).get(names.CODE_DIR_VAR) else set()
     for name in WARM_VARS:
-        os.environ.pop(name, None)
+        if name not in keep:
+            os.environ.pop(name, None)
     return Claimed([claim.entrypoint, *claim.args], extra)
 
 

@@ -458,20 +458,24 @@ def test_a_job_without_code_loads_neither_the_bundle_reader_nor_cloudpickle(
     assert "loaded []" in next(iter(succeeded(job).values()))
 
 
-def test_a_bundle_whose_hash_is_not_the_expected_one_runs_nothing(tmp_path: Path) -> None:
-    real = capture("run.py", working_dir=write(tmp_path / "wd" / "run.py", "print('ran')\n").parent)
+def run_worker_with_code(
+    tmp_path: Path, captured: Capture, sha256: str, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The worker as a pod runs it: the bundle split in chunk files (2 KiB each here)."""
     code = tmp_path / "code"
     code.mkdir()
-    (code / f"{names.CODE_CHUNK_PREFIX}000").write_bytes(real.bundle.data)
+    for index, chunk in enumerate(bundles.split(captured.bundle.data, 2048)):
+        (code / f"{names.CODE_CHUNK_PREFIX}{index:03d}").write_bytes(chunk)
     env_file = tmp_path / "env.json"
     envfile.write(env_file, [], "sha256:test")
-    done = subprocess.run(
-        [sys.executable, "-m", "cerebras_appliance.worker", "run.py"],
+    return subprocess.run(
+        [sys.executable, "-m", "cerebras_appliance.worker", captured.entrypoint],
         env={
             "PATH": os.environ["PATH"],
             names.ENV_FILE_VAR: str(env_file),
             names.CODE_DIR_VAR: str(code),
-            names.CODE_SHA256_VAR: "sha256:" + "0" * 64,
+            names.CODE_SHA256_VAR: sha256,
+            **(extra or {}),
         },
         cwd=tmp_path,
         capture_output=True,
@@ -479,6 +483,28 @@ def test_a_bundle_whose_hash_is_not_the_expected_one_runs_nothing(tmp_path: Path
         timeout=60,
         check=False,
     )
+
+
+def test_chunks_are_joined_in_order_and_unpacked_into_the_state_dir_when_there_is_one(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path / "wd" / "run.py", "import os\nprint('cwd', os.getcwd())\n")
+    (tmp_path / "wd" / "data.bin").write_bytes(os.urandom(6000))  # several chunks
+    captured = capture("run.py", working_dir=tmp_path / "wd")
+    assert len(bundles.split(captured.bundle.data, 2048)) > 2
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    done = run_worker_with_code(
+        tmp_path, captured, captured.bundle.sha256, {names.STATE_DIR_VAR: str(state)}
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"cwd {state}/appliance-code-" in done.stdout
+    assert list(state.iterdir()) == []  # removed at exit
+
+
+def test_a_bundle_whose_hash_is_not_the_expected_one_runs_nothing(tmp_path: Path) -> None:
+    real = capture("run.py", working_dir=write(tmp_path / "wd" / "run.py", "print('ran')\n").parent)
+    done = run_worker_with_code(tmp_path, real, "sha256:" + "0" * 64)
     assert done.returncode == EXIT_CONFIG
     assert "cannot unpack the job's code" in done.stderr and "not the expected" in done.stderr
     assert "ran" not in done.stdout
