@@ -15,8 +15,8 @@ then means the code is in place and the user's entrypoint is about to run.
    0700 directory, in memory where possible (code can hold credentials, which then never
    reach a disk): in ``APPLIANCE_STATE_DIR`` when it is set (a pod's private memory-backed
    volume, sized for a bundle), else on ``/dev/shm`` when it has room for it (the local
-   backend), else in the temp directory. It is removed when the worker exits. The worker runs from this copy, never from
-   the directory the code was captured from.
+   backend), else in the temp directory. It is removed when the worker exits. The worker
+   runs from this copy, never from the directory the code was captured from.
 2. changes into the bundle's ``working_dir`` when it has one, and puts the bundle's import
    paths (:func:`~cerebras_appliance.contract.bundle.import_paths`: ``working_dir`` then
    ``py_modules``) first on :data:`sys.path`, and first on ``PYTHONPATH`` for the user's child
