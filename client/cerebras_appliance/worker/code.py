@@ -46,11 +46,9 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
-import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -185,6 +183,10 @@ def _requirement_lines(path: Path) -> list[str]:
 
 def _install(requirements: Path, wanted: list[str]) -> str | int:
     """Install the requirements into a new private directory: its path, or an exit code."""
+    # Only a job with requirements loads these: a cold worker's start is a headline figure.
+    import importlib.util  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
     if importlib.util.find_spec("pip") is None:
         log(
             f"the job's requirements ({', '.join(wanted)}) need pip, and this worker's Python "
