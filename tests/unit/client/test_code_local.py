@@ -361,6 +361,26 @@ def test_py_modules_are_importable_by_the_worker_and_its_children(tmp_path: Path
     assert "main single ['1']" in text and "child ok" in text
 
 
+def test_a_snapshot_pythonpath_reexecutes_first_and_the_code_goes_before_it(tmp_path: Path) -> None:
+    write(tmp_path / "env_lib" / "from_env_issue23.py", "WHERE = 'snapshot'\n")
+    write(tmp_path / "mods" / "from_code_issue23.py", "WHERE = 'bundle'\n")
+    appliance_environ["PYTHONPATH"] = str(tmp_path / "env_lib")
+
+    def both() -> None:
+        import os
+
+        import from_code_issue23  # type: ignore[import-not-found]
+        import from_env_issue23  # type: ignore[import-not-found]
+
+        print("found", from_code_issue23.WHERE, from_env_issue23.WHERE)
+        print("pythonpath", os.environ["PYTHONPATH"].split(os.pathsep)[-1])
+
+    captured = capture(both, py_modules=[tmp_path / "mods" / "from_code_issue23.py"])
+    text = next(iter(succeeded(start(captured)).values()))
+    assert "re-executing once" in text and "found bundle snapshot" in text, text
+    assert f"pythonpath {tmp_path / 'env_lib'}" in text  # the snapshot's entry kept, last
+
+
 # -- requirements ---------------------------------------------------------------------------
 
 
