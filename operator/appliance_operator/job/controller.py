@@ -45,7 +45,13 @@ from appliance_operator.job.plan import (
 from appliance_operator.kubeapi import ApiError, KubeApi, namespace_terminating
 from appliance_operator.metrics import Metrics
 from appliance_operator.observe import JobView, PodView, job_view, pod_view
-from appliance_operator.pool.controller import PoolController, PoolSnapshot, pool_uid_of
+from appliance_operator.pool.controller import (
+    CodeProblem,
+    PoolController,
+    PoolSnapshot,
+    pool_uid_of,
+)
+from appliance_operator.pool.plan import POOL_CLAIM
 from cerebras_appliance.contract import envfile, names
 from cerebras_appliance.contract.api import KIND, Condition, ExecuteJobStatus, InvalidJobError
 from cerebras_appliance.contract.names import API_VERSION, AWAITING_VALUES_ANNOTATION
@@ -391,7 +397,9 @@ class Controller:
         outcome = WarmOutcome(steps)
         if self.pools is None or not job.job.spec.pool:
             return outcome
-        claiming = memory.env.secret_ready or _awaiting_values(job)
+        claiming = (memory.env.secret_ready or _awaiting_values(job)) and not (
+            memory.pool.code_problem  # its code cannot be sent: every worker starts cold
+        )
         if steps.needed and claiming:
             began = time.perf_counter()
             outcome.steps, outcome.claimed = self._claim_step(job, steps, memory, pool)
@@ -470,19 +478,24 @@ class Controller:
         ]
         if not todo:
             return 0, False, 0.0
+        if memory.pool.code_problem:  # adopted before the problem was seen: replaced cold
+            self._delete_pods(job, todo, memory)
+            return 0, True, 0.0
         prepared = self.pools.prepare_delivery(
             job, pool_uid_of(pool), memory.env.env_hash or "", memory.env.fresh_secret
         )
+        if isinstance(prepared, CodeProblem):
+            self._code_not_delivered(job, todo, memory, prepared)
+            return 0, True, 0.0
         if isinstance(prepared, str):
             logger.warning("[%s/%s] cannot deliver claims: %s", job.namespace, job.name, prepared)
             return 0, True, 0.0
-        context, text, env_hash = prepared
         pools = self.pools
         pool_uid = pool_uid_of(pool)
         began = time.perf_counter()
 
         def deliver(pod: PodView) -> tuple[str, float]:
-            issue = pools.deliver_one(job, pod, context, text, env_hash, pool_uid)
+            issue = pools.deliver_one(job, pod, prepared, pool_uid)
             return issue, time.perf_counter() - began
 
         answers = list(self._executor.map(deliver, todo))
@@ -501,6 +514,24 @@ class Controller:
             self._warn(job, memory, "ClaimNotDelivered", f"worker pod {pod.name}: {issue}")
             self._delete_pods(job, [pod], memory)
         return sum(1 for issue in problems if not issue), failed, first
+
+    def _code_not_delivered(
+        self, job: JobView, todo: Sequence[PodView], memory: JobMemory, problem: CodeProblem
+    ) -> None:
+        """The job's code cannot be sent (a Secret missing, unreadable, not the job's, or not
+        the bundle ``spec.code`` names): nothing is sent, the adopted workers are deleted and
+        the job claims no more, so the plan replaces them cold, as after a failed delivery.
+        Not the pool's fault: the pool stays claimable for other jobs. ``PoolClaim=False``
+        and a Warning say why, naming the Secret (never a byte of the code). A cold worker
+        mounts the same Secrets: a missing one shows on its pod, a wrong one is refused by
+        the worker's own hash check before anything is unpacked."""
+        message = f"{problem.message}; the workers start cold"
+        memory.pool.code_problem = True
+        memory.pool.condition = Condition(
+            type=POOL_CLAIM, status="False", reason=problem.reason, message=message
+        )
+        self._warn(job, memory, problem.reason, message)
+        self._delete_pods(job, todo, memory)
 
     def _observe_env_applied(
         self, job: JobView, pods: Sequence[PodView], steps: Plan, memory: JobMemory

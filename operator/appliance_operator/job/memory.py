@@ -143,6 +143,9 @@ class PoolState:
     #: Workers the claim made while the job awaited its values left to start cold: decided
     #: once (PoolClaim, the cold count), started cold once the values are there.
     decided_cold: frozenset[tuple[int, int]] = frozenset()
+    #: The job's code could not be sent to a claimed worker (``pool.controller.CodeProblem``):
+    #: it claims no more, every worker starts cold.
+    code_problem: bool = False
 
 
 @dataclass(slots=True)  # one per job the operator has seen: no __dict__ per record

@@ -7,6 +7,10 @@ status) from :func:`appliance_operator.pool.plan.plan_pool`. Its claim methods
 ``spec.pool``: adopt idle pods for workers about to be created (one merge patch each, with the
 observed ``resourceVersion`` as precondition), then send each adopted worker the job's
 snapshot over the claim channel (:mod:`appliance_operator.pool.tls`) and mark it confirmed.
+A job with ``spec.code`` sends its code bundle with the snapshot, read from the job's
+``<job>-code-<i>`` Secrets and checked against ``spec.code.sha256`` first
+(:func:`read_job_code`): code that cannot be read or is not the bundle the job names is never
+sent, the job says so (``PoolClaim=False`` naming the Secret) and its workers start cold.
 Delivery is level-triggered: a claimed pod that is not confirmed (the operator died between
 adoption and delivery) is delivered to by the next reconcile. A pod is confirmed only on its
 worker's answer to this very claim (the job's uid and a nonce repeated); a worker that no
@@ -23,8 +27,11 @@ wrote that the watch does not show yet (idle pods created, pods claimed) are
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import dataclasses
+import hmac
 import logging
 import secrets
 import ssl
@@ -53,13 +60,15 @@ from appliance_operator.pool.plan import (
     plan_pool,
     pool_spec_hash,
 )
-from cerebras_appliance.contract import channel, envfile, names
+from cerebras_appliance.contract import bundle, channel, envfile, names
 from cerebras_appliance.contract import claim as claims
 from cerebras_appliance.contract.api import (
     Condition,
     InvalidJobError,
     WorkerPool,
     WorkerPoolStatus,
+    code_chunk_key,
+    code_secret_name,
     parse_pool,
 )
 from cerebras_appliance.contract.names import POOL_SPEC_HASH_ANNOTATION
@@ -128,6 +137,90 @@ class PoolSnapshot:
 
     body: Mapping[str, Any] | None
     pods: tuple[PoolPodView, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a job's claims carry, prepared once for all its adopted workers: the operator's
+    TLS context for the pool, the env file's content and hash, and the code bundle (b""
+    without ``spec.code``), already checked against ``spec.code.sha256``."""
+
+    context: ssl.SSLContext
+    snapshot: str
+    env_hash: str
+    code: bytes = field(default=b"", repr=False)
+
+
+@dataclass(frozen=True)
+class CodeProblem:
+    """The job's code cannot be sent: a ``PoolClaim`` reason and a message naming the Secret
+    and the fix (never a byte of the code, nor a name inside the bundle)."""
+
+    reason: str
+    message: str
+
+
+def read_job_code(api: KubeApi, job: JobView) -> bytes | CodeProblem:
+    """The job's code bundle from its ``<job>-code-<i>`` Secrets (b"" without ``spec.code``),
+    or why it cannot be sent.
+
+    Each Secret must exist, be owned by the job (a same-named Secret of an earlier job of
+    that name, not yet garbage-collected, is not this job's) and hold its chunk under its key
+    as base64; the chunks joined must be ``spec.code.size`` bytes whose content hash
+    (:func:`cerebras_appliance.contract.bundle.digest`, which reads the archive as the worker
+    would) is ``spec.code.sha256``, the hash the job's creator set and no one may change."""
+    code = job.job.spec.code
+    if code is None:
+        return b""
+    chunks: list[bytes] = []
+    for index in range(code.chunks):
+        name = code_secret_name(job.name, index)
+        try:
+            secret = api.read_secret(job.namespace, name)
+        except ApiError as exc:
+            return CodeProblem(
+                "CodeSecretUnreadable",
+                f"the operator could not read Secret {name} of the job's code ({exc.code} "
+                f"{exc.reason}); it needs get on secrets in namespace {job.namespace}",
+            )
+        if secret is None:
+            return CodeProblem(
+                "CodeSecretNotFound",
+                f"Secret {name} of the job's code does not exist (the client writes "
+                f"{code.chunks} Secret(s) before it releases the job); submit the job again",
+            )
+        owners = {
+            str(r.get("uid")) for r in (secret.get("metadata") or {}).get("ownerReferences") or []
+        }
+        if job.uid not in owners:
+            return CodeProblem(
+                "CodeSecretNotOwned",
+                f"Secret {name} is not owned by this job (an earlier job of the same name "
+                "left it, or someone else made it); delete it, or submit under another name",
+            )
+        key = code_chunk_key(index)
+        try:
+            chunks.append(base64.b64decode((secret.get("data") or {})[key], validate=True))
+        except (KeyError, TypeError, binascii.Error, ValueError):
+            return CodeProblem(
+                "CodeSecretInvalid",
+                f"Secret {name} holds no chunk of the job's code under key {key!r}; submit "
+                "the job again",
+            )
+    data = bundle.join(chunks)
+    try:
+        found = bundle.digest(data) if len(data) == code.size else ""
+    except bundle.BundleError:
+        found = ""
+    if not hmac.compare_digest(found, code.sha256):
+        first, last = code_secret_name(job.name, 0), code_secret_name(job.name, code.chunks - 1)
+        where = first if code.chunks == 1 else f"{first} .. {last}"
+        return CodeProblem(
+            "CodeHashMismatch",
+            f"the code in Secret(s) {where} is not the bundle spec.code names (its size or "
+            "its hash is not spec.code's); it is not sent: submit the job again",
+        )
+    return data
 
 
 def _pool_of(body: Mapping[str, Any] | None) -> WorkerPool | None:
@@ -752,12 +845,13 @@ class PoolController:
         pool_uid: str,
         env_hash: str,
         written: Mapping[str, Any] | None = None,
-    ) -> tuple[ssl.SSLContext, str, str] | str:
+    ) -> Delivery | CodeProblem | str:
         """The operator's TLS context for the job's pool, the job's env file content and its
         hash (from ``<job>-env``, the very file a cold worker mounts: ``written``, the Secret
         this reconcile created, else read back and sent only when it carries ``env_hash``, the
-        hash the controller wrote or verified: ``desired.trusted_env_snapshot``); or the
-        problem."""
+        hash the controller wrote or verified: ``desired.trusted_env_snapshot``) and its
+        checked code (:func:`read_job_code`); or the problem: a :class:`CodeProblem` (the
+        job's workers start cold), or why the snapshot cannot be sent now (retried)."""
         secret = written or self.api.read_secret(job.namespace, desired.env_secret_name(job.name))
         if secret is None:
             return "the job's env Secret is not there yet"
@@ -765,47 +859,48 @@ class PoolController:
         if isinstance(found, str):
             return f"the job's env Secret is not the snapshot the operator wrote: {found}"
         text = envfile.dumps(found.env, found.env_hash, found.env_key)
-        env_hash = found.env_hash
+        code = read_job_code(self.api, job)
+        if isinstance(code, CodeProblem):
+            return code
         try:
             context = self.context_for(job.namespace, job.job.spec.pool or "", pool_uid)
         except (pooltls.ClaimRefusedError, channel.ChannelError) as exc:
             return str(exc)
-        return context, text, env_hash
+        return Delivery(context, text, found.env_hash, code)
 
     def deliver_one(
-        self,
-        job: JobView,
-        pod: PodView,
-        context: ssl.SSLContext,
-        text: str,
-        env_hash: str,
-        pool_uid: str = "",
+        self, job: JobView, pod: PodView, delivery: Delivery, pool_uid: str = ""
     ) -> str:
-        """Send the snapshot to one adopted worker and mark it confirmed; "" or the problem
-        (never a value). Confirmed only on the worker's answer to this very claim (it repeats
-        the job's uid and a nonce made for this delivery): a worker that does not listen any
-        more, or answers for another job, took someone else's claim and is never confirmed.
-        A failure blocks the pool's claims (:meth:`delivery_failed`)."""
+        """Send the snapshot (and the code) to one adopted worker and mark it confirmed; ""
+        or the problem (never a value). Confirmed only on the worker's answer to this very
+        claim (it repeats the job's uid and a nonce made for this delivery): a worker that
+        does not listen any more, or answers for another job, took someone else's claim and
+        is never confirmed. A failure blocks the pool's claims (:meth:`delivery_failed`)."""
         pool_name = job.job.spec.pool or ""
         nonce = secrets.token_hex(16)
+        plumbing = [
+            (names.JOB_NAME_VAR, job.name),
+            (names.WORKER_NAME_VAR, pod.name),
+            (names.WORKER_INDEX_VAR, str(pod.index)),
+        ]
+        code = job.job.spec.code
+        if code is not None:
+            plumbing.append((names.CODE_SHA256_VAR, code.sha256))
         message = claims.dumps(
             claims.Claim(
                 worker=pod.name,
                 entrypoint=job.job.spec.entrypoint,
                 args=tuple(job.job.spec.args),
-                plumbing=(
-                    (names.JOB_NAME_VAR, job.name),
-                    (names.WORKER_NAME_VAR, pod.name),
-                    (names.WORKER_INDEX_VAR, str(pod.index)),
-                ),
-                snapshot=text,
+                plumbing=tuple(plumbing),
+                snapshot=delivery.snapshot,
                 job=job.uid,
                 nonce=nonce,
+                code=delivery.code if code is not None else b"",
             )
         )
         try:
             pooltls.deliver(
-                context, pod.ip, message, port=self.claim_port, job=job.uid, nonce=nonce
+                delivery.context, pod.ip, message, port=self.claim_port, job=job.uid, nonce=nonce
             )
         except pooltls.ClaimRefusedError as exc:
             self.metrics.pool_claims.labels(job.namespace, pool_name, "failed").inc()
@@ -815,7 +910,9 @@ class PoolController:
         if pool_uid:
             self.delivery_succeeded(pool_uid)
         try:
-            self.api.patch_pod(job.namespace, pod.name, desired.confirm_patch(env_hash, job.uid))
+            self.api.patch_pod(
+                job.namespace, pod.name, desired.confirm_patch(delivery.env_hash, job.uid)
+            )
         except ApiError as exc:
             if exc.code != 404:
                 raise

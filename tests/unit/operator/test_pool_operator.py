@@ -991,3 +991,223 @@ def test_idle_pods_the_api_server_refuses_are_a_condition_not_a_log_line(
     cluster.pools.reconcile(key, cluster.pool, cluster.pool_views())
     cluster.pools.reconcile(key, cluster.pool, cluster.pool_views())
     assert _condition(cluster.api.pool_statuses[-1], "ReplicaFailure") is None
+
+
+# -- a job's code over the claim channel (issue 23) --------------------------------------------
+
+CODE_SENTINEL = b"pool-code-sentinel-3c9e"
+
+
+def code_bundle(marker: bytes = CODE_SENTINEL) -> Any:
+    """A 2-chunk bundle (random bytes do not compress) whose working_dir has a user.py that
+    behaves as the cluster's, plus a marker line."""
+    from cerebras_appliance.contract import bundle
+
+    script = (
+        b"import os\n"
+        b"print('FROM-BUNDLE %s')\n"
+        b"print('INLINE', os.environ.get('INLINE'), 'TOKEN', os.environ.get('TOKEN'))\n" % marker
+    )
+    made = bundle.pack(None, files={"noise.bin": os.urandom(600 * 1024), "user.py": script})
+    assert len(bundle.split(made.data)) == 2
+    return made
+
+
+def write_code_secrets(c: Cluster, made: Any, uid: str = "uid-job", name: str = "demo") -> None:
+    """What the client writes: <job>-code-<i>, owned by the job, key chunk-NNN."""
+    from cerebras_appliance.contract import bundle
+
+    for index, chunk in enumerate(bundle.split(made.data)):
+        c.api.secrets[f"{name}-code-{index}"] = {
+            "metadata": {
+                "name": f"{name}-code-{index}",
+                "ownerReferences": [{"kind": "ExecuteJob", "name": name, "uid": uid}],
+            },
+            "immutable": True,
+            "data": {f"chunk-{index:03d}": base64.b64encode(chunk).decode()},
+        }
+
+
+def job_with_code(made: Any, replicas: int = 1) -> dict[str, Any]:
+    body = job_body(replicas=replicas)
+    body["spec"]["code"] = {"sha256": made.sha256, "chunks": 2, "size": len(made.data)}
+    return body
+
+
+def recorded_claims(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every claim the operator sends, as sent (then delivered as usual)."""
+    sent: list[bytes] = []
+    real = pooltls.deliver
+
+    def deliver(context: Any, host: str, claim_bytes: bytes, **kwargs: Any) -> Any:
+        sent.append(claim_bytes)
+        return real(context, host, claim_bytes, **kwargs)
+
+    monkeypatch.setattr(pooltls, "deliver", deliver)
+    return sent
+
+
+def test_a_claim_carries_the_jobs_checked_code_and_its_hash(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = code_bundle()
+    write_code_secrets(cluster, made)
+    sent = recorded_claims(monkeypatch)
+    cluster.start_idle(1)
+    ctl = cluster.controller()
+    ctl.reconcile(("ml", "demo"), job_with_code(made), [], cluster.snapshot())
+    (name,) = _claimed(cluster)
+    (message,) = sent
+    claim = claims.parse(message, expected_worker=name)
+    assert claim.code == made.data  # the bytes, joined from both Secrets in order
+    plumbing = dict(claim.plumbing)
+    assert plumbing[names.CODE_SHA256_VAR] == made.sha256
+    assert names.CODE_DIR_VAR not in plumbing  # the worker names the directory it writes
+    annotations = cluster.api.pods[name]["metadata"]["annotations"]
+    assert annotations[names.CLAIM_CONFIRMED_ANNOTATION].startswith("hmac-sha256:")
+    returncode, out, err = cluster.output(name)
+    assert returncode == 0, err
+    assert f"TOKEN {SECRET_SENTINEL}" in out
+    # Nothing the operator wrote or logged to the API holds the code.
+    for text in [
+        *cluster.api.bodies,
+        *map(str, cluster.api.events),
+        *map(str, cluster.api.statuses),
+    ]:
+        assert CODE_SENTINEL.decode() not in text
+        assert base64.b64encode(made.data[:300]).decode()[:40] not in text
+    assert not [n for n in cluster.api.pods if n.startswith("demo-worker-")]  # all warm
+
+
+def _break_code(c: Cluster, made: Any, how: str) -> str:
+    """Spoil the job's code Secrets ``how``; the Secret the problem must name."""
+    if how == "mismatch":  # another bundle of the same size: a substituted Secret
+        other = code_bundle(b"pool-code-sentinel-0ther")
+        write_code_secrets(c, other)
+        return "demo-code-0"
+    write_code_secrets(c, made)
+    if how == "missing":
+        del c.api.secrets["demo-code-1"]
+        return "demo-code-1"
+    if how == "not-owned":
+        c.api.secrets["demo-code-1"]["metadata"]["ownerReferences"][0]["uid"] = "uid-earlier"
+        return "demo-code-1"
+    c.api.secrets["demo-code-1"]["data"] = {"wrong-key": "AAAA"}  # how == "no-chunk"
+    return "demo-code-1"
+
+
+@pytest.mark.parametrize(
+    ("how", "reason"),
+    [
+        ("mismatch", "CodeHashMismatch"),
+        ("missing", "CodeSecretNotFound"),
+        ("not-owned", "CodeSecretNotOwned"),
+        ("no-chunk", "CodeSecretInvalid"),
+    ],
+)
+def test_code_that_is_not_the_jobs_is_never_sent_and_the_workers_start_cold(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch, how: str, reason: str
+) -> None:
+    made = code_bundle()
+    secret = _break_code(cluster, made, how)
+    sent = recorded_claims(monkeypatch)
+    cluster.start_idle(2)
+    ctl = cluster.controller()
+    key = ("ml", "demo")
+    ctl.reconcile(key, job_with_code(made), [], cluster.snapshot())
+    assert sent == []  # no claim, so no byte of the code, left the operator
+    burnt = _warm_pods(cluster, gone_too=True)
+    assert len(burnt) == 1 and set(cluster.api.deleted) == set(burnt)  # replaced cold
+    (warning,) = [e for e in cluster.api.events if e["reason"] == reason]
+    assert secret in warning["message"] and "start cold" in warning["message"]
+    for _ in range(3):  # replaced cold, and no other pool pod is claimed for it
+        ctl.reconcile(key, job_with_code(made), cluster.job_pods(), cluster.snapshot())
+    assert set(_warm_pods(cluster, gone_too=True)) == set(burnt)
+    (cold,) = [n for n in cluster.api.pods if n.startswith("demo-worker-0")]
+    volumes = cluster.api.pods[cold]["spec"]["volumes"]
+    assert desired.CODE_VOLUME in {v["name"] for v in volumes}  # the cold worker's own check
+    condition = next(
+        c
+        for s in reversed(cluster.api.statuses)
+        for c in s.get("conditions", [])
+        if c["type"] == POOL_CLAIM
+    )
+    assert condition["status"] == "False" and condition["reason"] == reason
+    assert secret in condition["message"]
+    for text in [
+        *cluster.api.bodies,
+        *map(str, cluster.api.events),
+        *map(str, cluster.api.statuses),
+    ]:
+        assert "pool-code-sentinel" not in text and "noise.bin" not in text
+    # Not the pool's fault: another job still claims its idle worker warm.
+    other = job_body(replicas=1, name="other", uid="uid-other")
+    ctl.reconcile(("ml", "other"), other, [], cluster.snapshot())
+    assert len(_warm_pods(cluster, "uid-other")) == 1 and "other-worker-0" not in cluster.api.pods
+
+
+def test_a_claim_round_trips_code_and_refuses_code_it_cannot_check() -> None:
+    base = claims.Claim(
+        worker="w",
+        entrypoint="user.py",
+        args=(),
+        plumbing=((names.CODE_SHA256_VAR, "sha256:" + "0" * 64),),
+        snapshot="{}",
+        code=b"\x1f\x8b\x00bytes",
+    )
+    assert claims.parse(claims.dumps(base)).code == b"\x1f\x8b\x00bytes"
+    plain = base._replace(plumbing=(), code=b"")
+    assert b'"code"' not in claims.dumps(plain)  # a claim without code is as before
+    assert claims.parse(claims.dumps(plain)).code == b""
+    local = base._replace(
+        plumbing=((names.CODE_DIR_VAR, "/d"), (names.CODE_SHA256_VAR, "sha256:x")), code=b""
+    )
+    assert claims.parse(claims.dumps(local)).code == b""  # chunk files the claimer wrote
+    bad = [
+        (base._replace(plumbing=()), "without APPLIANCE_CODE_SHA256"),
+        (base._replace(plumbing=(*base.plumbing, (names.CODE_DIR_VAR, "/d"))), "names"),
+        (base._replace(code=b""), "brings no code"),
+        (local._replace(plumbing=((names.CODE_DIR_VAR, "/d"),)), "without"),
+    ]
+    for claim, message in bad:
+        with pytest.raises(claims.ClaimError, match=message):
+            claims.parse(claims.dumps(claim))
+    data = claims.dumps(base).replace(b'"code":"', b'"code":"!!')
+    with pytest.raises(claims.ClaimError, match="not base64"):
+        claims.parse(data)
+
+
+def test_the_largest_bundle_and_snapshot_fit_in_one_claim_and_one_frame() -> None:
+    from cerebras_appliance.contract import bundle
+
+    largest_code = 4 * -(-bundle.MAX_CHUNKS * bundle.SECRET_CHUNK_BYTES // 3)  # as base64
+    snapshot = 2 * desired.MAX_SECRET_BYTES  # a 1 MiB env file, escaped again in JSON
+    assert largest_code + snapshot + 64 * 1024 <= claims.MAX_CLAIM_BYTES
+    claim = claims.Claim(
+        worker="w",
+        entrypoint="user.py",
+        args=(),
+        plumbing=((names.CODE_SHA256_VAR, "sha256:" + "0" * 64),),
+        snapshot="x" * (2 * desired.MAX_SECRET_BYTES),
+        code=b"\xff" * bundle.MAX_BUNDLE_BYTES,
+    )
+    data = claims.dumps(claim)
+    assert len(data) <= claims.MAX_CLAIM_BYTES
+    assert claims.parse(data).code == claim.code
+
+
+def test_write_code_makes_a_private_directory_holding_one_chunk(tmp_path: Path) -> None:
+    directory = claims.write_code(b"bundle-bytes", str(tmp_path))
+    assert Path(directory).parent == tmp_path
+    assert os.stat(directory).st_mode & 0o777 == 0o700
+    chunk = Path(directory) / "chunk-000"
+    assert chunk.read_bytes() == b"bundle-bytes"
+    assert chunk.stat().st_mode & 0o777 == 0o600
+    assert sorted(os.listdir(directory)) == ["chunk-000"]
+    assert claims.write_code(b"x", str(tmp_path)) != directory  # a new one each time
+
+
+def test_pool_pods_have_room_for_a_claimed_jobs_code_in_memory() -> None:
+    pod = desired.pool_pod(parse_pool(pool_body()), "uid-pool", "abcde")
+    state = next(v for v in pod["spec"]["volumes"] if v["name"] == desired.STATE_VOLUME)
+    assert state["emptyDir"] == {"medium": "Memory", "sizeLimit": desired.CODE_STATE_SIZE}
