@@ -2,6 +2,10 @@
 exactly one claim, take it (its plumbing variables and its snapshot), and hand the cold path
 what to run (``entrypoint``'s docstring describes the mode).
 
+A claim may bring the job's code (issue 23): naming the chunk files the claimer wrote
+(local backend), or as the bundle's bytes (Kubernetes), which :func:`take_claim` writes into
+the state directory; the cold path unpacks it either way (:mod:`.code`).
+
 The claim arrives on the pipe ``APPLIANCE_CLAIM_FD`` (local backend) or the TLS listener of
 :mod:`cerebras_appliance.contract.channel` (Kubernetes), loaded only here: a cold worker never
 pays for it.
@@ -9,9 +13,11 @@ pays for it.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import os
+import shutil
 import sys
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -88,7 +94,7 @@ def wait_for_claim(argv: list[str]) -> int | Claimed:
     extra = frozenset(_names(WARM_STARTUP_VARS_VAR))
     # A claim with code keeps the state directory: its bundle is unpacked there, in memory
     # (worker.code), also after a re-execution. A cold worker with code has it too.
-    keep = {STATE_DIR_VAR} if dict(claim.plumbing).get(names.CODE_DIR_VAR) else set()
+    keep = {STATE_DIR_VAR} if os.environ.get(names.CODE_DIR_VAR) else set()
     for name in WARM_VARS:
         if name not in keep:
             os.environ.pop(name, None)
@@ -192,4 +198,14 @@ def take_claim(claim: claims.Claim) -> str:
         snapshot = envfile.read(os.environ[names.ENV_FILE_VAR])
     if not envfile.verify(snapshot):
         raise claims.ClaimError("the snapshot's envHash is not its values' HMAC under its key")
+    if claim.code:
+        # The bundle came in the claim (Kubernetes): one chunk file in a new private directory
+        # of the state directory (memory in a pod), which the cold path then reads, checks
+        # against APPLIANCE_CODE_SHA256 and unpacks (worker.code); removed at exit.
+        import tempfile  # noqa: PLC0415 - preloaded while idle, not by a cold worker
+
+        parent = os.environ.get(STATE_DIR_VAR) or tempfile.gettempdir()
+        directory = claims.write_code(claim.code, parent)
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        os.environ[names.CODE_DIR_VAR] = directory
     return snapshot.env_hash

@@ -20,6 +20,7 @@ import pytest
 from cerebras_appliance.backends.local.job import LocalJob
 from cerebras_appliance.code import FUNCTION_INFO_FILE, Capture, capture
 from cerebras_appliance.contract import bundle as bundles
+from cerebras_appliance.contract import claim as claims
 from cerebras_appliance.contract import envfile, names
 from cerebras_appliance.contract.api import InvalidJobError
 from cerebras_appliance.contract.status import ExecuteJobStatus
@@ -520,6 +521,45 @@ def test_chunks_are_joined_in_order_and_unpacked_into_the_state_dir_when_there_i
     assert done.returncode == 0, done.stderr
     assert f"cwd {state}/appliance-code-" in done.stdout
     assert list(state.iterdir()) == []  # removed at exit
+
+
+def test_a_warm_worker_takes_code_brought_in_the_claim_as_on_kubernetes(tmp_path: Path) -> None:
+    write(tmp_path / "wd" / "run.py", "import os\nprint('cwd', os.getcwd(), os.environ['X'])\n")
+    captured = capture("run.py", working_dir=tmp_path / "wd")
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cerebras_appliance.worker", names.WARM_FLAG],
+        env={
+            "PATH": os.environ["PATH"],
+            names.CLAIM_FD_VAR: str(read_end),
+            names.POOL_WORKER_VAR: "w-1",
+            names.STATE_DIR_VAR: str(state),
+        },
+        cwd=tmp_path,
+        pass_fds=(read_end,),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    os.close(read_end)
+    key, digest = envfile.seal([("X", "1")])
+    claim = claims.Claim(
+        worker="w-1",
+        entrypoint=captured.entrypoint,
+        args=(),
+        plumbing=((names.CODE_SHA256_VAR, captured.bundle.sha256),),
+        snapshot=envfile.dumps([("X", "1")], digest, key),
+        code=captured.bundle.data,
+    )
+    os.write(write_end, claims.dumps(claim))
+    os.close(write_end)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"cwd {state}/appliance-code-" in out and out.strip().endswith(" 1"), out
+    left = sorted(p.name for p in state.iterdir())
+    assert not [name for name in left if "code" in name], left  # chunk and copy removed
 
 
 def test_a_bundle_whose_hash_is_not_the_expected_one_runs_nothing(tmp_path: Path) -> None:
