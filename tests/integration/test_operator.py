@@ -573,6 +573,94 @@ def test_env_values_are_nowhere_but_in_the_job_and_its_secrets(
     assert "quiet" in places["operator log"]  # the log did cover this job
 
 
+# -- a job's code (issue 23) -----------------------------------------------------------------
+
+
+def _two_chunk_bundle(sentinel: str) -> Any:
+    """A bundle of 2 chunks (600 KiB of random bytes do not compress) with a marked file."""
+    from cerebras_appliance.contract import bundle
+
+    files = {"noise.bin": os.urandom(600 * 1024), "loader.py": f"print({sentinel!r})\n".encode()}
+    made = bundle.pack(None, files=files)
+    assert len(bundle.split(made.data)) == 2
+    return made
+
+
+def test_a_job_with_code_gets_its_secrets_projected_into_its_pods(
+    cluster: Cluster, operator: Operator, kube: Kube, wait_until: WaitUntil
+) -> None:
+    from cerebras_appliance.backends.kubernetes import KubernetesJob
+    from cerebras_appliance.contract import bundle
+    from cerebras_appliance.jobs import build_job
+
+    sentinel = f"code-sentinel-{uuid.uuid4().hex}"
+    made = _two_chunk_bundle(sentinel)
+    snapshot = [("DATA_ROOT", "/mnt/data")]
+    job = build_job("loader.py", 2, snapshot, name="coded", namespace=kube.ns,
+                    template=kwok(cluster))  # fmt: skip
+    KubernetesJob.create(job, snapshot, code=made, api_client=cluster.api_client)
+    wait_until(lambda: kube.status("coded").get("readyReplicas") == 2, timeout=60, what="ready")
+    stored = kube.job("coded")
+    assert stored is not None
+    uid = stored["metadata"]["uid"]
+    assert stored["spec"]["code"] == {"sha256": made.sha256, "chunks": 2, "size": len(made.data)}
+    assert "appliance.dev/awaiting-values" not in (stored["metadata"].get("annotations") or {})
+    # Both code Secrets: owned by the job, immutable, one chunk each, the bundle in order.
+    chunks = []
+    for index in range(2):
+        secret = kube.secret(f"coded-code-{index}")
+        assert secret is not None and secret.immutable
+        assert [r.uid for r in secret.metadata.owner_references] == [uid]
+        assert list(secret.data) == [f"chunk-{index:03d}"]
+        chunks.append(base64.b64decode(secret.data[f"chunk-{index:03d}"]))
+    assert bundle.join(chunks) == made.data
+    pods = sorted(kube.pods("coded"), key=lambda p: p.metadata.name)
+    assert [p.metadata.name for p in pods] == ["coded-worker-0", "coded-worker-1"]
+    for pod in pods:
+        (container,) = pod.spec.containers
+        env = {e.name: e.value for e in container.env}
+        assert env[names.CODE_DIR_VAR] == names.CODE_DIR
+        assert env[names.CODE_SHA256_VAR] == made.sha256
+        mount = next(m for m in container.volume_mounts if m.mount_path == names.CODE_DIR)
+        assert mount.read_only
+        volume = next(v for v in pod.spec.volumes if v.name == mount.name)
+        sources = [(s.secret.name, [(i.key, i.path) for i in s.secret.items])
+                   for s in volume.projected.sources]  # fmt: skip
+        assert sources == [
+            ("coded-code-0", [("chunk-000", "chunk-000")]),
+            ("coded-code-1", [("chunk-001", "chunk-001")]),
+        ]
+        state = next(v for v in pod.spec.volumes if v.name == "appliance-state")
+        assert state.empty_dir.medium == "Memory" and state.empty_dir.size_limit == "128Mi"
+    table = cluster.kubectl("get", "ej", "coded", "-n", kube.ns, "-o", "wide").stdout
+    assert made.sha256 in table  # the Code column: the hash, never the content
+    text = cluster.kubectl("get", "pods", "-n", kube.ns, "-o", "yaml").stdout
+    assert sentinel not in text and base64.b64encode(chunks[1][:3000]).decode()[:64] not in text
+    # Deleting the job takes its code with it.
+    for pod in pods:
+        kube.finish(pod.metadata.name, 0)
+    wait_until(phase_is(kube, "coded", "Succeeded"), what="Succeeded")
+    kube.custom.delete_namespaced_custom_object(GROUP, VERSION, kube.ns, PLURAL, "coded")
+    wait_until(lambda: kube.secret("coded-code-1") is None, timeout=60, what="collected")
+
+
+def test_code_cannot_be_changed_gained_or_lost(cluster: Cluster, crd: None, kube: Kube) -> None:
+    code = {"sha256": "sha256:" + "1" * 64, "chunks": 1, "size": 100}
+    with_code = manifest("frozen-code", kube.ns, template=NOWHERE, code=code)
+    kube.apply(with_code)
+    for changed in ({**code, "sha256": "sha256:" + "2" * 64}, None):
+        attempt = manifest("frozen-code", kube.ns, template=NOWHERE, code=changed)
+        if changed is None:
+            del attempt["spec"]["code"]
+        proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(attempt), check=False)
+        assert proc.returncode != 0 and "spec.code is immutable" in proc.stderr, proc.stderr
+    kube.apply(manifest("no-code", kube.ns, template=NOWHERE))
+    gained = manifest("no-code", kube.ns, template=NOWHERE, code=code)
+    proc = cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(gained), check=False)
+    assert proc.returncode != 0 and "spec.code is immutable" in proc.stderr, proc.stderr
+    kube.apply(manifest("frozen-code", kube.ns, template=NOWHERE, code=code, replicas=3))
+
+
 # -- the client's Kubernetes backend ---------------------------------------------------------
 
 

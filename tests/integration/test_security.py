@@ -265,6 +265,81 @@ def test_a_view_user_reads_no_value_the_client_sent(
     wait_until(lambda: not _pods(core, namespace), timeout=60, what="the operator to free pods")
 
 
+def test_a_view_user_reads_no_byte_of_a_jobs_code(
+    cluster: Cluster,
+    namespace: str,
+    chart_roles: Release,
+    operator: OperatorProcess,
+    wait_until: WaitUntil,
+) -> None:
+    """Issue 23: the code is in the job's Secrets only; its hash is public, its bytes (and the
+    names of the files in it) are nowhere view can read: not the job (managed fields
+    included), the pods, Events, the printer columns, and not the operator's log."""
+    import base64
+
+    from cerebras_appliance.backends.kubernetes import KubernetesJob
+    from cerebras_appliance.contract import bundle
+    from cerebras_appliance.jobs import build_job
+
+    sentinel = f"code-sentinel-{uuid.uuid4().hex}"
+    file_name = f"secret_module_{uuid.uuid4().hex[:8]}.py"
+    files = {"noise.bin": os.urandom(600 * 1024), file_name: f"TOKEN = {sentinel!r}\n".encode()}
+    made = bundle.pack(None, files=files)
+    chunks = bundle.split(made.data)
+    assert len(chunks) == 2
+    snapshot = [("DATA_ROOT", "/mnt/data")]
+    job = build_job("loader.py", 2, snapshot, name="code-job", namespace=namespace,
+                    template=cluster.kwok_pod_spec)  # fmt: skip
+    handle = KubernetesJob.create(job, snapshot, code=made, api_client=cluster.api_client)
+    core = client.CoreV1Api(cluster.api_client)
+    wait_until(lambda: handle.status().ready_replicas == 2, timeout=60, what="workers ready")
+
+    viewer = f"viewer-{uuid.uuid4().hex[:6]}"
+    client.RbacAuthorizationV1Api(cluster.api_client).create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": viewer},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "view"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": viewer}],
+        },
+    )  # fmt: skip
+    wait_until(
+        lambda: cluster.can_i(viewer, "list", EJ, namespace), what="view aggregates ExecuteJobs"
+    )
+    seen = []
+    for args in [
+        ("get", "executejobs.appliance.dev", "-o", "json", "--show-managed-fields"),
+        ("get", "pods", "-o", "json", "--show-managed-fields"),
+        ("get", "events", "-o", "json"),
+        ("get", "executejobs.appliance.dev", "-o", "wide"),
+        ("describe", "executejobs.appliance.dev", "code-job"),
+        ("describe", "pods"),
+    ]:
+        out = cluster.kubectl(*args, "-n", namespace, "--as", viewer).stdout
+        assert out.strip(), args
+        seen.append(out)
+    seen.append(operator.log())
+    text = "\n".join(seen)
+    assert made.sha256 in text  # the hash is public (the job, its pods, the Code column)
+    fragments = [sentinel, file_name, "noise.bin"]
+    for chunk in chunks:  # any run of the chunks' bytes, as base64 or hex, at a few offsets
+        for offset in (0, 1, 2, 4096, len(chunk) // 2):
+            piece = chunk[offset : offset + 48]
+            fragments += [base64.b64encode(piece).decode()[4:44], piece.hex()[:64]]
+    for fragment in fragments:
+        assert fragment not in text, f"a piece of the code is readable by view: {fragment[:12]}"
+    for secret in ["code-job-code-0", "code-job-code-1"]:
+        found = core.read_namespaced_secret(secret, namespace)
+        assert found.metadata.labels["appliance.dev/job-name"] == "code-job"
+        proc = cluster.kubectl("get", "secret", secret, "-n", namespace, "--as", viewer,
+                               check=False)  # fmt: skip
+        assert proc.returncode != 0 and "forbidden" in proc.stderr, secret
+    handle.delete()
+    wait_until(lambda: not _pods(core, namespace), timeout=60, what="the operator to free pods")
+
+
 def _pods(core: client.CoreV1Api, namespace: str) -> list[Any]:
     return list(core.list_namespaced_pod(namespace, label_selector="appliance.dev/job-name").items)
 
