@@ -179,6 +179,10 @@ PATTERNS: dict[str, st.SearchStrategy[str]] = {
     r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$": st.lists(
         IDENTIFIER, min_size=1, max_size=3
     ).map(".".join),
+    # spec.code.sha256 (issue 23): a bundle's hash.
+    r"^sha256:[0-9a-f]{64}$": st.text("0123456789abcdef", min_size=64, max_size=64).map(
+        "sha256:".__add__
+    ),
 }
 
 
