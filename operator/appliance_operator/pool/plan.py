@@ -52,9 +52,19 @@ CLAIMS_DELIVERED = "ClaimsDelivered"
 REPLICA_FAILURE = "ReplicaFailure"
 
 
+#: The shape of the idle pods this operator makes (``desired.pool_pod``) beyond what the
+#: pool's spec says: part of :func:`pool_spec_hash`, so when it changes the idle pods an older
+#: operator made are replaced, never claimed. 2 (issue 23): the state volume has room for the
+#: code a claim may bring (an older pod's 1 MiB cannot hold it: its claim would fail).
+POOL_POD_LAYOUT = 2
+
+
 def pool_spec_hash(pool: WorkerPool) -> str:
-    """The hash of everything an idle pod is built from (``spec`` but ``replicas``)."""
+    """The hash of everything an idle pod is built from (``spec`` but ``replicas``, and the
+    operator's :data:`POOL_POD_LAYOUT`)."""
     spec = pool.spec.model_dump(mode="json", by_alias=True, exclude={"replicas"})
+    if POOL_POD_LAYOUT > 1:  # layout 1 hashed the spec alone
+        spec = {"layout": POOL_POD_LAYOUT, "spec": spec}
     text = json.dumps(spec, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 

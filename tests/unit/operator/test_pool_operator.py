@@ -1211,3 +1211,22 @@ def test_pool_pods_have_room_for_a_claimed_jobs_code_in_memory() -> None:
     pod = desired.pool_pod(parse_pool(pool_body()), "uid-pool", "abcde")
     state = next(v for v in pod["spec"]["volumes"] if v["name"] == desired.STATE_VOLUME)
     assert state["emptyDir"] == {"medium": "Memory", "sizeLimit": desired.CODE_STATE_SIZE}
+
+
+def test_idle_pods_of_an_older_pod_layout_are_replaced_not_claimed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Idle pods made before pool pods had room for code (layout 1, whose hash was the
+    spec's alone) are stale for this operator: replaced, never claimed with code they
+    cannot hold."""
+    from appliance_operator.pool import plan as poolplan
+
+    pool = parse_pool(pool_body(replicas=1))
+    monkeypatch.setattr(poolplan, "POOL_POD_LAYOUT", 1)
+    older = pool_spec_hash(pool)
+    monkeypatch.undo()
+    assert older != SPEC_HASH == pool_spec_hash(pool)
+    steps = plan_pool(pool, [view("old", spec_hash=older)], None, generation=1, now="t")
+    assert [p.name for p in steps.delete] == ["old"] and steps.create == 1
+    choice = choose_claims(spec(), pool, [view("old", spec_hash=older)], [desired.WorkerId(0)])
+    assert choice.claims == ()
