@@ -1000,15 +1000,20 @@ CODE_SENTINEL = b"pool-code-sentinel-3c9e"
 
 def code_bundle(marker: bytes = CODE_SENTINEL) -> Any:
     """A 2-chunk bundle (random bytes do not compress) whose working_dir has a user.py that
-    behaves as the cluster's, plus a marker line."""
+    behaves as the cluster's, plus a marker line: the worker runs it from the bundle."""
+    import tempfile
+
     from cerebras_appliance.contract import bundle
 
     script = (
         b"import os\n"
-        b"print('FROM-BUNDLE %s')\n"
+        b"print('FROM-BUNDLE %s', os.path.basename(os.getcwd()))\n"
         b"print('INLINE', os.environ.get('INLINE'), 'TOKEN', os.environ.get('TOKEN'))\n" % marker
     )
-    made = bundle.pack(None, files={"noise.bin": os.urandom(600 * 1024), "user.py": script})
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "user.py").write_bytes(script)
+        (Path(folder) / "noise.bin").write_bytes(os.urandom(600 * 1024))
+        made = bundle.pack(Path(folder))
     assert len(bundle.split(made.data)) == 2
     return made
 
@@ -1067,6 +1072,9 @@ def test_a_claim_carries_the_jobs_checked_code_and_its_hash(
     assert annotations[names.CLAIM_CONFIRMED_ANNOTATION].startswith("hmac-sha256:")
     returncode, out, err = cluster.output(name)
     assert returncode == 0, err
+    # The worker wrote the bytes it received, unpacked them and ran the bundle's user.py in
+    # the bundle's working_dir, with the job's env.
+    assert f"FROM-BUNDLE {CODE_SENTINEL.decode()} working_dir" in out, (out, err)
     assert f"TOKEN {SECRET_SENTINEL}" in out
     # Nothing the operator wrote or logged to the API holds the code.
     for text in [
