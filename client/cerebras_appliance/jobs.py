@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Collection, Mapping, Sequence
+import types
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from cerebras_appliance import settings
 from cerebras_appliance.backends.local.pool import ProcessPool
+from cerebras_appliance.code import Capture, capture
 from cerebras_appliance.contract.api import (
     EnvVar,
     ExecuteJob,
@@ -140,7 +142,7 @@ def secret_key_for(name: str) -> str:
 
 
 def submit(
-    entrypoint: str,
+    entrypoint: str | Callable[..., Any],
     replicas: int = 1,
     *,
     args: Sequence[str] = (),
@@ -156,6 +158,9 @@ def submit(
     workdir: str | os.PathLike[str] | None = None,
     environ: ApplianceEnviron | None = None,
     pool: str | ProcessPool | None = None,
+    working_dir: str | os.PathLike[str] | None = None,
+    py_modules: Sequence[str | os.PathLike[str] | types.ModuleType] = (),
+    requirements: Sequence[str] = (),
 ) -> Job:
     """Create an execute job running ``entrypoint`` in ``replicas`` input workers.
 
@@ -183,7 +188,31 @@ def submit(
     (its idle processes are claimed, the rest start cold; with ``backend`` "auto", a
     ``LocalPool`` means the local backend); on Kubernetes the name of a ``WorkerPool`` in the
     namespace (``spec.pool``), whose image must be the job's.
+
+    **Your own code, without an image build** (:mod:`cerebras_appliance.code`):
+    ``entrypoint`` may be a function (a notebook's, closures included: it runs in each worker
+    with ``args``); ``working_dir``: a local directory the workers run in a copy of (a script
+    entrypoint is a path inside it); ``py_modules``: local packages or modules importable in
+    the workers; ``requirements``: pip requirements each worker installs from the package
+    index the platform configures. Captured *now*, like the variables: editing the files
+    afterwards changes only the next job. Warm workers receive the code with the snapshot.
     """
+    captured: Capture | None = None
+    if callable(entrypoint) or working_dir is not None or py_modules or requirements:
+        if working_dir is not None and workdir is not None:
+            raise InvalidJobError(
+                [
+                    "workdir: with working_dir= the workers run in a copy of working_dir; "
+                    "pass one of them"
+                ]
+            )
+        captured = capture(
+            entrypoint, working_dir=working_dir, py_modules=py_modules, requirements=requirements
+        )
+        entrypoint = captured.entrypoint
+    elif not isinstance(entrypoint, str):
+        raise InvalidJobError([f"entrypoint: {entrypoint!r} is neither a string nor callable"])
+    bundle = captured.bundle if captured is not None else None
     source = appliance_environ if environ is None else environ
     # build_job refuses values that are not UTF-8
     snapshot = [(k, v) for k, v in source.tracked().items() if k not in settings.CONFIG_VARS]
@@ -228,12 +257,16 @@ def submit(
         from cerebras_appliance.backends.local.job import LocalJob
 
         return LocalJob(
-            job, snapshot, workdir=workdir, pool=pool if isinstance(pool, ProcessPool) else None
+            job,
+            snapshot,
+            workdir=workdir,
+            pool=pool if isinstance(pool, ProcessPool) else None,
+            code=bundle,
         )
     from cerebras_appliance.backends.kubernetes import KubernetesError, KubernetesJob
 
     try:
-        return KubernetesJob.create(job, snapshot)
+        return KubernetesJob.create(job, snapshot, code=bundle)
     except KubernetesError as exc:
         exc.add_note(f"backend 'kubernetes' from {chosen.source}; namespace {ns}")
         raise

@@ -10,6 +10,7 @@ here, beside ``submit``, because the backend below must not import the layer tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cerebras_appliance.backends.local.pool import ProcessPool
@@ -22,6 +23,8 @@ class LocalPool(ProcessPool):
     ``startup_variables``: variables those modules read at import (a job setting one of them
     re-executes its worker, as for PYTHONPATH)."""
 
-    def submit(self, entrypoint: str, replicas: int = 1, **kwargs: Any) -> JobHandle:
+    def submit(
+        self, entrypoint: str | Callable[..., Any], replicas: int = 1, **kwargs: Any
+    ) -> JobHandle:
         """``cerebras_appliance.submit(..., pool=self)``."""
         return submit(entrypoint, replicas, pool=self, **kwargs)
