@@ -3,35 +3,39 @@
 #
 # Cells (`# %%`) run as they are in Jupyter, VS Code or `python examples/notebook_quickstart.py`.
 # The local backend needs nothing else; pass `--kubernetes` (or set `BACKEND=kubernetes`) to run
-# the same on a cluster with the operator (the workers then need an image with this package).
+# the same on a cluster with the operator: the function below travels with the job, so the
+# worker image needs only this package, not your code.
 
 # %%
 import os
 import sys
-import tempfile
-from pathlib import Path
 
 import cerebras_appliance as app
 from cerebras_appliance.environment import appliance_environ
 
 backend = "kubernetes" if "--kubernetes" in sys.argv else os.environ.get("BACKEND", "local")
 
-# A stand-in for a dataloader: prints a few lines per worker, one worker fails once.
-loader = Path(tempfile.mkdtemp()) / "loader.py"
-loader.write_text(
-    "import os, sys, time\n"
-    "name = os.environ['APPLIANCE_WORKER_NAME']\n"
-    "for step in range(3):\n"
-    "    print(f'{os.environ[\"DATA_ROOT\"]}: shard {step}', flush=True)\n"
-    "    time.sleep(0.5)\n"
-    "sys.exit(3 if name.endswith('-worker-1') else 0)  # the first attempt of worker 1 fails\n"
-)
+# A stand-in for a dataloader, defined right here: submit() sends the function itself to the
+# workers (by value, with what it closes over), so no image is built for an edit.
+SHARDS = 3
+
+
+def loader() -> int:
+    import os
+    import time
+
+    name = os.environ["APPLIANCE_WORKER_NAME"]
+    for step in range(SHARDS):
+        print(f"{os.environ['DATA_ROOT']}: shard {step}", flush=True)
+        time.sleep(0.5)
+    return 3 if name.endswith("-worker-1") else 0  # the first attempt of worker 1 fails
+
 
 # %% Only what is set through appliance_environ reaches the workers.
 appliance_environ["DATA_ROOT"] = "/mnt/data"
 
 # %% Submit; `with` deletes the job (and stops its workers) when the block ends.
-with app.submit(str(loader), replicas=2, backoff_limit=1, backend=backend) as job:
+with app.submit(loader, replicas=2, backoff_limit=1, backend=backend) as job:
     # Lines arrive as workers write them, prefixed by the attempt; worker 1's replacement
     # (<job>-worker-1-1) follows its failed first attempt. Ctrl-C (or "Interrupt kernel")
     # deletes the job: pass on_interrupt="keep" to leave it running.
