@@ -60,6 +60,20 @@ def check_apis() -> list[str]:
     ]:
         if not hasattr(owner, attr):
             problems.append(f"cryptography: {owner.__name__}.{attr}")
+    import cloudpickle
+    import pathspec
+
+    for attr in [  # code.capture pickles a function by value
+        "register_pickle_by_value",
+        "unregister_pickle_by_value",
+        "list_registry_pickle_by_value",
+        "Pickler",
+        "DEFAULT_PROTOCOL",
+    ]:
+        if not hasattr(cloudpickle, attr):
+            problems.append(f"cloudpickle: {attr} (code.capture)")
+    if not hasattr(pathspec, "GitIgnoreSpec"):  # contract.bundle honours a .gitignore
+        problems.append("pathspec: GitIgnoreSpec (contract.bundle.pack)")
     return problems
 
 
@@ -75,7 +89,12 @@ def test_installed_versions_meet_the_floors_and_have_the_apis() -> None:
 
 def test_the_floors_themselves_have_the_apis(tmp_path: Path) -> None:
     wanted = floors()
-    pins = [f"kopf=={wanted['kopf']}.0", f"kubernetes=={wanted['kubernetes']}.0.0"]
+    pins = [
+        f"kopf=={wanted['kopf']}.0",
+        f"kubernetes=={wanted['kubernetes']}.0.0",
+        f"cloudpickle=={wanted['cloudpickle']}.0",
+        f"pathspec=={wanted['pathspec']}.0",
+    ]
     target = CACHE / "floors" / "-".join(p.replace("==", "-") for p in pins)
     if not (target / ".complete").exists():
         install = subprocess.run(
@@ -100,8 +119,10 @@ def test_the_floors_themselves_have_the_apis(tmp_path: Path) -> None:
         (target / ".complete").touch()
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]);"
-        "import kopf, kubernetes, test_dependencies as t;"
+        "import kopf, kubernetes, cloudpickle, pathspec, test_dependencies as t;"
         "assert kopf.__file__.startswith(sys.argv[1]), kopf.__file__;"
+        "assert cloudpickle.__file__.startswith(sys.argv[1]), cloudpickle.__file__;"
+        "assert pathspec.__file__.startswith(sys.argv[1]), pathspec.__file__;"
         "print('\\n'.join(t.check_apis()) or 'ok')"
     )
     result = subprocess.run(
