@@ -93,6 +93,7 @@ test: lint cluster-build
 bench: $(STAMP)
 	$(PY) bench/bench_environ.py
 	$(PY) bench/bench_local_start.py
+	$(PY) bench/bench_code.py
 
 bench-cluster: $(STAMP) cluster-build
 	$(PY) bench/bench_operator.py
