@@ -48,9 +48,7 @@ import contextlib
 import importlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -158,14 +156,35 @@ def _code_base(compressed: int) -> Path:
             info = os.statvfs(candidate)
             if info.f_bavail * info.f_frsize >= compressed * _ROOM_FACTOR + _ROOM_MARGIN:
                 return Path(candidate)
-    return Path(tempfile.gettempdir())
+    return Path(_temp_dir())
+
+
+def _temp_dir() -> str:
+    # tempfile (and the shutil that removes a tree) are not imported on a cold worker's start
+    # path: with random and its kin they cost a few milliseconds of every cold start.
+    import tempfile  # noqa: PLC0415
+
+    return tempfile.gettempdir()
 
 
 def _private_dir(prefix: str, base: Path) -> Path:
-    """A new 0700 directory in ``base``, removed when the worker exits."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path
+    """A new 0700 directory in ``base`` with a random name (``mkdir`` fails rather than
+    reuse a name, as ``tempfile.mkdtemp`` does), removed when the worker exits."""
+    for _ in range(100):
+        path = base / f"{prefix}{os.urandom(6).hex()}"
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        atexit.register(_remove, path)
+        return path
+    raise FileExistsError(f"no unused name for a directory in {base}")
+
+
+def _remove(path: Path) -> None:
+    import shutil  # noqa: PLC0415  # at exit only
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _prepend_pythonpath(paths: list[str]) -> None:
@@ -194,7 +213,7 @@ def _install(requirements: Path, wanted: list[str]) -> str | int:
             "themselves"
         )
         return EXIT_CONFIG
-    target = _private_dir("appliance-requirements-", Path(tempfile.gettempdir()))
+    target = _private_dir("appliance-requirements-", Path(_temp_dir()))
     started = time.monotonic()
     command = [
         sys.executable,
