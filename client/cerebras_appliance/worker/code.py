@@ -188,6 +188,10 @@ def _remove(path: Path) -> None:
 
 
 def _prepend_pythonpath(paths: list[str]) -> None:
+    """Put ``paths`` first on ``PYTHONPATH``; with none (a function alone) leave it as it is:
+    the user's code sees no variable it did not set, an empty one included."""
+    if not paths:
+        return
     current = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join([*paths, *([current] if current else [])])
 

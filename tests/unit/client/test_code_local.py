@@ -623,3 +623,17 @@ def test_a_capture_is_the_same_bundle_for_the_same_files(tmp_path: Path) -> None
         capture("tools/run.py", working_dir=wd).bundle
         == capture("tools/run.py", working_dir=wd).bundle
     )
+
+
+def test_a_function_alone_leaves_pythonpath_unset_in_the_worker() -> None:
+    """A bundle with no import path (a function, no working_dir or py_modules) adds no
+    PYTHONPATH: the user's code sees no variable it did not set (an empty one included)."""
+    appliance_environ.pop("PYTHONPATH", None)
+
+    def show() -> None:
+        import os
+
+        print("pythonpath", repr(os.environ.get("PYTHONPATH", "<unset>")))
+
+    text = next(iter(succeeded(start(capture(show))).values()))
+    assert "pythonpath '<unset>'" in text, text
