@@ -60,10 +60,20 @@ put in the tree. The roots themselves (``working_dir``, each py_module) may be l
 API; above it, or above :data:`MAX_UNPACKED_BYTES` / :data:`MAX_ENTRIES` (below), :func:`pack`
 raises :class:`BundleTooLarge`, naming the five largest files and pointing to an image or
 a volume for big data. :func:`unpack` refuses an archive over the uncompressed limits
-while it reads it, so a decompression bomb costs at most that much work and no disk.
+while it reads it, so a decompression bomb costs at most that much work, at most
+:data:`IN_MEMORY_BYTES` of memory, and no disk.
 
-This module imports only the standard library (``pathspec`` lazily, in :func:`pack`): the
-worker imports it to unpack, in any image.
+**Reading, fast.** A worker unpacks before the user's first line, so that path is short: an
+archive that inflates to at most :data:`IN_MEMORY_BYTES` (every real bundle of code) is
+inflated once, into memory, its members read and checked and its hash compared, then the
+files are written from memory; one in the canonical form is read without importing
+``tarfile`` (a reader of exactly the headers :func:`pack` writes, :func:`_canonical_members`;
+anything else goes to ``tarfile``, which then decides), and every member goes through the
+same checks either way. A larger archive is read twice, streaming, by ``tarfile``.
+
+This module imports only the standard library (``pathspec`` lazily, in :func:`pack`;
+``tarfile`` lazily, to pack and to read an archive not in the canonical form): the worker
+imports it to unpack, in any image.
 """
 
 from __future__ import annotations
@@ -74,12 +84,14 @@ import io
 import os
 import stat
 import struct
-import tarfile
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    import tarfile
 
 # -- limits ----------------------------------------------------------------------------------
 
@@ -522,6 +534,8 @@ def _write_tar(sources: Sequence[_Source], sink: _GzipWriter) -> int:
     small files: each header, the content, zeros to a whole block; at the end two zero
     blocks and zeros to a whole record, as tarfile closes a stream.
     """
+    import tarfile  # noqa: PLC0415  # see _Archive: the worker reads most bundles without it
+
     total = 0
     offset = 0
     pending: list[bytes] = []
@@ -659,16 +673,33 @@ class _Inflated:
             pass
 
 
+# tarfile's type flags, spelled here: the worker reads a canonical archive without tarfile.
+_REGTYPE, _AREGTYPE, _DIRTYPE, _PAX_HEADER = b"0", b"\x00", b"5", b"x"
 #: The member types a bundle may hold. Everything else (symlinks, hard links, devices,
 #: FIFOs, sparse and contiguous files, unknown types) is refused.
-_FILE_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE})
+_FILE_TYPES = frozenset({_REGTYPE, _AREGTYPE})
 
 
-def _checked_name(member: tarfile.TarInfo, seen: set[str]) -> str:
+class _Member(Protocol):
+    """What is read of a member: a ``tarfile.TarInfo``, or a :class:`_Canonical`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> bytes: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def mode(self) -> int: ...
+    @property
+    def offset_data(self) -> int: ...
+
+
+def _checked_name(member: _Member, seen: set[str]) -> str:
     """The member's name, if it is a plain relative path under one of the layout's
     top-level directories, not seen before; else :class:`UnsafeBundle` naming it."""
     name = member.name
-    if member.type == tarfile.DIRTYPE and name.endswith("/"):
+    if member.type == _DIRTYPE and name.endswith("/"):
         name = name[:-1]
     if name.startswith("/") or "\x00" in name or "\\" in name:
         raise UnsafeBundle(f"bundle member {member.name!r}: an absolute or unusual path")
@@ -677,10 +708,10 @@ def _checked_name(member: tarfile.TarInfo, seen: set[str]) -> str:
         raise UnsafeBundle(f"bundle member {member.name!r}: '..', '.' or an empty component")
     if parts[0] not in _TOP_LEVEL:
         raise UnsafeBundle(f"bundle member {member.name!r}: outside the bundle's layout")
-    if member.type not in _FILE_TYPES and member.type != tarfile.DIRTYPE:
+    if member.type not in _FILE_TYPES and member.type != _DIRTYPE:
         kind = _KINDS.get(member.type, f"of type {member.type!r}")
         raise UnsafeBundle(f"bundle member {member.name!r} is {kind}: only files and directories")
-    if member.type == tarfile.DIRTYPE and member.size:
+    if member.type == _DIRTYPE and member.size:
         raise UnsafeBundle(f"bundle member {member.name!r}: a directory with data")
     if name in seen:
         raise UnsafeBundle(f"bundle member {member.name!r} is in the archive twice")
@@ -693,14 +724,121 @@ def _checked_name(member: tarfile.TarInfo, seen: set[str]) -> str:
 
 
 _KINDS = {
-    tarfile.SYMTYPE: "a symlink",
-    tarfile.LNKTYPE: "a hard link",
-    tarfile.CHRTYPE: "a character device",
-    tarfile.BLKTYPE: "a block device",
-    tarfile.FIFOTYPE: "a FIFO",
-    tarfile.CONTTYPE: "a contiguous file",
-    tarfile.GNUTYPE_SPARSE: "a sparse file",
+    b"2": "a symlink",
+    b"1": "a hard link",
+    b"3": "a character device",
+    b"4": "a block device",
+    b"6": "a FIFO",
+    b"7": "a contiguous file",
+    b"S": "a sparse file",
 }
+
+
+class _Canonical(NamedTuple):
+    """A member as :func:`_canonical_members` reads it (the fields of a ``TarInfo`` that
+    unpacking uses)."""
+
+    name: str
+    type: bytes
+    size: int
+    mode: int
+    offset_data: int
+
+
+_BLOCK = 512
+_USTAR_MAGIC = b"ustar\x0000"
+
+
+def _octal(field: bytes) -> int | None:
+    """A header's number: octal digits, then NULs or spaces; None for anything else (base-256
+    numbers included: a canonical archive has none)."""
+    digits = field.split(b"\x00", 1)[0].strip(b" ")
+    if not digits:
+        return 0
+    if digits.strip(b"01234567"):
+        return None
+    return int(digits, 8)
+
+
+def _pax_path(record_bytes: bytes) -> str | None:
+    """The ``path`` of a pax extended header that holds only that (what tarfile writes for a
+    long or non-ASCII name), else None."""
+    found: str | None = None
+    position = 0
+    while position < len(record_bytes):
+        space = record_bytes.find(b" ", position)
+        length_field = record_bytes[position:space] if space > position else b""
+        if not length_field.isdigit():
+            return None
+        end = position + int(length_field)
+        record = record_bytes[space + 1 : end]
+        if end > len(record_bytes) or not record.endswith(b"\n"):
+            return None
+        keyword, equals, value = record[:-1].partition(b"=")
+        if keyword != b"path" or not equals or found is not None:
+            return None
+        try:
+            found = value.decode("utf-8").rstrip("/")
+        except UnicodeDecodeError:
+            return None
+        position = end
+    return found
+
+
+def _canonical_members(raw: bytes) -> list[_Canonical] | None:
+    """The members of an uncompressed archive in the canonical form :func:`pack` writes, read
+    without tarfile (whose import, with shutil's, costs a cold worker a few milliseconds): a
+    ustar header with a good checksum and no prefix per member, of type file or directory,
+    each at most once preceded by a pax header holding only ``path``; the archive ends at a
+    zero block. These are read as tarfile reads them (names decoded as UTF-8, trailing
+    slashes of directories and pax paths dropped). Anything else, valid or not, gives None:
+    tarfile then reads the archive and decides. Either way every member is checked by
+    :meth:`_Archive.members` (names, types, sizes, limits) before anything is written."""
+    members: list[_Canonical] = []
+    view = memoryview(raw)
+    position = 0
+    path: str | None = None
+    while True:
+        header = bytes(view[position : position + _BLOCK])
+        if len(header) < _BLOCK:
+            return None
+        if header == _ZEROS:
+            return members if path is None else None
+        stored = _octal(header[148:156])
+        checksum = sum(header[:148]) + sum(header[156:]) + 8 * 32  # the field as spaces
+        size = _octal(header[124:136])
+        mode = _octal(header[100:108])
+        kind = header[156:157]
+        if (
+            stored != checksum
+            or header[257:265] != _USTAR_MAGIC
+            or any(header[345:500])  # a ustar prefix
+            or size is None
+            or mode is None
+            or kind not in (_REGTYPE, _DIRTYPE, _PAX_HEADER)
+        ):
+            return None
+        start = position + _BLOCK
+        position = start + size + -size % _BLOCK
+        if start + size > len(raw):
+            return None
+        if kind == _PAX_HEADER:
+            if path is not None:
+                return None
+            path = _pax_path(bytes(view[start : start + size]))
+            if path is None:
+                return None
+            continue
+        if path is None:
+            try:
+                name = header[:100].split(b"\x00", 1)[0].decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        else:
+            name, path = path, None
+        if kind == _DIRTYPE:
+            name = name.rstrip("/")
+        members.append(_Canonical(name, kind, size, mode, start))
 
 
 #: An archive that inflates to at most this many bytes is inflated once, into memory, and
@@ -750,13 +888,23 @@ class _Archive:
     become :class:`UnsafeBundle`; the hash is final once :meth:`close` has drained it.
 
     A small archive is inflated whole first (:func:`_inflate_whole`): its members are then
-    parsed from memory (``raw``) and their content is sliced from it, so :func:`unpack`
-    inflates and parses it once. Otherwise the tar is read as a stream of :class:`_Inflated`
-    (``raw`` is None)."""
+    read from memory (``raw``), by :func:`_canonical_members` when it is in the canonical
+    form (no tarfile), else by tarfile, and their content is sliced from it, so
+    :func:`unpack` inflates and parses it once. Otherwise the tar is read by tarfile as a
+    stream of :class:`_Inflated` (``raw`` is None)."""
 
     def __init__(self, data: bytes) -> None:
         self.raw = _inflate_whole(data)
         self.stream: _Inflated | None = None
+        self._listed = _canonical_members(self.raw) if self.raw is not None else None
+        self._tar: tarfile.TarFile | None = None
+        self._seen: set[str] = set()
+        self._declared = 0
+        if self._listed is not None:
+            return
+        import tarfile  # noqa: PLC0415  # only for an archive not in the canonical form
+
+        self._tar_error: type[Exception] = tarfile.TarError
         try:
             if self.raw is not None:
                 # Closed by close(); a seekable file: headers are read, content is skipped.
@@ -771,41 +919,49 @@ class _Archive:
                 )
         except tarfile.TarError as error:
             raise UnsafeBundle(f"the bundle is not a valid archive: {error}") from None
-        self._seen: set[str] = set()
-        self._declared = 0
 
-    def members(self) -> Iterator[tuple[tarfile.TarInfo, str]]:
+    def members(self) -> Iterator[tuple[_Member, str]]:
+        if self._listed is not None:
+            for canonical in self._listed:
+                yield self._checked(canonical)
+            return
+        assert self._tar is not None
         try:
             for member in self._tar:
-                name = _checked_name(member, self._seen)
-                # The sizes the headers declare, refused before their data is read.
-                self._declared += member.size
-                if self._declared > MAX_UNPACKED_BYTES:
-                    raise UnsafeBundle(
-                        f"bundle member {member.name!r}: the files would be more than "
-                        f"{_human(MAX_UNPACKED_BYTES)} (the limit of a bundle's size)"
-                    )
-                if self.raw is not None and member.offset_data + member.size > len(self.raw):
-                    raise UnsafeBundle(f"bundle member {member.name!r}: unexpected end of data")
-                yield member, name
-        except tarfile.TarError as error:
+                yield self._checked(member)
+        except self._tar_error as error:
             raise UnsafeBundle(f"the bundle is not a valid archive: {error}") from None
 
-    def content(self, member: tarfile.TarInfo) -> Iterator[bytes | memoryview]:
+    def _checked(self, member: _Member) -> tuple[_Member, str]:
+        name = _checked_name(member, self._seen)
+        # The sizes the headers declare, refused before their data is read.
+        self._declared += member.size
+        if self._declared > MAX_UNPACKED_BYTES:
+            raise UnsafeBundle(
+                f"bundle member {member.name!r}: the files would be more than "
+                f"{_human(MAX_UNPACKED_BYTES)} (the limit of a bundle's size)"
+            )
+        if self.raw is not None and member.offset_data + member.size > len(self.raw):
+            raise UnsafeBundle(f"bundle member {member.name!r}: unexpected end of data")
+        return member, name
+
+    def content(self, member: _Member) -> Iterator[bytes | memoryview]:
         if self.raw is not None:  # bounds checked by members()
             yield memoryview(self.raw)[member.offset_data : member.offset_data + member.size]
             return
+        assert self._tar is not None
         try:
-            handle = self._tar.extractfile(member)
+            handle = self._tar.extractfile(member)  # type: ignore[arg-type]  # a TarInfo here
             assert handle is not None  # a regular file's
             while chunk := handle.read(_READ):
                 yield chunk
-        except tarfile.TarError as error:
+        except self._tar_error as error:
             raise UnsafeBundle(f"bundle member {member.name!r}: {error}") from None
 
     def close(self) -> str:
         """Read to the end of the stream; returns the content's hash."""
-        self._tar.close()
+        if self._tar is not None:
+            self._tar.close()
         if self.raw is not None:
             return HASH_PREFIX + hashlib.sha256(self.raw).hexdigest()
         assert self.stream is not None
@@ -865,7 +1021,7 @@ def unpack(data: bytes, dest: Path, *, expected_sha256: str | None = None) -> No
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _write(archive: _Archive, checked: list[tuple[tarfile.TarInfo, str]] | None, root: str) -> None:
+def _write(archive: _Archive, checked: list[tuple[_Member, str]] | None, root: str) -> None:
     """Write the members: ``checked`` (already read from ``archive``, held in memory), or
     ``archive``'s own, read (and checked again) as they are written."""
     made: set[str] = set()
@@ -873,7 +1029,7 @@ def _write(archive: _Archive, checked: list[tuple[tarfile.TarInfo, str]] | None,
         parts = name.split("/")
         for depth in range(1, len(parts)):
             _make_directory(root, "/".join(parts[:depth]), made)
-        if member.type == tarfile.DIRTYPE:
+        if member.type == _DIRTYPE:
             _make_directory(root, name, made)
             continue
         mode = _EXEC_MODE if member.mode & 0o111 else _FILE_MODE
