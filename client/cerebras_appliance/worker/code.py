@@ -16,7 +16,11 @@ then means the code is in place and the user's entrypoint is about to run.
    reach a disk): in ``APPLIANCE_STATE_DIR`` when it is set (a pod's private memory-backed
    volume, sized for a bundle), else on ``/dev/shm`` when it has room for it (the local
    backend), else in the temp directory. It is removed when the worker exits. The worker
-   runs from this copy, never from the directory the code was captured from.
+   runs from this copy, never from the directory the code was captured from. Every worker
+   has its own copy, also where a job's workers share a machine (the local backend) and
+   one unpacked copy per job would start them sooner: the working directory is the
+   worker's to write into (the bundle ships empty directories for that), as in a pod, and a
+   shared copy would be read-only or written by all of them at once.
 2. changes into the bundle's ``working_dir`` when it has one, and puts the bundle's import
    paths (:func:`~cerebras_appliance.contract.bundle.import_paths`: ``working_dir`` then
    ``py_modules``) first on :data:`sys.path`, and first on ``PYTHONPATH`` for the user's child
