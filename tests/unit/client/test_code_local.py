@@ -107,7 +107,7 @@ def test_a_closure_using_a_tracked_variable_runs_by_value_on_two_cold_workers() 
     assert captured.entrypoint == names.FUNCTION_ENTRYPOINT
     logs = succeeded(start(captured, 2, args=["a", "b"]))
     assert len(logs) == 2
-    for index, text in enumerate(sorted(logs.values())):
+    for index, (_, text) in enumerate(sorted(logs.items())):  # by worker name
         line = (
             f"loader {index} factor {CLOSURE_FACTOR * 2} args ['a', 'b'] "
             "tracked /data/shards untracked <absent>"
