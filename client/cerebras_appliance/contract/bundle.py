@@ -852,7 +852,7 @@ _FEED = 1 * MiB
 
 
 def _inflate_whole(data: bytes) -> bytes | None:
-    """The archive's uncompressed bytes, in one call, if it is one complete gzip stream with
+    """The archive's uncompressed bytes, inflated once, if it is one complete gzip stream with
     nothing after it that inflates to at most :data:`IN_MEMORY_BYTES` (and
     :data:`MAX_UNPACKED_BYTES`); else None, and the streaming reader decides what is wrong
     (with its own messages: over a limit, truncated, corrupt, trailing bytes)."""
