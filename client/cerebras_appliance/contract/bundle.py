@@ -587,8 +587,8 @@ def _too_large(what: str, regular: Sequence[_Source]) -> BundleTooLarge:
     listing = ", ".join(f"{shown} ({_human(size)})" for shown, size in named)
     return BundleTooLarge(
         f"the code bundle is {what}. Largest files: {listing or 'none'}. The bundle is for "
-        "code: put big data in the worker image or a volume, or leave it out with excludes= "
-        "or a .gitignore.",
+        "code: put big data in the worker image or a volume, or leave it out with a "
+        ".gitignore in the working_dir.",
         named,
     )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -96,6 +97,10 @@ def watch_job(
         stream.stop()  # type: ignore[no-untyped-call]
 
 
+#: How often close() repeats the watch's stop while its thread has not ended.
+_STOP_RETRY_S = 0.1
+
+
 class StatusFeed:
     """The job's status, as a watch delivers it, for one wait: a thread lists and watches the
     job and queues each version; ``next(seconds)`` returns the newest one, blocking up to
@@ -174,9 +179,16 @@ class StatusFeed:
 
     def close(self) -> None:
         """Stop the watch now (its socket is shut down) and let the thread end: a thread
-        blocked in a TLS read at interpreter exit can abort the process."""
+        blocked in a TLS read at interpreter exit can abort the process.
+
+        ``Watch.stop()`` shuts the socket down only once the watch's response exists, and a
+        ``stream()`` that begins after it resets the flag: a wait that ends while the watch
+        is connecting (a finished job: the first list answers it) would leave the thread in a
+        quiet watch for its whole window. So the stop is repeated until the thread ends."""
         self._stop.set()
-        if self._watching is not None:
-            with contextlib.suppress(Exception):
-                self._watching.stop()
-        self._thread.join(timeout=REQUEST_TIMEOUT_S)
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if self._watching is not None:
+                with contextlib.suppress(Exception):
+                    self._watching.stop()
+            self._thread.join(timeout=_STOP_RETRY_S)
