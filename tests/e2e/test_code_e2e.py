@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from support.kind import Loader
+from support.kind import Loader, chart_operator
 
 from cerebras_appliance import appliance_environ
 
@@ -48,8 +48,6 @@ if TYPE_CHECKING:
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 RBAC = REPO_ROOT / "examples" / "user-rbac.yaml"
-CHART = REPO_ROOT / "charts" / "appliance-operator"
-RELEASE = "appliance-operator"
 ACCOUNT = "appliance-user"
 JOB_TIMEOUT_S = 240
 POOL = "warm"
@@ -288,48 +286,6 @@ def test_the_same_from_a_user_pod_under_the_example_role(
 
 
 # -- 2. a warm pool of 8 ---------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def chart_operator(cluster: KindCluster, namespace: str, wait_until: WaitUntil) -> Iterator[None]:
-    """The chart's operator in ``namespace`` (as test_pool_e2e.py installs it: it reaches the
-    pool pods' IPs, the host operator does not); on a failure its log and the namespace's pods
-    and Events are printed; uninstalled at the end."""
-    cluster.apply_crds()
-    repository, _, tag = cluster.operator_image.rpartition(":")
-    cluster.helm(
-        "install", RELEASE, str(CHART), "--namespace", namespace,
-        "--set", "rbac.scope=namespace",
-        "--set", "rbac.aggregateToDefaultRoles=false",
-        "--set", f"image.repository={repository}",
-        "--set", f"image.tag={tag}",
-        "--set", "image.pullPolicy=Never",
-    )  # fmt: skip
-
-    def ready() -> bool:
-        pods = pod_json(cluster, namespace, "pods", "-l", f"app.kubernetes.io/instance={RELEASE}")
-        return any(
-            c.get("ready")
-            for p in pods["items"]
-            if not p["metadata"].get("deletionTimestamp")
-            for c in p["status"].get("containerStatuses", [])
-        )
-
-    wait_until(ready, timeout=180, what="the operator pod to be Ready")
-    try:
-        yield
-    except BaseException:
-        for args in (
-            ("get", "pods", "-n", namespace, "-o", "wide", "--show-labels"),
-            ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
-            ("logs", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}",
-             "--tail=300"),
-        ):  # fmt: skip
-            proc = cluster.kubectl(*args, check=False, timeout=30)
-            print(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
-        raise
-    finally:
-        cluster.helm("uninstall", RELEASE, "--namespace", namespace, check=False)
 
 
 def test_pool_warm_workers_receive_the_code_over_the_claim_channel(

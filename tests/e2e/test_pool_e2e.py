@@ -23,15 +23,14 @@ One pool of 8 idle workers, then, in order (each step asserts what issue 12 asks
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from support.kind import CHART_RELEASE, chart_operator, chart_operator_pod
 
 if TYPE_CHECKING:
     from support.cluster import WaitUntil
@@ -40,13 +39,11 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART = REPO_ROOT / "charts" / "appliance-operator"
 POOL = "warm"
 POOL_SIZE = 8
 INLINE_SENTINEL = "e2e-pool-inline-4c1f"
 SECRET_SENTINEL = "e2e-pool-secret-9a7d"
 JOB_TIMEOUT_S = 240
-RELEASE = "appliance-operator"
 
 
 def _json(cluster: KindCluster, *args: str) -> Any:
@@ -55,32 +52,6 @@ def _json(cluster: KindCluster, *args: str) -> Any:
 
 def _apply(cluster: KindCluster, namespace: str, doc: dict[str, Any]) -> None:
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
-
-
-def _install_operator(cluster: KindCluster, namespace: str, wait_until: WaitUntil) -> str:
-    cluster.apply_crds()
-    repository, _, tag = cluster.operator_image.rpartition(":")
-    cluster.helm(
-        "install", RELEASE, str(CHART), "--namespace", namespace,
-        "--set", "rbac.scope=namespace",
-        "--set", "rbac.aggregateToDefaultRoles=false",
-        "--set", f"image.repository={repository}",
-        "--set", f"image.tag={tag}",
-        "--set", "image.pullPolicy=Never",
-    )  # fmt: skip
-    return str(wait_until(lambda: _operator_pod(cluster, namespace), timeout=180,
-                          what="the operator pod to be Ready"))  # fmt: skip
-
-
-def _operator_pod(cluster: KindCluster, namespace: str) -> str | None:
-    items = _json(cluster, "get", "pods", "-n", namespace,
-                  "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]  # fmt: skip
-    for pod in items:
-        if pod["metadata"].get("deletionTimestamp"):
-            continue
-        if any(c.get("ready") for c in pod["status"].get("containerStatuses", [])):
-            return str(pod["metadata"]["name"])
-    return None
 
 
 def _pool_status(cluster: KindCluster, namespace: str) -> dict[str, Any]:
@@ -135,38 +106,11 @@ def _logs(cluster: KindCluster, namespace: str, pod: str) -> str:
     return cluster.pod_logs(namespace, pod)
 
 
-def _print_diagnostics(cluster: KindCluster, namespace: str) -> None:
-    """What a failure needs to be understood: the pods, the Events and the operator's log
-    (none of them holds a value: the sentinels are asserted absent from all three)."""
-    for args in (
-        ("get", "pods", "-n", namespace, "-o", "wide", "--show-labels"),
-        ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
-        ("logs", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELEASE}", "--tail=400"),
-    ):
-        proc = cluster.kubectl(*args, check=False, timeout=30)
-        print(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
-
-
-@contextlib.contextmanager
-def _chart_operator(cluster: KindCluster, ns: str, wait_until: WaitUntil) -> Iterator[str]:
-    """The chart's operator installed in ``ns`` (its pod's name); on a failure the namespace's
-    pods, Events and the operator's log are printed (pytest shows them with the failure);
-    uninstalled at the end."""
-    operator_pod = _install_operator(cluster, ns, wait_until)
-    try:
-        yield operator_pod
-    except BaseException:
-        _print_diagnostics(cluster, ns)
-        raise
-    finally:
-        cluster.helm("uninstall", RELEASE, "--namespace", ns, check=False)
-
-
 def test_pool_warm_claims_cold_remainder_restart_and_security(
     cluster: KindCluster, namespace: str, loader: Loader, wait_until: WaitUntil
 ) -> None:
     ns = namespace  # it-test-pool-*: the host operator leaves it to the chart's
-    with _chart_operator(cluster, ns, wait_until) as operator_pod:
+    with chart_operator(cluster, ns, wait_until) as operator_pod:
         _run(cluster, ns, loader, wait_until, operator_pod)
 
 
@@ -249,7 +193,7 @@ def _run(
     wait_until(full, timeout=240, what="the pool to refill")
     _apply(cluster, ns, _job("restart", 6, image, loader, env, ["INLINE"]))
     cluster.kubectl("delete", "pod", operator_pod, "-n", ns, "--grace-period=0", "--force")
-    wait_until(lambda: _operator_pod(cluster, ns), timeout=180, what="the operator to restart")
+    wait_until(lambda: chart_operator_pod(cluster, ns), timeout=180, what="the operator to restart")
     _wait_succeeded(cluster, ns, "restart", wait_until)
     pods = _job_pods(cluster, ns, "restart")
     indexes = [p["metadata"]["labels"]["appliance.dev/worker-index"] for p in pods]
@@ -305,7 +249,7 @@ def _run(
     operator_log = "".join(
         cluster.kubectl("logs", "-n", ns, p["metadata"]["name"], check=False).stdout
         for p in _json(cluster, "get", "pods", "-n", ns,
-                       "-l", f"app.kubernetes.io/instance={RELEASE}")["items"]
+                       "-l", f"app.kubernetes.io/instance={CHART_RELEASE}")["items"]
     )  # fmt: skip
     secret_b64 = base64.b64encode(SECRET_SENTINEL.encode()).decode()
     for text in (pods_yaml, events, pools, operator_log):
@@ -362,7 +306,7 @@ def test_pool_claims_not_delivered_fall_back_cold_and_are_never_another_jobs(
     start cold and it succeeds, the pool says ClaimsDelivered=False naming the pod, no more
     pool pods are burnt than the job's workers, and once a refilled idle pod answers a probe
     the next job is claimed warm again."""
-    with _chart_operator(cluster, namespace, wait_until) as operator_pod:
+    with chart_operator(cluster, namespace, wait_until) as operator_pod:
         _run_undeliverable(cluster, namespace, loader, wait_until, operator_pod)
 
 

@@ -136,6 +136,26 @@ def assert_exactly_documented(
     assert not extra_rows, f"granted but not in docs/security.md: {extra_rows}"
 
 
+def view_user(cluster: Cluster, namespace: str, wait_until: WaitUntil) -> str:
+    """A user bound to the ``view`` ClusterRole in ``namespace`` (once it aggregates
+    ExecuteJobs): who may read jobs, pods and Events, but no Secret."""
+    viewer = f"viewer-{uuid.uuid4().hex[:6]}"
+    client.RbacAuthorizationV1Api(cluster.api_client).create_namespaced_role_binding(
+        namespace,
+        {
+            "metadata": {"name": viewer},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "view"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
+                          "name": viewer}],
+        },
+    )  # fmt: skip
+    wait_until(
+        lambda: cluster.can_i(viewer, "list", EJ, namespace), what="view aggregates ExecuteJobs"
+    )
+    return viewer
+
+
 def test_operator_can_do_exactly_what_this_document_lists(cluster: Cluster, namespace: str) -> None:
     for scope in ("cluster", "namespace"):
         rel = helm_install(cluster, f"sec{scope[0]}", namespace, "--set", f"rbac.scope={scope}")
@@ -211,20 +231,7 @@ def test_a_view_user_reads_no_value_the_client_sent(
     core = client.CoreV1Api(cluster.api_client)
     wait_until(lambda: job.status().ready_replicas == 2, timeout=60, what="both workers ready")
 
-    viewer = f"viewer-{uuid.uuid4().hex[:6]}"
-    client.RbacAuthorizationV1Api(cluster.api_client).create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": viewer},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "view"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                          "name": viewer}],
-        },
-    )  # fmt: skip
-    wait_until(
-        lambda: cluster.can_i(viewer, "list", EJ, namespace), what="view aggregates ExecuteJobs"
-    )
+    viewer = view_user(cluster, namespace, wait_until)
 
     seen = []
     for args in [
@@ -294,20 +301,7 @@ def test_a_view_user_reads_no_byte_of_a_jobs_code(
     core = client.CoreV1Api(cluster.api_client)
     wait_until(lambda: handle.status().ready_replicas == 2, timeout=60, what="workers ready")
 
-    viewer = f"viewer-{uuid.uuid4().hex[:6]}"
-    client.RbacAuthorizationV1Api(cluster.api_client).create_namespaced_role_binding(
-        namespace,
-        {
-            "metadata": {"name": viewer},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "view"},
-            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
-                          "name": viewer}],
-        },
-    )  # fmt: skip
-    wait_until(
-        lambda: cluster.can_i(viewer, "list", EJ, namespace), what="view aggregates ExecuteJobs"
-    )
+    viewer = view_user(cluster, namespace, wait_until)
     seen = []
     for args in [
         ("get", "executejobs.appliance.dev", "-o", "json", "--show-managed-fields"),

@@ -9,9 +9,12 @@ conftest and the tests' type annotations import them like any module.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -287,3 +290,72 @@ class Jobs:
 
 #: The old name of the cluster handle (tests import it for type annotations).
 NodeCluster = KindCluster
+
+
+# -- the chart's operator in one test namespace ------------------------------------------------
+
+CHART = REPO_ROOT / "charts" / "appliance-operator"
+#: The release of :func:`chart_operator` (a namespace holds one).
+CHART_RELEASE = "appliance-operator"
+
+
+def chart_operator_pod(cluster: KindCluster, namespace: str) -> str | None:
+    """The name of the chart operator's Ready pod in ``namespace``, or None."""
+    items = json.loads(
+        cluster.kubectl(
+            "get", "pods", "-n", namespace,
+            "-l", f"app.kubernetes.io/instance={CHART_RELEASE}", "-o", "json",
+        ).stdout
+    )["items"]  # fmt: skip
+    for pod in items:
+        if pod["metadata"].get("deletionTimestamp"):
+            continue
+        if any(c.get("ready") for c in pod["status"].get("containerStatuses", [])):
+            return str(pod["metadata"]["name"])
+    return None
+
+
+def print_diagnostics(cluster: KindCluster, namespace: str) -> None:
+    """What a failure needs to be understood: the pods, the Events and the chart operator's
+    log (none of them holds a value: the tests assert the sentinels absent from all three)."""
+    for args in (
+        ("get", "pods", "-n", namespace, "-o", "wide", "--show-labels"),
+        ("get", "events", "-n", namespace, "--sort-by=.lastTimestamp"),
+        ("logs", "-n", namespace, "-l", f"app.kubernetes.io/instance={CHART_RELEASE}",
+         "--tail=400"),
+    ):  # fmt: skip
+        proc = cluster.kubectl(*args, check=False, timeout=30)
+        print(f"$ kubectl {' '.join(args)}\n{proc.stdout}{proc.stderr}")
+
+
+@contextlib.contextmanager
+def chart_operator(cluster: KindCluster, namespace: str, wait: WaitUntil) -> Iterator[str]:
+    """The chart's operator installed in ``namespace`` with namespace-scoped RBAC (it reaches
+    the pool pods' IPs, which the host operator cannot); yields its Ready pod's name. On a
+    failure the namespace's pods, Events and the operator's log are printed (pytest shows them
+    with the failure); uninstalled at the end. Use a namespace the host operator leaves alone
+    (``it-test-pool-*``)."""
+    cluster.apply_crds()
+    repository, _, tag = cluster.operator_image.rpartition(":")
+    cluster.helm(
+        "install", CHART_RELEASE, str(CHART), "--namespace", namespace,
+        "--set", "rbac.scope=namespace",
+        "--set", "rbac.aggregateToDefaultRoles=false",
+        "--set", f"image.repository={repository}",
+        "--set", f"image.tag={tag}",
+        "--set", "image.pullPolicy=Never",
+    )  # fmt: skip
+    try:
+        pod = str(
+            wait(
+                lambda: chart_operator_pod(cluster, namespace),
+                timeout=180,
+                what="the operator pod to be Ready",
+            )
+        )
+        yield pod
+    except BaseException:
+        print_diagnostics(cluster, namespace)
+        raise
+    finally:
+        cluster.helm("uninstall", CHART_RELEASE, "--namespace", namespace, check=False)
