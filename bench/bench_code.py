@@ -25,12 +25,13 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from benchlib import job_time, pct  # bench/, this script's folder
 
 import cerebras_appliance as app
 from cerebras_appliance.environment import appliance_environ
@@ -49,22 +50,11 @@ QUICK_JOBS = 5
 
 def entered(*_args: str) -> None:
     """The function entrypoint (by value: this is ``__main__``): the same stamp."""
-    import time
 
     t = time.monotonic_ns()
     import os
 
     print("entered", t, os.environ.get("BENCH_VAR_0"), flush=True)
-
-
-def entered_at(text: str) -> int:
-    for line in text.splitlines():
-        if line.startswith("entered "):
-            _, stamp, value = line.split()
-            if value != "value-0":
-                raise RuntimeError(f"the worker did not see the snapshot: {line!r}")
-            return int(stamp)
-    raise RuntimeError(f"no 'entered' line in worker output:\n{text}")
 
 
 def make_tree(root: Path, total: int, files: int, seed: int) -> None:
@@ -94,23 +84,6 @@ def make_tree(root: Path, total: int, files: int, seed: int) -> None:
 
 
 Run = Callable[[], float]
-
-
-def job_time(submit: Callable[[], app.Job]) -> float:
-    start = time.monotonic_ns()
-    job = submit()
-    try:
-        status = job.wait(timeout=120, progress=False)
-        logs = job.logs()
-        if status.phase != "Succeeded":
-            raise RuntimeError(f"bench job failed: {logs}")
-        return (max(entered_at(t) for t in logs.values()) - start) / 1e9
-    finally:
-        job.delete()
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def main() -> int:

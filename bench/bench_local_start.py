@@ -15,30 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import entered_at, job_time  # bench/, this script's folder
+
 import cerebras_appliance as app
 from cerebras_appliance.environment import appliance_environ
 
 USER_CODE = "import time; print('entered', time.monotonic_ns(), flush=True)\n"
 
 
-def entered_at(text: str) -> int:
-    for line in text.splitlines():
-        if line.startswith("entered "):
-            return int(line.split()[1])
-    raise RuntimeError(f"no 'entered' line in worker output:\n{text}")
-
-
 def run_job(script: Path, replicas: int) -> float:
-    start = time.monotonic_ns()
-    job = app.submit(str(script), replicas=replicas)
-    try:
-        status = job.wait(timeout=120, progress=False)
-        logs = job.logs()
-        if status.phase != "Succeeded":
-            raise RuntimeError(f"bench job failed: {logs}")
-        return (max(entered_at(t) for t in logs.values()) - start) / 1e9
-    finally:
-        job.delete()
+    return job_time(lambda: app.submit(str(script), replicas=replicas), expect=None)
 
 
 def run_bare(replicas: int) -> float:
@@ -50,7 +36,7 @@ def run_bare(replicas: int) -> float:
         for _ in range(replicas)
     ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
-    return (max(entered_at(o) for o in outputs) - start) / 1e9
+    return (max(entered_at(o, expect=None) for o in outputs) - start) / 1e9
 
 
 def main() -> int:

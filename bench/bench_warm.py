@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import entered_at, job_time, pct  # bench/, this script's folder
 
 import cerebras_appliance as app
 from cerebras_appliance.backends.local.state import base_environment
@@ -40,27 +41,8 @@ USER_CODE = (
 BARE_CODE = "import time; print('entered', time.monotonic_ns(), 'value-0', flush=True)\n"
 
 
-def entered_at(text: str) -> int:
-    for line in text.splitlines():
-        if line.startswith("entered "):
-            _, stamp, value = line.split()
-            if value != "value-0":
-                raise RuntimeError(f"the worker did not see the snapshot: {line!r}")
-            return int(stamp)
-    raise RuntimeError(f"no 'entered' line in worker output:\n{text}")
-
-
 def run_job(script: Path, replicas: int, pool: LocalPool | None) -> float:
-    start = time.monotonic_ns()
-    job = app.submit(str(script), replicas=replicas, pool=pool)
-    try:
-        status = job.wait(timeout=120, progress=False)
-        logs = job.logs()
-        if status.phase != "Succeeded":
-            raise RuntimeError(f"bench job failed: {logs}")
-        return (max(entered_at(t) for t in logs.values()) - start) / 1e9
-    finally:
-        job.delete()
+    return job_time(lambda: app.submit(str(script), replicas=replicas, pool=pool))
 
 
 def run_bare(replicas: int) -> float:
@@ -74,10 +56,6 @@ def run_bare(replicas: int) -> float:
     ]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     return (max(entered_at(o) for o in outputs) - start) / 1e9
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
 
 
 def report(label: str, values: list[float]) -> str:
