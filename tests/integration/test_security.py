@@ -156,6 +156,26 @@ def view_user(cluster: Cluster, namespace: str, wait_until: WaitUntil) -> str:
     return viewer
 
 
+def viewer_reads(
+    cluster: Cluster, namespace: str, viewer: str, job: str, *more: tuple[str, ...]
+) -> list[str]:
+    """What ``viewer`` reads of the namespace: the jobs (with managed fields), the pods, the
+    Events, the printer columns, ``describe`` of ``job``, and ``more``; each non-empty."""
+    seen = []
+    for args in [
+        ("get", "executejobs.appliance.dev", "-o", "json", "--show-managed-fields"),
+        ("get", "pods", "-o", "json", "--show-managed-fields"),
+        ("get", "events", "-o", "json"),
+        ("get", "executejobs.appliance.dev", "-o", "wide"),
+        ("describe", "executejobs.appliance.dev", job),
+        *more,
+    ]:
+        out = cluster.kubectl(*args, "-n", namespace, "--as", viewer).stdout
+        assert out.strip(), args
+        seen.append(out)
+    return seen
+
+
 def test_operator_can_do_exactly_what_this_document_lists(cluster: Cluster, namespace: str) -> None:
     for scope in ("cluster", "namespace"):
         rel = helm_install(cluster, f"sec{scope[0]}", namespace, "--set", f"rbac.scope={scope}")
@@ -233,17 +253,7 @@ def test_a_view_user_reads_no_value_the_client_sent(
 
     viewer = view_user(cluster, namespace, wait_until)
 
-    seen = []
-    for args in [
-        ("get", "executejobs.appliance.dev", "-o", "json", "--show-managed-fields"),
-        ("get", "pods", "-o", "json", "--show-managed-fields"),
-        ("get", "events", "-o", "json"),
-        ("get", "executejobs.appliance.dev", "-o", "wide"),
-        ("describe", "executejobs.appliance.dev", "secret-job"),
-    ]:
-        out = cluster.kubectl(*args, "-n", namespace, "--as", viewer).stdout
-        assert out.strip(), args
-        seen.append(out)
+    seen = viewer_reads(cluster, namespace, viewer, "secret-job")
     text = "\n".join(seen)
     for name, value in values.items():
         assert name in text  # names are visible (they are not values) ...
@@ -302,20 +312,8 @@ def test_a_view_user_reads_no_byte_of_a_jobs_code(
     wait_until(lambda: handle.status().ready_replicas == 2, timeout=60, what="workers ready")
 
     viewer = view_user(cluster, namespace, wait_until)
-    seen = []
-    for args in [
-        ("get", "executejobs.appliance.dev", "-o", "json", "--show-managed-fields"),
-        ("get", "pods", "-o", "json", "--show-managed-fields"),
-        ("get", "events", "-o", "json"),
-        ("get", "executejobs.appliance.dev", "-o", "wide"),
-        ("describe", "executejobs.appliance.dev", "code-job"),
-        ("describe", "pods"),
-    ]:
-        out = cluster.kubectl(*args, "-n", namespace, "--as", viewer).stdout
-        assert out.strip(), args
-        seen.append(out)
-    seen.append(operator.log())
-    text = "\n".join(seen)
+    seen = viewer_reads(cluster, namespace, viewer, "code-job", ("describe", "pods"))
+    text = "\n".join([*seen, operator.log()])
     assert made.sha256 in text  # the hash is public (the job, its pods, the Code column)
     fragments = [sentinel, file_name, "noise.bin"]
     for chunk in chunks:  # any run of the chunks' bytes, as base64 or hex, at a few offsets
