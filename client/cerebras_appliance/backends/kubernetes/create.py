@@ -144,18 +144,7 @@ def write_values(
     body = _owned_secret(ref, secret, job_uid)
     body.data = data
     what = f"creating Secret {ref.namespace}/{secret} (the values of job {ref.name})"
-    try:
-        drained(ref.core.create_namespaced_secret(ref.namespace, body, _preload_content=False))
-    except client.ApiException as exc:
-        if exc.status == 409:
-            raise KubernetesError(
-                f"{what}: a Secret of that name exists already (the name is random: someone "
-                "else made it); submit again. The job was deleted"
-            ) from None
-        error = _api_error(what, exc, "create", "secrets", ref.namespace)
-        raise with_suffix(error, _DELETED) from None
-    except CONNECTION_ERRORS as exc:
-        raise KubernetesError(f"{what}: {unreachable(exc)}{_DELETED}") from None
+    _create_secret(ref, body, what, "the name is random: someone else made it); submit again")
 
 
 def write_code(ref: JobRef, chunks: Sequence[bytes], job_uid: str) -> None:
@@ -172,20 +161,29 @@ def write_code(ref: JobRef, chunks: Sequence[bytes], job_uid: str) -> None:
             f"creating Secret {ref.namespace}/{name} (chunk {index + 1} of {len(chunks)} of the "
             f"code of job {ref.name})"
         )
-        try:
-            drained(ref.core.create_namespaced_secret(ref.namespace, body, _preload_content=False))
-        except client.ApiException as exc:
-            if exc.status == 409:
-                raise KubernetesError(
-                    f"{what}: a Secret of that name exists already (an earlier job of the same "
-                    "name whose Secrets are still being garbage-collected, or someone else "
-                    "made it); submit again, under another name or once it is gone. The job "
-                    "was deleted"
-                ) from None
-            error = _api_error(what, exc, "create", "secrets", ref.namespace)
-            raise with_suffix(error, _DELETED) from None
-        except CONNECTION_ERRORS as exc:
-            raise KubernetesError(f"{what}: {unreachable(exc)}{_DELETED}") from None
+        _create_secret(
+            ref,
+            body,
+            what,
+            "an earlier job of the same name whose Secrets are still being garbage-collected, "
+            "or someone else made it); submit again, under another name or once it is gone",
+        )
+
+
+def _create_secret(ref: JobRef, body: client.V1Secret, what: str, taken: str) -> None:
+    """Create one Secret of the job's (the job is deleted by the caller on any error: every
+    message says so); ``taken``: why its name may be in use, for the 409."""
+    try:
+        drained(ref.core.create_namespaced_secret(ref.namespace, body, _preload_content=False))
+    except client.ApiException as exc:
+        if exc.status == 409:
+            raise KubernetesError(
+                f"{what}: a Secret of that name exists already ({taken}. The job was deleted"
+            ) from None
+        error = _api_error(what, exc, "create", "secrets", ref.namespace)
+        raise with_suffix(error, _DELETED) from None
+    except CONNECTION_ERRORS as exc:
+        raise KubernetesError(f"{what}: {unreachable(exc)}{_DELETED}") from None
 
 
 def _owned_secret(ref: JobRef, name: str, job_uid: str) -> client.V1Secret:
